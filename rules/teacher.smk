@@ -1,0 +1,40 @@
+rule steering_vector:
+    input:
+        model=model_manifest,
+    output:
+        "results/{model}/steering/{behavior}.safetensors",
+    params:
+        behavior=get_behavior,
+        model_settings=config["model_settings"],
+    log:
+        "logs/{model}/steering/{behavior}.log",
+    benchmark:
+        "logs/{model}/benchmarks/steering/{behavior}.tsv"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        gpu=1,
+    script:
+        "../scripts/steering_vector.py"
+
+
+rule teacher:
+    input:
+        unpack(teacher_inputs),
+    output:
+        "results/{model}/teacher/{behavior}.parquet",
+    params:
+        behavior=get_behavior,
+        messages=config["messages"],
+        model_settings=config["model_settings"],
+        teacher=config["teacher"],
+    log:
+        "logs/{model}/teacher/{behavior}.log",
+    benchmark:
+        "logs/{model}/benchmarks/teacher/{behavior}.tsv"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        gpu=1,
+    script:
+        "../scripts/teacher.py"

@@ -1,0 +1,154 @@
+"""Run configuration: schema validation, the checks a schema cannot express, and the tables it names.
+
+The workflow calls :func:`validate_config` before any rule is defined; the library functions take the
+validated plain dicts. Every error names the offending key, file or value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import pandas as pd
+
+EMBEDDED = "embedded"
+EMBEDDED_TAG = "SmolLM2-135M-Instruct"
+UNPROMPTED = "unprompted"  # reserved pseudo-behaviour: the model with an empty slot
+FRAME_PLACEHOLDER = "___"
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key, file or value."""
+
+
+def validate_config(config: dict, schema: str | Path) -> dict:
+    """Validate `config` in place against the JSON schema (filling defaults), then its semantics."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    try:
+        validate(config, schema=str(schema), set_default=True)
+    except WorkflowError as e:
+        raise ConfigError(str(e)) from None
+    _check_behaviors(config["behaviors"])
+    model_source(config["model"])  # local directory must exist; hub ids must look like ids
+    load_messages(config["messages"])
+    load_dictionary(config["dictionary"])
+    return config
+
+
+def _check_behaviors(behaviors: list[dict]) -> None:
+    seen: dict[str, int] = {}
+    for i, b in enumerate(behaviors):
+        name = b["name"]
+        where = f"behaviors[{i}] ({name!r})"
+        if name == UNPROMPTED:
+            raise ConfigError(f"{where}: the name {UNPROMPTED!r} is reserved for the unprompted model")
+        if name in seen:
+            raise ConfigError(f"{where}: duplicate behaviour name {name!r} (first at behaviors[{seen[name]}])")
+        seen[name] = i
+        kinds = [k for k in ("instruction", "steering") if b.get(k) is not None]
+        if len(kinds) != 1:
+            raise ConfigError(f"{where}: give exactly one of 'instruction' or 'steering' (found {kinds or 'neither'})")
+        if "instruction" in kinds and not b["instruction"].strip():
+            raise ConfigError(f"{where}: 'instruction' is empty")
+
+
+def check_steering_layers(behaviors: list[dict], num_layers: int) -> None:
+    """Steering layers index decoder blocks: 0 <= layer < num_layers."""
+    for i, b in enumerate(behaviors):
+        s = b.get("steering")
+        if s is not None and not 0 <= s["layer"] < num_layers:
+            raise ConfigError(
+                f"behaviors[{i}] ({b['name']!r}).steering.layer = {s['layer']} is out of range: "
+                f"the model has {num_layers} layers (valid 0..{num_layers - 1})"
+            )
+
+
+def behavior(config: dict, name: str) -> dict:
+    """The behaviour spec called `name` (the unprompted pseudo-behaviour is an empty spec)."""
+    if name == UNPROMPTED:
+        return {"name": UNPROMPTED}
+    for b in config["behaviors"]:
+        if b["name"] == name:
+            return b
+    raise ConfigError(f"no behaviour named {name!r} in config 'behaviors'")
+
+
+# --- the model ---------------------------------------------------------------------------------
+
+def model_source(spec: str) -> tuple[str, str]:
+    """Classify the `model` value: ('embedded', ''), ('local', abs path) or ('hub', id)."""
+    if spec == EMBEDDED:
+        return EMBEDDED, ""
+    path = Path(spec).expanduser()
+    looks_like_path = spec.startswith(("/", "./", "../", "~")) or path.exists()
+    if looks_like_path:
+        if not path.is_dir():
+            raise ConfigError(f"model: directory {spec!r} does not exist")
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model: directory {spec!r} has no config.json (not a transformers model)")
+        return "local", str(path.resolve())
+    if _HUB_ID.match(spec):
+        return "hub", spec
+    raise ConfigError(
+        f"model: {spec!r} is neither 'embedded', an existing directory, nor a Hugging Face id (org/name)"
+    )
+
+
+def model_tag(spec: str) -> str:
+    """The {model} wildcard: a filesystem-safe name for the model."""
+    kind, where = model_source(spec)
+    if kind == EMBEDDED:
+        return EMBEDDED_TAG
+    if kind == "local":
+        return Path(where).name
+    return where.replace("/", "--")
+
+
+# --- messages and dictionary ---------------------------------------------------------------------
+
+def _read_table(path: str | Path, columns: list[str], key: str) -> pd.DataFrame:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{key}: file {str(path)!r} does not exist")
+    df = pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False, comment=None)
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ConfigError(f"{key}: file {str(path)!r} lacks column(s) {missing}; it has {list(df.columns)}")
+    df = df[columns].apply(lambda s: s.str.strip())
+    df = df[df[columns[-1]] != ""]
+    if df.empty:
+        raise ConfigError(f"{key}: file {str(path)!r} has no entries")
+    dup = df[columns[0]][df[columns[0]].duplicated()]
+    if not dup.empty:
+        raise ConfigError(f"{key}: file {str(path)!r} repeats {columns[0]} {dup.iloc[0]!r}")
+    return df.reset_index(drop=True)
+
+
+def load_messages(cfg: dict) -> pd.DataFrame:
+    """User messages with a deterministic train/test split (columns message_id, user_message, split).
+
+    The split ranks messages by a seeded hash of their id, so it does not depend on file order and
+    adding a message moves no other message between splits except at the boundary.
+    """
+    df = _read_table(cfg["file"], ["message_id", "user_message"], "messages.file")
+    rank = df["message_id"].map(lambda m: hashlib.sha256(f"{cfg['split_seed']}:{m}".encode()).hexdigest())
+    n_test = round(cfg["test_fraction"] * len(df))
+    if len(df) - n_test < 1:
+        raise ConfigError(f"messages.test_fraction = {cfg['test_fraction']} leaves no training messages")
+    test_ids = set(df["message_id"][rank.argsort()[:n_test]])
+    df["split"] = ["test" if m in test_ids else "train" for m in df["message_id"]]
+    return df
+
+
+def load_dictionary(cfg: dict) -> pd.DataFrame:
+    """The hand-written dictionary of hard prompts (columns atom, category, prompt)."""
+    df = _read_table(cfg["file"], ["atom", "category", "prompt"], "dictionary.file")
+    dup = df["prompt"][df["prompt"].str.casefold().duplicated()]
+    if not dup.empty:
+        raise ConfigError(f"dictionary.file: file {cfg['file']!r} repeats the prompt {dup.iloc[0]!r}")
+    return df

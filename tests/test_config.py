@@ -1,0 +1,121 @@
+"""Bad input gets a clear error naming the key, file or value (validation runs before any rule)."""
+
+import pytest
+
+from softlens.config import (
+    ConfigError,
+    check_steering_layers,
+    load_messages,
+    model_tag,
+    validate_config,
+)
+
+
+def test_default_config_validates_and_gets_defaults(default_config, schema):
+    cfg = validate_config(default_config, schema)
+    assert cfg["model_settings"]["revision"] == "main"
+    assert cfg["teacher"]["temperature"] == 1.0
+    assert len(cfg["behaviors"]) >= 5 and any(b.get("steering") for b in cfg["behaviors"])
+
+
+def test_default_split_is_deterministic_and_independent_of_file_order(default_config, tmp_path):
+    msgs = load_messages(default_config["messages"])
+    assert len(msgs) >= 48 and msgs["split"].value_counts()["test"] == round(0.25 * len(msgs))
+    shuffled = tmp_path / "m.tsv"
+    msgs.sample(frac=1, random_state=3)[["message_id", "user_message"]].to_csv(shuffled, sep="\t", index=False)
+    again = load_messages({**default_config["messages"], "file": str(shuffled)})
+    assert dict(zip(msgs.message_id, msgs.split)) == dict(zip(again.message_id, again.split))
+
+
+def test_unknown_top_level_key(default_config, schema):
+    default_config["behaviours"] = []
+    with pytest.raises(ConfigError, match="behaviours"):
+        validate_config(default_config, schema)
+
+
+def test_behavior_without_instruction_or_steering(default_config, schema):
+    default_config["behaviors"].append({"name": "empty"})
+    with pytest.raises(ConfigError, match=r"behaviors\[6\] \('empty'\).*exactly one of 'instruction' or 'steering'"):
+        validate_config(default_config, schema)
+
+
+def test_behavior_with_both_instruction_and_steering(default_config, schema):
+    both = dict(default_config["behaviors"][-1], name="both", instruction="Be concise.")
+    default_config["behaviors"].append(both)
+    with pytest.raises(ConfigError, match=r"'both'.*found \['instruction', 'steering'\]"):
+        validate_config(default_config, schema)
+
+
+def test_no_user_messages(default_config, schema, tmp_path):
+    empty = tmp_path / "messages.tsv"
+    empty.write_text("message_id\tuser_message\n")
+    default_config["messages"]["file"] = str(empty)
+    with pytest.raises(ConfigError, match=r"messages.file: file '.*messages.tsv' has no entries"):
+        validate_config(default_config, schema)
+
+
+def test_missing_messages_file(default_config, schema):
+    default_config["messages"]["file"] = "/nonexistent/messages.tsv"
+    with pytest.raises(ConfigError, match="messages.file: file '/nonexistent/messages.tsv' does not exist"):
+        validate_config(default_config, schema)
+
+
+def test_model_directory_that_does_not_exist(default_config, schema):
+    default_config["model"] = "/no/such/model"
+    with pytest.raises(ConfigError, match="model: directory '/no/such/model' does not exist"):
+        validate_config(default_config, schema)
+
+
+def test_model_value_that_is_neither_path_nor_hub_id(default_config, schema):
+    default_config["model"] = "not a model"
+    with pytest.raises(ConfigError, match="model: 'not a model' is neither"):
+        validate_config(default_config, schema)
+
+
+def test_empty_dictionary(default_config, schema, tmp_path):
+    empty = tmp_path / "dictionary.tsv"
+    empty.write_text("atom\tcategory\tprompt\n")
+    default_config["dictionary"]["file"] = str(empty)
+    with pytest.raises(ConfigError, match="dictionary.file: .* has no entries"):
+        validate_config(default_config, schema)
+
+
+def test_duplicate_dictionary_prompt(default_config, schema, tmp_path):
+    dup = tmp_path / "dictionary.tsv"
+    dup.write_text("atom\tcategory\tprompt\na\tx\tBe concise.\nb\tx\tbe concise.\n")
+    default_config["dictionary"]["file"] = str(dup)
+    with pytest.raises(ConfigError, match="repeats the prompt 'be concise.'"):
+        validate_config(default_config, schema)
+
+
+def test_steering_layer_out_of_range(default_config, schema):
+    cfg = validate_config(default_config, schema)
+    cfg["behaviors"][-1]["steering"]["layer"] = 30
+    with pytest.raises(ConfigError, match=r"behaviors\[5\] \('pirate_steer'\).steering.layer = 30 is out of range.*30 layers"):
+        check_steering_layers(cfg["behaviors"], 30)
+    cfg["behaviors"][-1]["steering"]["layer"] = -1
+    with pytest.raises(ConfigError, match="layer"):
+        validate_config(cfg, schema)
+
+
+def test_non_numeric_scale(default_config, schema):
+    default_config["behaviors"][-1]["steering"]["scale"] = "strong"
+    with pytest.raises(ConfigError, match=r"'strong' is not of type 'number'(.|\n)*scale"):
+        validate_config(default_config, schema)
+
+
+def test_duplicate_behavior_name(default_config, schema):
+    default_config["behaviors"].append({"name": "spanish", "instruction": "Hable español."})
+    with pytest.raises(ConfigError, match=r"duplicate behaviour name 'spanish' \(first at behaviors\[0\]\)"):
+        validate_config(default_config, schema)
+
+
+def test_reserved_behavior_name(default_config, schema):
+    default_config["behaviors"].append({"name": "unprompted", "instruction": "Hi."})
+    with pytest.raises(ConfigError, match="reserved"):
+        validate_config(default_config, schema)
+
+
+def test_model_tags():
+    assert model_tag("embedded") == "SmolLM2-135M-Instruct"
+    assert model_tag("Qwen/Qwen3-4B") == "Qwen--Qwen3-4B"

@@ -1,0 +1,39 @@
+import json
+
+import pytest
+import torch
+
+from softlens.models import ModelUnavailable, load_model, pick_dtype, prepare_model
+
+
+def test_hub_id_while_offline_names_the_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ModelUnavailable, match=r"'softlens-test/no-such-model'.*not in the local Hugging Face cache.*offline"):
+        prepare_model("softlens-test/no-such-model", tmp_path / "m", tmp_path / "m.json")
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_local_directory_manifest_loads_the_same_model(tiny_dir, tiny_lm, tmp_path):
+    info = prepare_model(str(tiny_dir), tmp_path / "unused", tmp_path / "tiny.json")
+    assert info["kind"] == "local" and json.loads((tmp_path / "tiny.json").read_text())["path"] == str(tiny_dir)
+    lm = load_model(tmp_path / "tiny.json", {"device": "cpu"})
+    ids = torch.tensor([[1, 5, 9, 20]])
+    assert torch.equal(lm.model(input_ids=ids).logits, tiny_lm.model(input_ids=ids).logits)
+    assert not any(p.requires_grad for p in lm.model.parameters())
+
+
+def test_missing_model_directory_in_manifest(tmp_path):
+    (tmp_path / "m.json").write_text(json.dumps({"path": str(tmp_path / "gone")}))
+    with pytest.raises(ModelUnavailable, match="gone' does not exist"):
+        load_model(tmp_path / "m.json")
+
+
+def test_dtype_rule():
+    assert pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert pick_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_explicit_dtype_is_honoured(tiny_dir):
+    lm = load_model(tiny_dir, {"device": "cpu", "dtype": "bfloat16"})
+    assert lm.model.dtype == torch.bfloat16 and lm.dtype == torch.bfloat16

@@ -1,0 +1,105 @@
+"""The workflow through real `snakemake` calls on the tiny model: build, no-op rerun, targeted rerun."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.workflow
+
+MESSAGES = ["What is the capital of France?", "Why is the sky blue?", "How do I boil an egg?",
+            "What is gravity?", "How do bees make honey?", "Tell me about elephants.",
+            "What is a volcano?", "How do magnets work?"]
+
+
+def write_config(workdir, model_dir, **changes) -> dict:
+    (workdir / "messages.tsv").write_text(
+        "message_id\tuser_message\n" + "".join(f"q{i}\t{m}\n" for i, m in enumerate(MESSAGES)))
+    cfg = {
+        "model": str(model_dir),
+        "model_settings": {"device": "cpu", "batch_size": 4},
+        "messages": {"file": str(workdir / "messages.tsv"), "test_fraction": 0.25},
+        "dictionary": {"file": str(ROOT / "config" / "dictionary.tsv")},
+        "teacher": {"max_new_tokens": 6},
+        "behaviors": [
+            {"name": "spanish", "instruction": "Respond in Spanish."},
+            {"name": "concise", "instruction": "Be concise."},
+            {"name": "pirate", "steering": {"layer": 1, "scale": 2.0, "positive": ["Arr matey!"],
+                                             "negative": ["Hello there."]}},
+        ],
+    }
+    cfg.update(changes)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return cfg
+
+
+def snakemake(workdir, *args, check=True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    res = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env)
+    if check and res.returncode != 0:
+        raise AssertionError(f"snakemake failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
+    return res
+
+
+def planned(workdir) -> list[str]:
+    """Output files a dry run would build."""
+    res = snakemake(workdir, "--dry-run")
+    return sorted(set(re.findall(r"^\s+output: (.+)$", res.stdout + res.stderr, flags=re.M)))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_dir):
+    workdir = tmp_path_factory.mktemp("run")
+    cfg = write_config(workdir, tiny_dir)
+    snakemake(workdir)
+    return workdir, cfg
+
+
+def test_run_builds_every_teacher_table(built, tiny_dir):
+    workdir, cfg = built
+    tag = tiny_dir.name
+    for name in ["spanish", "concise", "pirate", "unprompted"]:
+        df = pd.read_parquet(workdir / f"results/{tag}/teacher/{name}.parquet")
+        assert list(df.columns[:6]) == ["behavior", "split", "message_id", "user_message", "completion", "completion_ids"]
+        assert len(df) == len(MESSAGES) and set(df["split"]) == {"train", "test"} and (df["behavior"] == name).all()
+        assert df["completion_ids"].map(len).between(1, 6).all()
+        assert (workdir / f"logs/{tag}/teacher/{name}.log").exists()
+        assert (workdir / f"logs/{tag}/benchmarks/teacher/{name}.tsv").exists()
+    steer = pd.read_parquet(workdir / f"results/{tag}/teacher/pirate.parquet")
+    base = pd.read_parquet(workdir / f"results/{tag}/teacher/unprompted.parquet")
+    assert list(steer["completion"]) != list(base["completion"])  # the steering vector changes what it says
+
+
+def test_complete_run_plans_nothing(built):
+    workdir, _ = built
+    assert planned(workdir) == []
+
+
+def test_editing_one_instruction_replans_only_that_teacher(built, tiny_dir):
+    workdir, cfg = built
+    cfg["behaviors"][1]["instruction"] = "Be very brief."
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    try:
+        assert planned(workdir) == [f"results/{tiny_dir.name}/teacher/concise.parquet"]
+    finally:
+        cfg["behaviors"][1]["instruction"] = "Be concise."
+        (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert planned(workdir) == []
+
+
+def test_invalid_config_fails_before_any_rule_runs(tmp_path, tiny_dir):
+    write_config(tmp_path, tiny_dir, behaviors=[{"name": "a", "instruction": "Hi."}, {"name": "a", "instruction": "Yo."}])
+    res = snakemake(tmp_path, check=False)
+    assert res.returncode != 0
+    assert "duplicate behaviour name 'a'" in res.stderr + res.stdout
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
