@@ -6,12 +6,15 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "reports/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/model.smk"
 include: "rules/teacher.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_output(),
-    default_target: True

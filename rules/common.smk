@@ -9,7 +9,6 @@ from softlens.config import (
     validate_config,
 )
 
-
 # Config first: nothing below runs on an invalid config.
 validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
 

@@ -3,17 +3,19 @@ rule steering_vector:
         model=model_manifest,
     output:
         "results/{model}/steering/{behavior}.safetensors",
-    params:
-        behavior=get_behavior,
-        model_settings=config["model_settings"],
     log:
         "logs/{model}/steering/{behavior}.log",
     benchmark:
         "logs/{model}/benchmarks/steering/{behavior}.tsv"
+    conda:
+        "../envs/softlens.yaml"
     threads: 2
     resources:
         mem_mb=3000,
         gpu=1,
+    params:
+        behavior=get_behavior,
+        model_settings=config["model_settings"],
     script:
         "../scripts/steering_vector.py"
 
@@ -23,18 +25,20 @@ rule teacher:
         unpack(teacher_inputs),
     output:
         "results/{model}/teacher/{behavior}.parquet",
+    log:
+        "logs/{model}/teacher/{behavior}.log",
+    benchmark:
+        "logs/{model}/benchmarks/teacher/{behavior}.tsv"
+    conda:
+        "../envs/softlens.yaml"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        gpu=1,
     params:
         behavior=get_behavior,
         messages=config["messages"],
         model_settings=config["model_settings"],
         teacher=config["teacher"],
-    log:
-        "logs/{model}/teacher/{behavior}.log",
-    benchmark:
-        "logs/{model}/benchmarks/teacher/{behavior}.tsv"
-    threads: 2
-    resources:
-        mem_mb=3000,
-        gpu=1,
     script:
         "../scripts/teacher.py"

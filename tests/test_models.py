@@ -6,9 +6,17 @@ import torch
 from softlens.models import ModelUnavailable, load_model, pick_dtype, prepare_model
 
 
-def test_hub_id_while_offline_names_the_id(tmp_path, monkeypatch):
+def offline(monkeypatch, cache):
+    """No network and an empty (or test-made) hub cache; huggingface_hub reads its env at import."""
+    from huggingface_hub import constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+
+def test_hub_id_while_offline_names_the_id(tmp_path, monkeypatch):
+    offline(monkeypatch, tmp_path / "hf" / "hub")
     with pytest.raises(ModelUnavailable, match=r"'softlens-test/no-such-model'.*not in the local Hugging Face cache.*offline"):
         prepare_model("softlens-test/no-such-model", tmp_path / "m", tmp_path / "m.json")
     assert not (tmp_path / "m.json").exists()
@@ -37,3 +45,19 @@ def test_dtype_rule():
 def test_explicit_dtype_is_honoured(tiny_dir):
     lm = load_model(tiny_dir, {"device": "cpu", "dtype": "bfloat16"})
     assert lm.model.dtype == torch.bfloat16 and lm.dtype == torch.bfloat16
+
+
+def test_hub_id_is_read_from_the_local_cache_when_offline(tiny_dir, tmp_path, monkeypatch):
+    """A hub model already in the Hugging Face cache works with no network."""
+    import shutil
+
+    repo = tmp_path / "hf" / "hub" / "models--softlens-test--tiny"
+    commit = "0" * 40
+    shutil.copytree(tiny_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    offline(monkeypatch, tmp_path / "hf" / "hub")
+    info = prepare_model("softlens-test/tiny", tmp_path / "unused", tmp_path / "m.json")
+    assert info["kind"] == "hub" and info["path"].endswith(commit)
+    lm = load_model(tmp_path / "m.json", {"device": "cpu"})
+    assert lm.num_layers == 4
