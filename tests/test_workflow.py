@@ -23,12 +23,15 @@ MESSAGES = ["What is the capital of France?", "Why is the sky blue?", "How do I 
 def write_config(workdir, model_dir, **changes) -> dict:
     (workdir / "messages.tsv").write_text(
         "message_id\tuser_message\n" + "".join(f"q{i}\t{m}\n" for i, m in enumerate(MESSAGES)))
+    (workdir / "dictionary.tsv").write_text((ROOT / "config" / "dictionary.tsv").read_text())
     cfg = {
         "model": str(model_dir),
         "model_settings": {"device": "cpu", "batch_size": 4},
         "messages": {"file": str(workdir / "messages.tsv"), "test_fraction": 0.25},
-        "dictionary": {"file": str(ROOT / "config" / "dictionary.tsv")},
+        "dictionary": {"file": str(workdir / "dictionary.tsv")},
         "teacher": {"max_new_tokens": 6},
+        "logprobs": {"positions": 3, "dtype": "float16"},
+        "noise": {"behaviors": ["spanish"], "sigmas": [0, 0.5, 2.0], "seeds": [0, 1]},
         "behaviors": [
             {"name": "spanish", "instruction": "Respond in Spanish."},
             {"name": "concise", "instruction": "Be concise."},
@@ -65,6 +68,22 @@ def built(tmp_path_factory, tiny_dir):
     return workdir, cfg
 
 
+def test_run_builds_phase0_and_phase05_tables_and_figures(built):
+    workdir, _ = built
+    phase0 = pd.read_csv(workdir / "results/tables/phase0.csv")
+    assert {"behavior", "dictionary", "atom", "weight", "is_target", "explained_kl_test", "leave_one_out"} <= set(phase0.columns)
+    assert set(phase0["behavior"]) == {"spanish", "concise"} and set(phase0["leave_one_out"]) == {True, False}
+    for b, g in phase0[~phase0["leave_one_out"]].groupby("behavior"):
+        top = g.loc[g["weight"].idxmax()]
+        assert top["is_target"] and top["weight"] >= 0.9 and g["explained_kl_test"].iloc[0] >= 0.99
+    assert not phase0[phase0["leave_one_out"]]["is_target"].any()
+    phase05 = pd.read_csv(workdir / "results/tables/phase05.csv")
+    assert {"behavior", "sigma", "seed", "kl_noisy_clean", "kl_noisy_base", "explained_kl_test"} <= set(phase05.columns)
+    assert len(phase05) == 3 * 2 and set(phase05["verdict"]) <= {"smooth", "phase transition"}
+    for fig in ["phase0", "phase05"]:
+        assert (workdir / f"results/figures/{fig}.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_run_builds_every_teacher_table(built, tiny_dir):
     workdir, cfg = built
     tag = tiny_dir.name
@@ -85,16 +104,34 @@ def test_complete_run_plans_nothing(built):
     assert planned(workdir) == []
 
 
-def test_editing_one_instruction_replans_only_that_teacher(built, tiny_dir):
+def test_editing_one_instruction_replans_only_that_behaviours_branch(built, tiny_dir):
     workdir, cfg = built
     cfg["behaviors"][1]["instruction"] = "Be very brief."
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
     try:
-        assert planned(workdir) == [f"results/{tiny_dir.name}/teacher/concise.parquet"]
+        plan = planned(workdir)
     finally:
         cfg["behaviors"][1]["instruction"] = "Be concise."
         (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert [p for p in plan if "/teacher/" in p] == [f"results/{tiny_dir.name}/teacher/concise.parquet"]
+    assert not [p for p in plan if "/spanish" in p or "/pirate" in p]
+    assert f"results/{tiny_dir.name}/fits/concise/target.parquet" in plan
     assert planned(workdir) == []
+
+
+def test_changing_the_dictionary_replans_caches_and_fits_but_no_teacher(built, tiny_dir):
+    workdir, _ = built
+    path = workdir / "dictionary.tsv"
+    original, stat = path.read_text(), path.stat()
+    path.write_text(original + "haiku\tformat\tAnswer with a haiku.\n")
+    try:
+        plan = planned(workdir)
+    finally:
+        path.write_text(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert not [p for p in plan if "/teacher/" in p or "/steering/" in p]
+    assert f"results/{tiny_dir.name}/logprobs/spanish/atom-haiku.parquet" in plan
+    assert {f"results/{tiny_dir.name}/fits/spanish/target.parquet", "results/tables/phase0.csv"} <= set(plan)
 
 
 def test_invalid_config_fails_before_any_rule_runs(tmp_path, tiny_dir):

@@ -34,6 +34,7 @@ def validate_config(config: dict, schema: str | Path) -> dict:
     except WorkflowError as e:
         raise ConfigError(str(e)) from None
     _check_behaviors(config["behaviors"])
+    _check_noise(config)
     model_source(config["model"])  # local directory must exist; hub ids must look like ids
     load_messages(config["messages"])
     load_dictionary(config["dictionary"])
@@ -55,6 +56,19 @@ def _check_behaviors(behaviors: list[dict]) -> None:
             raise ConfigError(f"{where}: give exactly one of 'instruction' or 'steering' (found {kinds or 'neither'})")
         if "instruction" in kinds and not b["instruction"].strip():
             raise ConfigError(f"{where}: 'instruction' is empty")
+
+
+def _check_noise(config: dict) -> None:
+    hard = {b["name"] for b in config["behaviors"] if b.get("instruction")}
+    for name in config["noise"]["behaviors"]:
+        if name not in hard:
+            raise ConfigError(f"noise.behaviors: {name!r} is not an instruction behaviour (those are {sorted(hard)})")
+
+
+def noise_sources(config: dict) -> dict[str, dict]:
+    """Phase 0.5 sources by name, e.g. 'noise-0.25-1' (sigma 0 is the clean target, never scored)."""
+    return {f"noise-{s:g}-{seed}": {"sigma": float(s), "seed": int(seed)}
+            for s in config["noise"]["sigmas"] for seed in config["noise"]["seeds"]}
 
 
 def check_steering_layers(behaviors: list[dict], num_layers: int) -> None:

@@ -82,6 +82,7 @@ class Batch:
     slot_mask: torch.Tensor        # (B, T) True at every slot position (frame text included)
     completion_start: torch.Tensor  # (B,) position of the first completion token
     completion_len: torch.Tensor   # (B,)
+    prefix_len: int = 0            # "inner" padding: positions [0, prefix_len) are the same in every row
 
     def model_inputs(self) -> dict:
         return {"inputs_embeds": self.inputs_embeds, "attention_mask": self.attention_mask,
@@ -177,7 +178,12 @@ class PromptSlot:
 
     def batch(self, content: SlotContent, messages: Sequence[str],
               completions: Sequence[Sequence[int]] | None = None, padding_side: str = "right") -> Batch:
-        """Inputs for every message with the same slot content (and teacher-forced completions)."""
+        """Inputs for every message with the same slot content (and teacher-forced completions).
+
+        padding_side: "right" (scoring), "left" (generation), or "inner": the text before the slot and
+        the slot itself (identical in every row) come first, then the padding, then the rest, so one
+        KV cache of that shared prefix serves the whole batch and the sequences end together.
+        """
         completions = completions if completions is not None else [[] for _ in messages]
         if len(completions) != len(messages):
             raise ValueError(f"{len(messages)} messages but {len(completions)} completions")
@@ -201,19 +207,28 @@ class PromptSlot:
             rows.append((ids, soft, slot_start, slot_end, start, len(completion)))
 
         B, T = len(rows), max(len(r[0]) for r in rows)
+        if padding_side == "inner" and any(r[0][:r[3]] != rows[0][0][:rows[0][3]] for r in rows):
+            raise ValueError("inner padding needs the same text before and in the slot in every row")
         token_ids = torch.full((B, T), self.pad_id, dtype=torch.long)
         attention = torch.zeros(B, T, dtype=torch.long)
         slot_mask = torch.zeros(B, T, dtype=torch.bool)
         soft_mask = torch.zeros(B, T, dtype=torch.bool)
         starts, lens, soft_index, soft_values = [], [], [], []
         for b, (ids, soft, s0, s1, start, n) in enumerate(rows):
-            off = T - len(ids) if padding_side == "left" else 0
-            token_ids[b, off:off + len(ids)] = torch.tensor(ids)
-            attention[b, off:off + len(ids)] = 1
-            slot_mask[b, off + s0:off + s1] = True
+            off = T - len(ids) if padding_side in ("left", "inner") else 0
+            if padding_side == "inner":  # move the shared prefix in front of the padding
+                ids, off_prefix = ids[:s1] + [self.pad_id] * off + ids[s1:], 0
+                attention[b] = 1
+                attention[b, s1:s1 + off] = 0
+                token_ids[b] = torch.tensor(ids)
+            else:
+                off_prefix = off
+                token_ids[b, off:off + len(ids)] = torch.tensor(ids)
+                attention[b, off:off + len(ids)] = 1
+            slot_mask[b, off_prefix + s0:off_prefix + s1] = True
             for at, vec in soft:
-                soft_mask[b, off + at:off + at + vec.shape[0]] = True
-                soft_index.append(torch.stack([torch.full((vec.shape[0],), b), off + at + torch.arange(vec.shape[0])], 1))
+                soft_mask[b, off_prefix + at:off_prefix + at + vec.shape[0]] = True
+                soft_index.append(torch.stack([torch.full((vec.shape[0],), b), off_prefix + at + torch.arange(vec.shape[0])], 1))
                 soft_values.append(vec)
             starts.append(off + start)
             lens.append(n)
@@ -232,4 +247,5 @@ class PromptSlot:
             slot_mask=slot_mask.to(device),
             completion_start=torch.tensor(starts, device=device),
             completion_len=torch.tensor(lens, device=device),
+            prefix_len=rows[0][3] if padding_side == "inner" else 0,
         )

@@ -1,0 +1,186 @@
+rule logprobs_dictionary:
+    input:
+        unpack(model_and_teacher),
+        dictionary=config["dictionary"]["file"],
+    output:
+        expand(
+            "results/{{model}}/logprobs/{{behavior}}/atom-{atom}.parquet", atom=ATOMS
+        ),
+    log:
+        "logs/{model}/logprobs/{behavior}/dictionary.log",
+    benchmark:
+        "logs/{model}/benchmarks/logprobs/{behavior}/dictionary.tsv"
+    conda:
+        "../envs/softlens.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        gpu=1,
+    params:
+        sources=dictionary_sources,
+        model_settings=config["model_settings"],
+        logprobs=config["logprobs"],
+    script:
+        "../scripts/logprobs.py"
+
+
+rule logprobs_reference:
+    input:
+        unpack(model_and_teacher),
+    output:
+        "results/{model}/logprobs/{behavior}/target.parquet",
+        "results/{model}/logprobs/{behavior}/unprompted.parquet",
+    log:
+        "logs/{model}/logprobs/{behavior}/reference.log",
+    benchmark:
+        "logs/{model}/benchmarks/logprobs/{behavior}/reference.tsv"
+    conda:
+        "../envs/softlens.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        gpu=1,
+    params:
+        sources=reference_sources,
+        model_settings=config["model_settings"],
+        logprobs=config["logprobs"],
+    script:
+        "../scripts/logprobs.py"
+
+
+rule logprobs_noise:
+    input:
+        unpack(model_and_teacher),
+    output:
+        expand("results/{{model}}/logprobs/{{behavior}}/{source}.parquet", source=NOISE),
+    log:
+        "logs/{model}/logprobs/{behavior}/noise.log",
+    benchmark:
+        "logs/{model}/benchmarks/logprobs/{behavior}/noise.tsv"
+    conda:
+        "../envs/softlens.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        gpu=1,
+    params:
+        sources=noisy_sources,
+        model_settings=config["model_settings"],
+        logprobs=config["logprobs"],
+    script:
+        "../scripts/logprobs.py"
+
+
+rule fit_phase0:
+    input:
+        fit_inputs,
+    output:
+        "results/{model}/fits/{behavior}/target.parquet",
+    log:
+        "logs/{model}/fits/{behavior}/target.log",
+    benchmark:
+        "logs/{model}/benchmarks/fits/{behavior}/target.tsv"
+    conda:
+        "../envs/softlens.yaml"
+    threads: 1
+    resources:
+        mem_mb=9000,
+    params:
+        atoms=fit_atoms,
+        poe=config["poe"],
+        cache_dir=cache_dir,
+    script:
+        "../scripts/fit_phase0.py"
+
+
+rule fit_noise:
+    input:
+        noise_fit_inputs,
+    output:
+        "results/{model}/fits/{behavior}/noise-seed{seed}.parquet",
+    log:
+        "logs/{model}/fits/{behavior}/noise-seed{seed}.log",
+    benchmark:
+        "logs/{model}/benchmarks/fits/{behavior}/noise-seed{seed}.tsv"
+    conda:
+        "../envs/softlens.yaml"
+    threads: 1
+    resources:
+        mem_mb=9000,
+    params:
+        atoms=fit_atoms,
+        poe=config["poe"],
+        cache_dir=cache_dir,
+        noise=noise_of_seed,
+    script:
+        "../scripts/fit_noise.py"
+
+
+rule phase0_table:
+    input:
+        expand(
+            "results/{model}/fits/{behavior}/target.parquet",
+            model=MODEL,
+            behavior=INSTRUCTED,
+        ),
+    output:
+        table="results/tables/phase0.csv",
+        path="results/tables/phase0_path.csv",
+    log:
+        "logs/tables/phase0.log",
+    conda:
+        "../envs/softlens.yaml"
+    script:
+        "../scripts/phase0_table.py"
+
+
+rule phase05_table:
+    input:
+        expand(
+            "results/{model}/fits/{behavior}/noise-seed{seed}.parquet",
+            model=MODEL,
+            behavior=config["noise"]["behaviors"],
+            seed=config["noise"]["seeds"],
+        ),
+    output:
+        "results/tables/phase05.csv",
+    log:
+        "logs/tables/phase05.log",
+    conda:
+        "../envs/softlens.yaml"
+    script:
+        "../scripts/phase05_table.py"
+
+
+rule figure_phase0:
+    input:
+        "results/tables/phase0.csv",
+    output:
+        report(
+            "results/figures/phase0.png",
+            caption="../reports/phase0.rst",
+            category="Phase 0: recovering a known hard prompt",
+        ),
+    log:
+        "logs/figures/phase0.log",
+    conda:
+        "../envs/softlens.yaml"
+    script:
+        "../scripts/figure_phase0.py"
+
+
+rule figure_phase05:
+    input:
+        "results/tables/phase05.csv",
+    output:
+        report(
+            "results/figures/phase05.png",
+            caption="../reports/phase05.rst",
+            category="Phase 0.5: noise on the hard prompt",
+        ),
+    log:
+        "logs/figures/phase05.log",
+    conda:
+        "../envs/softlens.yaml"
+    script:
+        "../scripts/figure_phase05.py"

@@ -1,0 +1,157 @@
+"""Decomposing a target into a sparse signed product of experts over a dictionary of hard prompts.
+
+Fits run on the train messages' contexts; every lambda of the path is evaluated on the test
+messages' contexts. Explained-KL = 1 - KL(P || q_w) / KL(P || base), with base the unprompted model.
+
+Lambda selection (stated in the figure captions): the largest lambda (the sparsest fit) whose held-out
+explained-KL is within `selection_tolerance` of the best held-out explained-KL on the path.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .io import read_aligned
+from .poe import PoEProblem, lambda_path, solve_path
+
+log = logging.getLogger(__name__)
+
+TARGET, UNPROMPTED_SOURCE = "target", "unprompted"
+
+
+@dataclass(frozen=True)
+class PathSettings:
+    path_length: int = 20
+    lambda_ratio: float = 1e-3
+    selection_tolerance: float = 0.005
+    include_unprompted_atom: bool = False
+    tol: float = 1e-9
+
+
+def dictionary_atoms(spec: dict, dictionary: pd.DataFrame, include_unprompted: bool = False) -> pd.DataFrame:
+    """The atoms a behaviour's fits use: columns atom, prompt, source, is_target.
+
+    The behaviour's own instruction is the atom whose cache is the `target` source; if the hand-written
+    dictionary lacks it, it is added (Phase 0 must be able to recover it).
+    """
+    own = (spec.get("instruction") or "").casefold()
+    rows = [{"atom": a, "prompt": t, "source": TARGET if t.casefold() == own else f"atom-{a}",
+             "is_target": t.casefold() == own} for a, t in zip(dictionary["atom"], dictionary["prompt"])]
+    if own and not any(r["is_target"] for r in rows):
+        rows.append({"atom": spec["name"], "prompt": spec["instruction"], "source": TARGET, "is_target": True})
+    if include_unprompted:
+        rows.append({"atom": UNPROMPTED_SOURCE, "prompt": "", "source": UNPROMPTED_SOURCE, "is_target": False})
+    return pd.DataFrame(rows)
+
+
+def mean_kl(p_logp: np.ndarray, q_logp: np.ndarray) -> float:
+    """mean over rows of KL(P || Q) from log-probs (R, V), float64 sums."""
+    p = torch.from_numpy(p_logp).double()
+    return float((p.exp() * (p - torch.from_numpy(q_logp).double())).sum(-1).mean())
+
+
+def fit_path(L: np.ndarray, target: np.ndarray, base: np.ndarray, train: np.ndarray, atoms: list[str],
+             settings: PathSettings) -> pd.DataFrame:
+    """Fit on train rows along a lambda path; one long row per (lambda, atom) with train/test metrics."""
+    test = ~train
+    problem = PoEProblem(torch.from_numpy(L[:, train]), torch.from_numpy(target[train]), atoms)
+    held_out = PoEProblem(torch.from_numpy(L[:, test]), torch.from_numpy(target[test]), atoms)
+    fits = solve_path(problem, lambda_path(problem, settings.path_length, settings.lambda_ratio), tol=settings.tol)
+    kl_base_train, kl_base_test = mean_kl(target[train], base[train]), mean_kl(target[test], base[test])
+    rows = []
+    for i, f in enumerate(fits):
+        kl_test = held_out.kl(f.weights)
+        for atom, wt in zip(atoms, f.weights):
+            rows.append({"lambda_index": i, "lambda": f.lam, "atom": atom, "weight": wt, "nnz": f.nnz,
+                         "kl_train": f.kl, "kl_test": kl_test, "kl_base_train": kl_base_train,
+                         "kl_base_test": kl_base_test, "explained_kl_train": 1 - f.kl / kl_base_train,
+                         "explained_kl_test": 1 - kl_test / kl_base_test, "iterations": f.iterations,
+                         "kkt": f.kkt, "status": f.status})
+    df = pd.DataFrame(rows)
+    df["selected"] = df["lambda_index"] == select_lambda(df, settings.selection_tolerance)
+    return df
+
+
+def select_lambda(path: pd.DataFrame, tolerance: float) -> int:
+    """Index of the largest lambda whose held-out explained-KL is within `tolerance` of the path's best."""
+    per = path.groupby("lambda_index")[["lambda", "explained_kl_test"]].first()
+    ok = per[per["explained_kl_test"] >= per["explained_kl_test"].max() - tolerance]
+    return int(ok["lambda"].idxmax())
+
+
+def decompose_target(cache_dir: str, atoms: pd.DataFrame, target_source: str, settings: PathSettings,
+                     leave_one_out: bool) -> pd.DataFrame:
+    """Phase 0: the behaviour's hard target over the full dictionary, or with its own atom left out."""
+    use = atoms[~atoms["is_target"]] if leave_one_out else atoms
+    paths = [f"{cache_dir}/{s}.parquet" for s in use["source"]]
+    keys, L = read_aligned(paths + [f"{cache_dir}/{target_source}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet"])
+    df = fit_path(L[:-2], L[-2], L[-1], (keys["split"] == "train").to_numpy(), list(use["atom"]), settings)
+    df["is_target"] = df["atom"].isin(atoms.loc[atoms["is_target"], "atom"])
+    df["leave_one_out"] = leave_one_out
+    df["target"] = target_source
+    return df
+
+
+def run_phase0(cache_dir: str, atoms: pd.DataFrame, behavior: str, settings: PathSettings, out) -> pd.DataFrame:
+    from .io import write_table
+
+    df = pd.concat([decompose_target(cache_dir, atoms, TARGET, settings, loo) for loo in (False, True)])
+    df.insert(0, "behavior", behavior)
+    write_table(df, out, metadata={"settings": settings.__dict__})
+    return df
+
+
+def run_noise(cache_dir: str, atoms: pd.DataFrame, behavior: str, noise_sources: dict[str, dict],
+              settings: PathSettings, out) -> pd.DataFrame:
+    """Phase 0.5: each noisy copy of the target fitted over the full dictionary, plus its distance
+    from the clean target and from the unprompted model (test rows)."""
+    from .io import write_table
+
+    from .io import check_aligned, read_logprobs
+
+    paths = [f"{cache_dir}/{s}.parquet" for s in atoms["source"]]
+    keys, L = read_aligned(paths + [f"{cache_dir}/{TARGET}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet"])
+    K, train = len(paths), (keys["split"] == "train").to_numpy()
+    clean, base = L[K], L[K + 1]
+    frames, clean_fit = [], None
+    for name, spec in noise_sources.items():
+        if spec["sigma"] == 0:  # no noise: the clean target itself, the same for every seed
+            noisy = clean
+            if clean_fit is None:
+                clean_fit = fit_path(L[:K], noisy, base, train, list(atoms["atom"]), settings)
+            df = clean_fit.copy()
+        else:  # one noisy target in memory at a time
+            path = f"{cache_dir}/{name}.parquet"
+            k, noisy = read_logprobs(path)
+            check_aligned(keys, k, path, paths[0])
+            df = fit_path(L[:K], noisy, base, train, list(atoms["atom"]), settings)
+        df["is_target"] = df["atom"].isin(atoms.loc[atoms["is_target"], "atom"])
+        df["target"] = name
+        df["sigma"] = spec["sigma"]
+        df["seed"] = spec["seed"]
+        df["kl_noisy_clean"] = mean_kl(noisy[~train], clean[~train])
+        df["kl_noisy_base"] = mean_kl(noisy[~train], base[~train])
+        frames.append(df)
+    df = pd.concat(frames)
+    df.insert(0, "behavior", behavior)
+    write_table(df, out, metadata={"settings": settings.__dict__})
+    return df
+
+
+def noise_verdict(curve: pd.DataFrame, min_decline: float = 0.1, share: float = 0.5) -> str:
+    """"phase transition" if one step between consecutive sigmas carries more than `share` of the total
+    decline of mean held-out explained-KL (and the total decline exceeds `min_decline`); else "smooth".
+
+    `curve` has columns sigma, explained_kl_test (one row per seed; averaged here).
+    """
+    e = curve.groupby("sigma")["explained_kl_test"].mean().sort_index()
+    total = e.iloc[0] - e.iloc[-1]
+    steps = -e.diff().dropna()
+    if total > min_decline and steps.max() > share * total:
+        return "phase transition"
+    return "smooth"

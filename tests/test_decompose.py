@@ -1,0 +1,131 @@
+"""Log-prob caches and decompositions on the tiny model."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from softlens.decompose import PathSettings, dictionary_atoms, noise_verdict, run_noise, run_phase0
+from softlens.io import read_aligned, read_logprobs, write_logprobs
+from softlens.logprobs import run_sources, score
+from softlens.slot import HardPrompt, PromptSlot
+
+MESSAGES = ["What is the capital of France?", "Why is the sky blue?", "How do I boil an egg?", "Hi",
+            "What is gravity?", "How do bees make honey?"]
+DICTIONARY = pd.DataFrame({"atom": ["spanish", "concise", "pirate", "cats"], "category": ["x"] * 4,
+                           "prompt": ["Respond in Spanish.", "Be concise.", "Talk like a pirate.", "Talk about cats."]})
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_lm, tmp_path_factory):
+    """A teacher table whose completions are what the model says with "Respond in Spanish."."""
+    from softlens.io import write_table
+    from softlens.teacher import GenerationSettings, teacher_table
+
+    msgs = pd.DataFrame({"message_id": [f"m{i}" for i in range(len(MESSAGES))], "user_message": MESSAGES,
+                         "split": ["train", "train", "train", "train", "test", "test"]})
+    slot = PromptSlot.for_model(tiny_lm)
+    table = teacher_table(tiny_lm, slot, HardPrompt("Respond in Spanish."), msgs, "spanish", GenerationSettings(max_new_tokens=5))
+    path = tmp_path_factory.mktemp("teacher") / "spanish.parquet"
+    write_table(table, path)
+    return path, table
+
+
+def test_cached_scoring_equals_a_plain_forward(tiny_lm, teacher):
+    _, table = teacher
+    slot = PromptSlot.for_model(tiny_lm)
+    completions = [list(c) for c in table["completion_ids"]]
+    got, rows = score(tiny_lm, slot, HardPrompt("Be concise."), MESSAGES, completions, positions=4, batch_size=4)
+    b = slot.batch(HardPrompt("Be concise."), MESSAGES, [c[:4] for c in completions])
+    with torch.no_grad():
+        lp = torch.log_softmax(tiny_lm.model(**b.model_inputs()).logits, -1)
+    idx, mask = b.scored_positions(4)
+    ref = torch.cat([lp[i, idx[i][mask[i]]] for i in range(len(MESSAGES))])
+    assert got.shape == ref.shape and np.abs(got - ref.numpy()).max() < 1e-5
+    assert [tuple(r) for r in rows[:3]] == [(0, 0), (0, 1), (0, 2)]
+
+
+@pytest.fixture(scope="module")
+def caches(tiny_dir, teacher, tmp_path_factory):
+    path, _ = teacher
+    d = tmp_path_factory.mktemp("logprobs")
+    spec = {"name": "spanish", "instruction": "Respond in Spanish."}
+    sources = {f"atom-{a}": {"kind": "hard", "text": t} for a, t in zip(DICTIONARY["atom"], DICTIONARY["prompt"])}
+    sources |= {"target": {"kind": "hard", "text": spec["instruction"]}, "unprompted": {"kind": "unprompted"}}
+    sources |= {f"noise-{s:g}-0": {"kind": "noisy", "text": spec["instruction"], "sigma": s, "seed": 0} for s in (0.5, 2.0)}
+    run_sources(tiny_dir, path, sources, {n: str(d / f"{n}.parquet") for n in sources}, {"device": "cpu"},
+                positions=3, dtype="float32")
+    return d, spec
+
+
+def test_caches_align_and_the_instruction_atom_equals_the_target(caches):
+    d, _ = caches
+    keys, L = read_aligned([d / "atom-spanish.parquet", d / "target.parquet", d / "unprompted.parquet"])
+    assert list(keys.columns) == ["message_id", "split", "position"] and set(keys["split"]) == {"train", "test"}
+    assert np.array_equal(L[0], L[1]) and not np.array_equal(L[0], L[2])
+    assert np.allclose(np.exp(L).sum(-1), 1, atol=1e-4)
+
+
+def test_misaligned_caches_are_rejected(caches, tmp_path):
+    d, _ = caches
+    keys, values = read_logprobs(d / "target.parquet")
+    teacher = pd.DataFrame({"message_id": keys["message_id"][::-1].to_numpy(), "split": keys["split"].to_numpy()})
+    rows = np.stack([np.arange(len(keys)), keys["position"].to_numpy()], 1)
+    write_logprobs(tmp_path / "shuffled.parquet", teacher, values, rows, "float32", {})
+    with pytest.raises(ValueError, match="shuffled.parquet' does not align with .*target.parquet"):
+        read_aligned([d / "target.parquet", tmp_path / "shuffled.parquet"])
+
+
+def test_nan_in_a_cache_is_named(caches, tmp_path):
+    d, _ = caches
+    keys, values = read_logprobs(d / "target.parquet")
+    values[0, 0] = np.nan
+    teacher = pd.DataFrame({"message_id": keys["message_id"].to_numpy(), "split": keys["split"].to_numpy()})
+    rows = np.stack([np.arange(len(keys)), keys["position"].to_numpy()], 1)
+    write_logprobs(tmp_path / "nan.parquet", teacher, values, rows, "float32", {})
+    with pytest.raises(ValueError, match="nan.parquet' contains NaN or inf"):
+        read_logprobs(tmp_path / "nan.parquet")
+
+
+def test_float16_storage_roundtrips_within_half_precision(caches, tmp_path):
+    d, _ = caches
+    keys, values = read_logprobs(d / "target.parquet")
+    teacher = pd.DataFrame({"message_id": keys["message_id"].to_numpy(), "split": keys["split"].to_numpy()})
+    rows = np.stack([np.arange(len(keys)), keys["position"].to_numpy()], 1)
+    write_logprobs(tmp_path / "h.parquet", teacher, values, rows, "float16", {})
+    _, half = read_logprobs(tmp_path / "h.parquet")
+    assert np.abs(half - values).max() <= np.abs(values).max() * 2**-10
+
+
+def test_phase0_recovers_the_instruction_and_leave_one_out_cannot(caches, tmp_path):
+    d, spec = caches
+    atoms = dictionary_atoms(spec, DICTIONARY)
+    assert atoms.loc[atoms["is_target"], "source"].tolist() == ["target"]
+    df = run_phase0(str(d), atoms, "spanish", PathSettings(), tmp_path / "fit.parquet")
+    sel = df[df["selected"]]
+    full, loo = sel[~sel["leave_one_out"]], sel[sel["leave_one_out"]]
+    top = full.loc[full["weight"].idxmax()]
+    assert top["atom"] == "spanish" and top["is_target"] and top["weight"] >= 0.9
+    assert full["explained_kl_test"].iloc[0] >= 0.99
+    assert "spanish" not in set(loo["atom"]) and loo["explained_kl_test"].iloc[0] < full["explained_kl_test"].iloc[0]
+    assert df.groupby(["leave_one_out"])["lambda_index"].nunique().tolist() == [20, 20]
+
+
+def test_noise_fits_report_distances_and_sigma_zero_is_the_clean_target(caches, tmp_path):
+    d, spec = caches
+    noise = {"noise-0-0": {"sigma": 0.0, "seed": 0}, "noise-0.5-0": {"sigma": 0.5, "seed": 0},
+             "noise-2-0": {"sigma": 2.0, "seed": 0}}
+    df = run_noise(str(d), dictionary_atoms(spec, DICTIONARY), "spanish", noise, PathSettings(), tmp_path / "n.parquet")
+    per = df[df["selected"]].groupby("sigma")[["kl_noisy_clean", "kl_noisy_base", "explained_kl_test"]].first()
+    assert per.loc[0.0, "kl_noisy_clean"] == 0 and per.loc[2.0, "kl_noisy_clean"] > per.loc[0.5, "kl_noisy_clean"] > 0
+    assert per.loc[0.0, "explained_kl_test"] >= 0.99
+
+
+def test_verdict_rule():
+    sig = [0, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2]
+    smooth = pd.DataFrame({"sigma": sig, "explained_kl_test": np.linspace(1.0, 0.3, 8)})
+    cliff = pd.DataFrame({"sigma": sig, "explained_kl_test": [1, 0.99, 0.98, 0.97, 0.3, 0.28, 0.27, 0.26]})
+    flat = pd.DataFrame({"sigma": sig, "explained_kl_test": [1, 1, 1, 1, 0.97, 0.97, 0.97, 0.97]})
+    assert noise_verdict(smooth) == "smooth"
+    assert noise_verdict(cliff) == "phase transition"
+    assert noise_verdict(flat) == "smooth"  # a small total decline is never a transition
