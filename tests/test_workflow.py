@@ -57,7 +57,8 @@ def snakemake(workdir, *args, check=True) -> subprocess.CompletedProcess:
 def planned(workdir) -> list[str]:
     """Output files a dry run would build."""
     res = snakemake(workdir, "--dry-run")
-    return sorted(set(re.findall(r"^\s+output: (.+)$", res.stdout + res.stderr, flags=re.M)))
+    lines = re.findall(r"^\s+output: (.+)$", res.stdout + res.stderr, flags=re.M)
+    return sorted({path for line in lines for path in line.split(", ")})
 
 
 @pytest.fixture(scope="module")
