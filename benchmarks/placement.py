@@ -12,7 +12,6 @@ import re
 import sys
 
 import pandas as pd
-import torch
 
 from softlens.config import load_messages
 from softlens.models import load_model, set_threads

@@ -7,6 +7,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -86,8 +87,6 @@ def read_vector(path: str | Path) -> tuple[dict, dict]:
 # --- log-prob caches: one row per (message_id, position), a fixed-size list of V log-probs ---------
 
 def write_logprobs(path, teacher: pd.DataFrame, logprobs, rows, dtype: str, metadata: dict) -> None:
-    import numpy as np
-
     values = np.ascontiguousarray(logprobs, dtype=np.float16 if dtype == "float16" else np.float32)
     table = pa.table({
         "message_id": pa.array(teacher["message_id"].to_numpy()[rows[:, 0]]),
@@ -100,10 +99,8 @@ def write_logprobs(path, teacher: pd.DataFrame, logprobs, rows, dtype: str, meta
         pq.write_table(table, tmp, compression="zstd", use_dictionary=False)  # 3x faster reads, smaller
 
 
-def read_logprobs(path) -> tuple[pd.DataFrame, "np.ndarray"]:
-    """(keys: message_id, split, position; log-probs (R, V) float32), checked finite."""
-    import numpy as np
-
+def read_logprobs(path) -> tuple[pd.DataFrame, np.ndarray]:
+    """(keys: message_id, split, position; log-probs (R, V) float32), checked finite and normalised."""
     table = pq.read_table(path)
     col = table.column("logprobs").combine_chunks()
     values = col.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(table), -1)
@@ -127,10 +124,8 @@ def check_aligned(keys: pd.DataFrame, other: pd.DataFrame, path, reference) -> N
                          f"rows must match by (message_id, position)")
 
 
-def read_aligned(paths: list) -> tuple[pd.DataFrame, "np.ndarray"]:
+def read_aligned(paths: list) -> tuple[pd.DataFrame, np.ndarray]:
     """Stack caches that score the same contexts into (K, R, V); rows must align by (message_id, position)."""
-    import numpy as np
-
     keys, out = None, None
     for i, p in enumerate(paths):
         k, v = read_logprobs(p)

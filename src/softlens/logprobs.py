@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import copy
 import logging
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .config import EMBEDDED, ConfigError, model_source
+from .config import EMBEDDED, model_source
 from .io import atomic_path
 
 log = logging.getLogger(__name__)

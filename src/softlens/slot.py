@@ -192,7 +192,7 @@ class PromptSlot:
         rows = []  # per sequence: token ids (pad at soft positions), soft spans, slot span, completion
         for message, completion in zip(messages, completions):
             before, after = self.texts(message, content is not None)
-            ids, soft, pos = self.tokenize(before), [], 0
+            ids, soft = self.tokenize(before), []
             slot_start = len(ids)
             for part in parts:
                 if isinstance(part, torch.Tensor):
