@@ -56,17 +56,6 @@ def score(lm, slot: PromptSlot, content: SlotContent, messages: Sequence[str],
     return torch.cat(out).numpy(), np.array(rows, dtype=np.int64).reshape(-1, 2)
 
 
-def sources_for(spec: dict, dictionary: pd.DataFrame) -> dict[str, dict]:
-    """The dictionary sources scored for a behaviour: one per atom, the instruction's own atom excluded.
-
-    The behaviour's instruction is scored once, as the source `target`; fits use it as the atom of
-    that name (see `decompose.dictionary_atoms`).
-    """
-    own = (spec.get("instruction") or "").casefold()
-    return {f"atom-{a}": {"kind": "hard", "text": t}
-            for a, t in zip(dictionary["atom"], dictionary["prompt"]) if t.casefold() != own}
-
-
 def content_for(source: dict):
     """Slot content for a source spec: hard text, noisy hard text, or nothing."""
     from .slot import HardPrompt, NoisyHardPrompt
