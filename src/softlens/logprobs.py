@@ -15,7 +15,6 @@ import logging
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
