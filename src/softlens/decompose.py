@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .io import read_aligned
+from .io import check_aligned, read_aligned, read_logprobs, write_table
 from .poe import PoEProblem, lambda_path, solve_path
 
 log = logging.getLogger(__name__)
@@ -84,23 +84,21 @@ def select_lambda(path: pd.DataFrame, tolerance: float) -> int:
     return int(ok["lambda"].idxmax())
 
 
-def decompose_target(cache_dir: str, atoms: pd.DataFrame, target_source: str, settings: PathSettings,
-                     leave_one_out: bool) -> pd.DataFrame:
-    """Phase 0: the behaviour's hard target over the full dictionary, or with its own atom left out."""
-    use = atoms[~atoms["is_target"]] if leave_one_out else atoms
-    paths = [f"{cache_dir}/{s}.parquet" for s in use["source"]]
-    keys, L = read_aligned(paths + [f"{cache_dir}/{target_source}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet"])
-    df = fit_path(L[:-2], L[-2], L[-1], (keys["split"] == "train").to_numpy(), list(use["atom"]), settings)
-    df["is_target"] = df["atom"].isin(atoms.loc[atoms["is_target"], "atom"])
-    df["leave_one_out"] = leave_one_out
-    df["target"] = target_source
-    return df
-
-
 def run_phase0(cache_dir: str, atoms: pd.DataFrame, behavior: str, settings: PathSettings, out) -> pd.DataFrame:
-    from .io import write_table
-
-    df = pd.concat([decompose_target(cache_dir, atoms, TARGET, settings, loo) for loo in (False, True)])
+    """Phase 0: the behaviour's hard target over the full dictionary, and with its own atom left out
+    (both fits from one read of the caches)."""
+    paths = [f"{cache_dir}/{s}.parquet" for s in atoms["source"]]
+    keys, L = read_aligned(paths + [f"{cache_dir}/{TARGET}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet"])
+    train, K = (keys["split"] == "train").to_numpy(), len(paths)
+    frames = []
+    for loo in (False, True):
+        use = np.flatnonzero(~atoms["is_target"].to_numpy()) if loo else np.arange(K)
+        df = fit_path(L[use], L[K], L[K + 1], train, list(atoms["atom"].iloc[use]), settings)
+        df["is_target"] = df["atom"].isin(atoms.loc[atoms["is_target"], "atom"])
+        df["leave_one_out"] = loo
+        df["target"] = TARGET
+        frames.append(df)
+    df = pd.concat(frames)
     df.insert(0, "behavior", behavior)
     write_table(df, out, metadata={"settings": settings.__dict__})
     return df
@@ -110,10 +108,6 @@ def run_noise(cache_dir: str, atoms: pd.DataFrame, behavior: str, noise_sources:
               settings: PathSettings, out) -> pd.DataFrame:
     """Phase 0.5: each noisy copy of the target fitted over the full dictionary, plus its distance
     from the clean target and from the unprompted model (test rows)."""
-    from .io import write_table
-
-    from .io import check_aligned, read_logprobs
-
     paths = [f"{cache_dir}/{s}.parquet" for s in atoms["source"]]
     keys, L = read_aligned(paths + [f"{cache_dir}/{TARGET}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet"])
     K, train = len(paths), (keys["split"] == "train").to_numpy()
