@@ -12,6 +12,7 @@ report: "reports/workflow.rst"
 include: "rules/common.smk"
 include: "rules/model.smk"
 include: "rules/teacher.smk"
+include: "rules/softprompt.smk"
 include: "rules/decompose.smk"
 
 

@@ -9,6 +9,7 @@ from softlens.config import (
     noise_sources,
     validate_config,
 )
+from softlens.sources import behavior_source
 
 # Config first: nothing below runs on an invalid config.
 validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
@@ -20,12 +21,17 @@ INSTRUCTED = [b["name"] for b in config["behaviors"] if b.get("instruction")]
 DICTIONARY = load_dictionary(config["dictionary"])
 ATOMS = list(DICTIONARY["atom"])
 NOISE = {n: s for n, s in noise_sources(config).items() if s["sigma"] > 0}
+TRAINED = config["training"]["behaviors"] or BEHAVIORS
+VARIANTS = config["training"]["variants"]
+SEEDS = config["training"]["seeds"]
+PHASE1_SEEDS = config["phase1"]["seeds"] or SEEDS
 
 
 wildcard_constraints:
     seed=r"\d+",
     model=re.escape(MODEL),
     behavior="|".join(map(re.escape, BEHAVIORS + [UNPROMPTED])),
+    variant="prepend|contextualised",
 
 
 def model_manifest(wildcards):
@@ -42,28 +48,47 @@ def get_behavior(wildcards):
     return behavior(config, wildcards.behavior)
 
 
-def teacher_inputs(wildcards):
-    inputs = {
-        "model": model_manifest(wildcards),
-        "messages": config["messages"]["file"],
-    }
+def teacher_definition(wildcards):
+    """The files that define a behaviour's teacher besides its config: steering vector, PEFT adapter."""
+    spec = behavior(config, wildcards.behavior)
+    inputs = {}
     if wildcards.behavior in STEERED:
         inputs["steering"] = (
             f"results/{wildcards.model}/steering/{wildcards.behavior}.safetensors"
         )
+    if spec.get("peft"):
+        inputs["peft"] = f"{spec['peft']}/adapter_model.safetensors"
     return inputs
+
+
+def teacher_inputs(wildcards):
+    return {
+        "model": model_manifest(wildcards),
+        "messages": config["messages"]["file"],
+        **teacher_definition(wildcards),
+    }
 
 
 def model_and_teacher(wildcards):
-    inputs = {
+    return {
         "model": model_manifest(wildcards),
         "teacher": f"results/{wildcards.model}/teacher/{wildcards.behavior}.parquet",
+        **teacher_definition(wildcards),
     }
-    if wildcards.behavior in STEERED:
-        inputs["steering"] = (
-            f"results/{wildcards.model}/steering/{wildcards.behavior}.safetensors"
-        )
-    return inputs
+
+
+def soft_prompt_file(wildcards):
+    return f"results/{wildcards.model}/softprompt/{wildcards.behavior}/{wildcards.variant}-seed{wildcards.seed}.safetensors"
+
+
+def soft_source(wildcards):
+    """A trained soft prompt as a log-prob source: in the bare slot (see reports/phase1.rst)."""
+    return {
+        f"soft-{wildcards.variant}-seed{wildcards.seed}": {
+            "kind": "soft",
+            "file": soft_prompt_file(wildcards),
+        }
+    }
 
 
 def dictionary_sources(wildcards):
@@ -75,13 +100,8 @@ def dictionary_sources(wildcards):
 
 
 def reference_sources(wildcards):
-    """The behaviour's own target (its instruction, or the steered model) and the unprompted model."""
-    spec = behavior(config, wildcards.behavior)
-    target = (
-        {"kind": "hard", "text": spec["instruction"]}
-        if spec.get("instruction")
-        else {"kind": "steered"}
-    )
+    """The behaviour's own target (instruction, steered model, PEFT prompt) and the unprompted model."""
+    target = behavior_source(behavior(config, wildcards.behavior))
     return {"target": target, "unprompted": {"kind": "unprompted"}}
 
 
@@ -114,6 +134,12 @@ def fit_inputs(wildcards):
     ]
 
 
+def phase1_fit_inputs(wildcards):
+    return fit_inputs(wildcards) + [
+        f"{cache_dir(wildcards)}/soft-{wildcards.variant}-seed{wildcards.seed}.parquet"
+    ]
+
+
 def noise_of_seed(wildcards):
     """This job's Phase 0.5 targets: every sigma at one noise seed."""
     return {
@@ -139,4 +165,19 @@ def get_final_output():
     ) + [
         "results/figures/phase0.png",
         "results/figures/phase05.png",
-    ]
+        "results/figures/training.png",
+        "results/figures/training_curves.png",
+        "results/figures/phase1.png",
+        "results/figures/phase1_path.png",
+    ] + expand(
+        "results/{model}/peft/{behavior}/{variant}-seed{seed}/adapter_config.json",
+        model=MODEL,
+        behavior=TRAINED,
+        variant=VARIANTS,
+        seed=SEEDS,
+    )
+
+
+def trained_outputs(pattern, seeds=SEEDS):
+    """`pattern` expanded over the trained soft prompts (behaviour x variant x seed)."""
+    return expand(pattern, model=MODEL, behavior=TRAINED, variant=VARIANTS, seed=seeds)

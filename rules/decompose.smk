@@ -89,8 +89,9 @@ rule fit_phase0:
         atoms=fit_atoms,
         poe=config["poe"],
         cache_dir=cache_dir,
+        target="target",
     script:
-        "../scripts/fit_phase0.py"
+        "../scripts/fit.py"
 
 
 rule fit_noise:
@@ -184,3 +185,90 @@ rule figure_phase05:
         "../envs/softlens.yaml"
     script:
         "../scripts/figure_phase05.py"
+
+
+rule logprobs_softprompt:
+    input:
+        unpack(model_and_teacher),
+        prompt=soft_prompt_file,
+    output:
+        "results/{model}/logprobs/{behavior}/soft-{variant}-seed{seed}.parquet",
+    log:
+        "logs/{model}/logprobs/{behavior}/soft-{variant}-seed{seed}.log",
+    benchmark:
+        "logs/{model}/benchmarks/logprobs/{behavior}/soft-{variant}-seed{seed}.tsv"
+    conda:
+        "../envs/softlens.yaml"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        gpu=1,
+    params:
+        sources=soft_source,
+        model_settings=config["model_settings"],
+        logprobs=config["logprobs"],
+    script:
+        "../scripts/logprobs.py"
+
+
+rule fit_phase1:
+    input:
+        phase1_fit_inputs,
+    output:
+        "results/{model}/fits/{behavior}/soft-{variant}-seed{seed}.parquet",
+    log:
+        "logs/{model}/fits/{behavior}/soft-{variant}-seed{seed}.log",
+    benchmark:
+        "logs/{model}/benchmarks/fits/{behavior}/soft-{variant}-seed{seed}.tsv"
+    conda:
+        "../envs/softlens.yaml"
+    threads: 1
+    resources:
+        mem_mb=9000,
+    params:
+        atoms=fit_atoms,
+        poe=config["poe"],
+        cache_dir=cache_dir,
+        target=lambda wc: f"soft-{wc.variant}-seed{wc.seed}",
+    script:
+        "../scripts/fit.py"
+
+
+rule phase1_table:
+    input:
+        trained_outputs(
+            "results/{model}/fits/{behavior}/soft-{variant}-seed{seed}.parquet",
+            PHASE1_SEEDS,
+        ),
+    output:
+        table="results/tables/phase1.csv",
+        path="results/tables/phase1_path.csv",
+    log:
+        "logs/tables/phase1.log",
+    conda:
+        "../envs/softlens.yaml"
+    script:
+        "../scripts/phase1_table.py"
+
+
+rule figure_phase1:
+    input:
+        table="results/tables/phase1.csv",
+        path="results/tables/phase1_path.csv",
+    output:
+        weights=report(
+            "results/figures/phase1.png",
+            caption="../reports/phase1.rst",
+            category="Phase 1: decomposing trained soft prompts",
+        ),
+        path=report(
+            "results/figures/phase1_path.png",
+            caption="../reports/phase1_path.rst",
+            category="Phase 1: decomposing trained soft prompts",
+        ),
+    log:
+        "logs/figures/phase1.log",
+    conda:
+        "../envs/softlens.yaml"
+    script:
+        "../scripts/figure_phase1.py"

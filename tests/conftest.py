@@ -19,6 +19,20 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sharp_dir(tmp_path_factory) -> Path:
+    """The tiny model with larger weights: its outputs depend on the prompt (KL ~1 nat), so a soft
+    prompt has something to learn."""
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "sharp-llama", init_range=0.2)
+
+
+@pytest.fixture(scope="session")
+def sharp_lm(sharp_dir):
+    from softlens.models import load_model
+
+    return load_model(sharp_dir, {"device": "cpu"})
+
+
+@pytest.fixture(scope="session")
 def tiny_lm(tiny_dir):
     from softlens.models import load_model
 

@@ -35,7 +35,7 @@ def test_unknown_top_level_key(default_config, schema):
 
 def test_behavior_without_instruction_or_steering(default_config, schema):
     default_config["behaviors"].append({"name": "empty"})
-    with pytest.raises(ConfigError, match=r"behaviors\[6\] \('empty'\).*exactly one of 'instruction' or 'steering'"):
+    with pytest.raises(ConfigError, match=r"behaviors\[6\] \('empty'\).*exactly one of 'instruction', 'steering' or 'peft'"):
         validate_config(default_config, schema)
 
 
@@ -119,3 +119,23 @@ def test_reserved_behavior_name(default_config, schema):
 def test_model_tags():
     assert model_tag("embedded") == "SmolLM2-135M-Instruct"
     assert model_tag("Qwen/Qwen3-4B") == "Qwen--Qwen3-4B"
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("length", 0, r"length"),
+    ("frames", ["Be nice."], r"training.frames\[0\] = 'Be nice.' must contain the placeholder '___'"),
+    ("frames", ["___ and ___"], r"training.frames\[0\].*exactly once"),
+    ("behaviors", ["klingon"], r"training.behaviors: 'klingon' is not a behaviour"),
+    ("init", "text", r"init_text"),
+    ("variants", ["appended"], r"appended"),
+])
+def test_bad_training_settings(default_config, schema, key, value, message):
+    default_config["training"] = {key: value}
+    with pytest.raises(ConfigError, match=message):
+        validate_config(default_config, schema)
+
+
+def test_peft_behaviour_must_point_at_an_adapter(default_config, schema, tmp_path):
+    default_config["behaviors"].append({"name": "imported", "peft": str(tmp_path)})
+    with pytest.raises(ConfigError, match=r"\('imported'\).peft: .* is not a PEFT adapter directory"):
+        validate_config(default_config, schema)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from softlens.decompose import PathSettings, dictionary_atoms, noise_verdict, run_noise, run_phase0
+from softlens.decompose import PathSettings, dictionary_atoms, noise_verdict, run_noise, run_fit
 from softlens.io import read_aligned, read_logprobs, write_logprobs
 from softlens.logprobs import run_sources, score
 from softlens.slot import HardPrompt, PromptSlot
@@ -101,7 +101,7 @@ def test_phase0_recovers_the_instruction_and_leave_one_out_cannot(caches, tmp_pa
     d, spec = caches
     atoms = dictionary_atoms(spec, DICTIONARY)
     assert atoms.loc[atoms["is_target"], "source"].tolist() == ["target"]
-    df = run_phase0(str(d), atoms, "spanish", PathSettings(), tmp_path / "fit.parquet")
+    df = run_fit(str(d), atoms, "spanish", "target", PathSettings(), tmp_path / "fit.parquet")
     sel = df[df["selected"]]
     full, loo = sel[~sel["leave_one_out"]], sel[sel["leave_one_out"]]
     top = full.loc[full["weight"].idxmax()]

@@ -32,6 +32,9 @@ def write_config(workdir, model_dir, **changes) -> dict:
         "teacher": {"max_new_tokens": 6},
         "logprobs": {"positions": 3, "dtype": "float16"},
         "noise": {"behaviors": ["spanish"], "sigmas": [0, 0.5, 2.0], "seeds": [0, 1]},
+        "training": {"behaviors": ["spanish", "pirate"], "seeds": [0, 1], "steps": 4, "length": 2, "positions": 3,
+                     "batch_size": 4, "eval_every": 2, "checkpoint_every": 2, "frames": ["Be ___.", "___."],
+                     "samples": 2},
         "behaviors": [
             {"name": "spanish", "instruction": "Respond in Spanish."},
             {"name": "concise", "instruction": "Be concise."},
@@ -85,6 +88,29 @@ def test_run_builds_phase0_and_phase05_tables_and_figures(built):
         assert (workdir / f"results/figures/{fig}.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_run_trains_evaluates_decomposes_and_exports_every_soft_prompt(built, tiny_dir):
+    workdir, _ = built
+    tag = tiny_dir.name
+    training = pd.read_csv(workdir / "results/tables/training.csv")
+    assert {"behavior", "variant", "seed", "kl_closure_test"} <= set(training.columns)
+    assert len(training) == 2 * 2 * 2 and training["kl_closure_test"].notna().all()
+    frames = pd.read_csv(workdir / "results/tables/training_frames.csv", keep_default_na=False)
+    assert set(frames["frame"]) == {"___", "Be ___.", "___."}  # the bare slot is always evaluated
+    curves = pd.read_csv(workdir / "results/tables/training_curves.csv")
+    assert set(curves.groupby(["behavior", "variant", "seed"])["step"].max()) == {4}
+    phase1 = pd.read_csv(workdir / "results/tables/phase1.csv")
+    assert {"behavior", "variant", "seed", "atom", "weight", "is_target", "explained_kl_test",
+            "leave_one_out"} <= set(phase1.columns)
+    assert set(phase1["behavior"]) == {"spanish", "pirate"}
+    assert set(phase1.loc[phase1["behavior"] == "spanish", "leave_one_out"]) == {True, False}
+    assert not phase1.loc[phase1["behavior"] == "pirate", "leave_one_out"].any()  # no instruction to leave out
+    for fig in ["training", "training_curves", "phase1", "phase1_path"]:
+        assert (workdir / f"results/figures/{fig}.png").read_bytes()[:4] == b"\x89PNG"
+    adapter = workdir / f"results/{tag}/peft/spanish/prepend-seed1"
+    assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
+    assert not list((workdir / f"results/{tag}/softprompt").rglob("*.ckpt"))  # removed once a run finishes
+
+
 def test_run_builds_every_teacher_table(built, tiny_dir):
     workdir, cfg = built
     tag = tiny_dir.name
@@ -130,8 +156,9 @@ def test_changing_the_dictionary_replans_caches_and_fits_but_no_teacher(built, t
     finally:
         path.write_text(original)
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert not [p for p in plan if "/teacher/" in p or "/steering/" in p]
+    assert not [p for p in plan if "/teacher/" in p or "/steering/" in p or "/softprompt/" in p]
     assert f"results/{tiny_dir.name}/logprobs/spanish/atom-haiku.parquet" in plan
+    assert f"results/{tiny_dir.name}/fits/spanish/soft-contextualised-seed1.parquet" in plan
     assert {f"results/{tiny_dir.name}/fits/spanish/target.parquet", "results/tables/phase0.csv"} <= set(plan)
 
 

@@ -37,21 +37,24 @@ def tiny_tokenizer(vocab_size: int = 384):
     return fast
 
 
-def tiny_model(vocab_size: int, seed: int = 0, layers: int = 4):
+def tiny_model(vocab_size: int, seed: int = 0, layers: int = 4, init_range: float = 0.02):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+                      initializer_range=init_range)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     return model.eval()
 
 
-def write_tiny_model(path: str | Path, seed: int = 0) -> Path:
+def write_tiny_model(path: str | Path, seed: int = 0, init_range: float = 0.02) -> Path:
+    """The tiny model saved as a transformers directory; a larger `init_range` gives sharper, more
+    input-dependent next-token distributions (what training tests need)."""
     path = Path(path)
     tok = tiny_tokenizer()
-    model = tiny_model(len(tok), seed)
+    model = tiny_model(len(tok), seed, init_range=init_range)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(path)

@@ -35,6 +35,7 @@ def validate_config(config: dict, schema: str | Path) -> dict:
         raise ConfigError(str(e)) from None
     _check_behaviors(config["behaviors"])
     _check_noise(config)
+    _check_training(config)
     model_source(config["model"])  # local directory must exist; hub ids must look like ids
     load_messages(config["messages"])
     load_dictionary(config["dictionary"])
@@ -51,9 +52,15 @@ def _check_behaviors(behaviors: list[dict]) -> None:
         if name in seen:
             raise ConfigError(f"{where}: duplicate behaviour name {name!r} (first at behaviors[{seen[name]}])")
         seen[name] = i
-        kinds = [k for k in ("instruction", "steering") if b.get(k) is not None]
+        kinds = [k for k in ("instruction", "steering", "peft") if b.get(k) is not None]
         if len(kinds) != 1:
-            raise ConfigError(f"{where}: give exactly one of 'instruction' or 'steering' (found {kinds or 'neither'})")
+            raise ConfigError(f"{where}: give exactly one of 'instruction', 'steering' or 'peft' "
+                              f"(found {kinds or 'neither'})")
+        if "peft" in kinds:
+            adapter = Path(b["peft"])
+            missing = [f for f in ("adapter_config.json", "adapter_model.safetensors") if not (adapter / f).is_file()]
+            if missing:
+                raise ConfigError(f"{where}.peft: {b['peft']!r} is not a PEFT adapter directory (lacks {missing})")
         if "instruction" in kinds and not b["instruction"].strip():
             raise ConfigError(f"{where}: 'instruction' is empty")
 
@@ -63,6 +70,25 @@ def _check_noise(config: dict) -> None:
     for name in config["noise"]["behaviors"]:
         if name not in hard:
             raise ConfigError(f"noise.behaviors: {name!r} is not an instruction behaviour (those are {sorted(hard)})")
+
+
+def _check_training(config: dict) -> None:
+    names = {b["name"] for b in config["behaviors"]}
+    t = config["training"]
+    for name in t["behaviors"]:
+        if name not in names:
+            raise ConfigError(f"training.behaviors: {name!r} is not a behaviour (those are {sorted(names)})")
+    for i, frame in enumerate(t["frames"]):
+        if frame.count(FRAME_PLACEHOLDER) != 1:
+            raise ConfigError(f"training.frames[{i}] = {frame!r} must contain the placeholder "
+                              f"{FRAME_PLACEHOLDER!r} exactly once")
+    if t["init"] == "text" and not t["init_text"].strip():
+        raise ConfigError("training.init = 'text' needs a non-empty training.init_text")
+    for seed in config["phase1"]["seeds"] or []:
+        if seed not in t["seeds"]:
+            raise ConfigError(f"phase1.seeds: {seed} is not a training seed (those are {t['seeds']})")
+    if t["kl_weight"] == t["ce_weight"] == t["state_weight"] == 0:
+        raise ConfigError("training: kl_weight, ce_weight and state_weight are all 0 (nothing to train)")
 
 
 def noise_sources(config: dict) -> dict[str, dict]:

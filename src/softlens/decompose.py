@@ -84,23 +84,24 @@ def select_lambda(path: pd.DataFrame, tolerance: float) -> int:
     return int(ok["lambda"].idxmax())
 
 
-def run_phase0(cache_dir: str, atoms: pd.DataFrame, behavior: str, settings: PathSettings, out) -> pd.DataFrame:
-    """Phase 0: the behaviour's hard target over the full dictionary, and with its own atom left out
-    (both fits from one read of the caches)."""
+def run_fit(cache_dir: str, atoms: pd.DataFrame, behavior: str, target: str, settings: PathSettings, out) -> pd.DataFrame:
+    """Decompose the cached source `target` (Phase 0: the behaviour's hard prompt, "target"; Phase 1: a
+    soft prompt) over the full dictionary and, when the behaviour's own instruction is an atom, with it
+    left out. Both fits come from one read of the caches."""
     paths = [f"{cache_dir}/{s}.parquet" for s in atoms["source"]]
-    keys, L = read_aligned(paths + [f"{cache_dir}/{TARGET}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet"])
+    keys, L = read_aligned(paths + [f"{cache_dir}/{target}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet"])
     train, K = (keys["split"] == "train").to_numpy(), len(paths)
     frames = []
-    for loo in (False, True):
+    for loo in (False, True) if atoms["is_target"].any() else (False,):
         use = np.flatnonzero(~atoms["is_target"].to_numpy()) if loo else np.arange(K)
         df = fit_path(L[use], L[K], L[K + 1], train, list(atoms["atom"].iloc[use]), settings)
         df["is_target"] = df["atom"].isin(atoms.loc[atoms["is_target"], "atom"])
         df["leave_one_out"] = loo
-        df["target"] = TARGET
+        df["target"] = target
         frames.append(df)
     df = pd.concat(frames)
     df.insert(0, "behavior", behavior)
-    write_table(df, out, metadata={"settings": settings.__dict__})
+    write_table(df, out, metadata={"settings": settings.__dict__, "target": target})
     return df
 
 

@@ -55,3 +55,67 @@ def phase05(table: pd.DataFrame, out) -> None:
                  + "; ".join(f"{b}: {v}" for b, v in verdicts.items()))
     fig.tight_layout()
     _save(fig, out)
+
+
+def training(table: pd.DataFrame, out) -> None:
+    """Held-out KL closure per behaviour, prepend vs contextualised; one dot per seed, bar = mean."""
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, ax = plt.subplots(figsize=(1.4 * table["behavior"].nunique() + 3, 3.8))
+    sns.barplot(data=table, x="behavior", y="kl_closure_test", hue="variant", errorbar=None, alpha=0.5, ax=ax)
+    sns.stripplot(data=table, x="behavior", y="kl_closure_test", hue="variant", dodge=True, legend=False,
+                  color="black", size=4, ax=ax)
+    ax.axhline(1, color="black", lw=0.6)
+    ax.set(ylabel="held-out KL closure", ylim=(min(0, table["kl_closure_test"].min() - 0.05), 1.02),
+           title=f"Soft prompts: KL closure on test messages ({table['seed'].nunique()} seeds, dots)")
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def training_curves(curves: pd.DataFrame, out) -> None:
+    """Training loss per step and held-out KL closure at the evaluation steps, per behaviour."""
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    sns.lineplot(data=curves, x="step", y="loss", hue="behavior", style="variant", errorbar=("pi", 100),
+                 ax=axes[0])
+    axes[0].set(yscale="log", title="training loss (bands: min-max over seeds)")
+    ev = curves.dropna(subset=["kl_closure_test"])
+    sns.lineplot(data=ev, x="step", y="kl_closure_test", hue="behavior", style="variant", marker="o",
+                 errorbar=("pi", 100), ax=axes[1], legend=False)
+    axes[1].set(ylabel="held-out KL closure", title="held-out KL closure during training")
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def phase1(table: pd.DataFrame, out, top: int = 6) -> None:
+    """Top signed weights per soft prompt (seed 0 of each variant) at the selected lambda."""
+    t = table[(table["weight"] != 0) & (table["seed"] == table["seed"].min())].copy()
+    t["fit"] = t["variant"] + t["leave_one_out"].map({False: "", True: ", instruction left out"})
+    t = t[t.groupby(["behavior", "fit"])["weight"].transform(lambda w: w.abs().rank(ascending=False)) <= top]
+    t["label"] = t["atom"] + t["is_target"].map({True: " (true)", False: ""})
+    behaviors, fits = sorted(t["behavior"].unique()), sorted(t["fit"].unique())
+    fig, axes = plt.subplots(len(behaviors), len(fits), figsize=(4.6 * len(fits), 2.1 * len(behaviors) + 0.5),
+                             squeeze=False)
+    for i, b in enumerate(behaviors):
+        for j, fit in enumerate(fits):
+            ax, d = axes[i, j], t[(t["behavior"] == b) & (t["fit"] == fit)].sort_values("weight")
+            colors = ["tab:red" if tt else ("tab:blue" if w > 0 else "tab:gray") for tt, w in zip(d["is_target"], d["weight"])]
+            ax.barh(d["label"], d["weight"], color=colors)
+            ax.axvline(0, color="black", lw=0.6)
+            ekl = d["explained_kl_test"]
+            ax.set_title(f"{b}: {fit}" + (f" (expl. {ekl.iloc[0]:.3f})" if len(ekl) else ""), fontsize=8)
+            ax.tick_params(labelsize=7)
+    fig.suptitle("Phase 1: PoE weights of trained soft prompts (red = the behaviour's instruction)")
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def phase1_path(path: pd.DataFrame, out) -> None:
+    """Held-out explained-KL against the number of nonzero atoms along the lambda path."""
+    sns.set_theme(style="whitegrid", context="paper")
+    p = path.copy()
+    p["dictionary"] = p["leave_one_out"].map({False: "full", True: "instruction left out"})
+    g = sns.relplot(data=p, x="nnz", y="explained_kl_test", hue="behavior", style="dictionary", col="variant",
+                    kind="line", marker="o", errorbar=("pi", 100), height=3.6, aspect=1.3)
+    g.set_axis_labels("nonzero atoms", "held-out explained-KL")
+    g.figure.suptitle("Phase 1: explained-KL along the lambda path (bands: min-max over seeds)", y=1.03)
+    _save(g.figure, out)

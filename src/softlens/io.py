@@ -84,6 +84,104 @@ def read_vector(path: str | Path) -> tuple[dict, dict]:
         raise ValueError(f"{str(path)!r} is not a readable safetensors file: {e}") from None
 
 
+# --- soft prompts: ours (safetensors, tensor "prompt") and PEFT prompt-tuning adapters ----------
+
+PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+
+
+def write_soft_prompt(path, vectors, metadata: dict) -> None:
+    write_vector({"prompt": vectors.float()}, path, metadata)
+
+
+def read_soft_prompt(path, hidden_size: int | None = None) -> tuple:
+    """(vectors (L, d) float32, metadata) from our soft-prompt file or a PEFT adapter directory.
+
+    `hidden_size`, when given, is checked against the prompt's width (a prompt for another model).
+    """
+    path = Path(path)
+    if path.is_dir() or path.name in (PEFT_CONFIG, PEFT_WEIGHTS):
+        return read_peft_prompt(path if path.is_dir() else path.parent, hidden_size)
+    if not path.is_file():
+        raise FileNotFoundError(f"soft prompt {str(path)!r} does not exist")
+    tensors, meta = read_vector(path)
+    if "prompt" not in tensors:
+        raise ValueError(f"{str(path)!r} holds no 'prompt' tensor (it has {sorted(tensors)})")
+    vectors = tensors["prompt"].float()
+    _check_width(vectors, hidden_size, path)
+    return vectors, meta
+
+
+def _check_width(vectors, hidden_size, path) -> None:
+    if vectors.ndim != 2 or vectors.shape[0] < 1:
+        raise ValueError(f"soft prompt {str(path)!r} has shape {tuple(vectors.shape)}; expected (L, d) with L >= 1")
+    if hidden_size is not None and vectors.shape[1] != hidden_size:
+        raise ValueError(f"soft prompt {str(path)!r} has width {vectors.shape[1]} but the model's hidden size "
+                         f"is {hidden_size}: it was made for another model")
+
+
+def read_peft_prompt(adapter_dir, hidden_size: int | None = None) -> tuple:
+    """A PEFT prompt-tuning adapter (adapter_config.json + adapter_model.safetensors with tensor
+    `prompt_embeddings`) as (vectors, metadata); PEFT places these before the templated input."""
+    adapter_dir = Path(adapter_dir)
+    cfg_path, weights = adapter_dir / PEFT_CONFIG, adapter_dir / PEFT_WEIGHTS
+    for f in (cfg_path, weights):
+        if not f.is_file():
+            raise FileNotFoundError(f"PEFT adapter {str(adapter_dir)!r} lacks {f.name}")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{str(cfg_path)!r} is not valid JSON: {e}") from None
+    if cfg.get("peft_type") != "PROMPT_TUNING":
+        raise ValueError(f"{str(cfg_path)!r}: peft_type is {cfg.get('peft_type')!r}, not 'PROMPT_TUNING'")
+    tensors, _ = read_vector(weights)
+    if "prompt_embeddings" not in tensors:
+        raise ValueError(f"{str(weights)!r} holds no 'prompt_embeddings' tensor (it has {sorted(tensors)})")
+    vectors = tensors["prompt_embeddings"].float()
+    if cfg.get("token_dim") not in (None, vectors.shape[-1]):
+        raise ValueError(f"{str(cfg_path)!r}: token_dim {cfg['token_dim']} disagrees with the tensor's "
+                         f"width {vectors.shape[-1]}")
+    _check_width(vectors, hidden_size, adapter_dir)
+    return vectors, {"format": "peft", "position": "before_template", "peft_config": cfg}
+
+
+def write_peft_prompt(adapter_dir, vectors, base_model: str, model_config) -> None:
+    """Export a soft prompt as a PEFT prompt-tuning adapter that `PeftModel.from_pretrained` loads."""
+    from safetensors.torch import save_file
+
+    adapter_dir = Path(adapter_dir)
+    adapter_dir.mkdir(parents=True, exist_ok=True)
+    text = model_config.get_text_config()
+    cfg = {"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": int(vectors.shape[0]),
+           "token_dim": int(vectors.shape[1]), "num_transformer_submodules": 1,
+           "num_attention_heads": text.num_attention_heads, "num_layers": text.num_hidden_layers,
+           "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None, "tokenizer_name_or_path": None,
+           "base_model_name_or_path": base_model, "inference_mode": True, "revision": None,
+           "modules_to_save": None}
+    with atomic_path(adapter_dir / PEFT_WEIGHTS) as tmp:
+        save_file({"prompt_embeddings": vectors.detach().float().cpu().contiguous()}, tmp)
+    with atomic_path(adapter_dir / PEFT_CONFIG) as tmp:
+        Path(tmp).write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def export_peft(prompt_path, manifest, adapter_dir) -> None:
+    """Write our soft prompt as a PEFT prompt-tuning adapter for the model in `manifest`."""
+    import logging
+
+    from transformers import AutoConfig
+
+    from .models import read_manifest
+
+    model_path = read_manifest(manifest)["path"]
+    model_config = AutoConfig.from_pretrained(model_path)
+    vectors, meta = read_soft_prompt(prompt_path, model_config.get_text_config().hidden_size)
+    if meta.get("slot", "before_template") != "before_template":
+        logging.getLogger(__name__).warning(
+            "%s was trained at slot position %r; PEFT puts its virtual tokens before the whole templated input, "
+            "so it behaves differently there (train with model_settings.slot.position: before_template for an "
+            "exact export)", prompt_path, meta.get("slot"))
+    write_peft_prompt(adapter_dir, vectors, model_path, model_config)
+
+
 # --- log-prob caches: one row per (message_id, position), a fixed-size list of V log-probs ---------
 
 def write_logprobs(path, teacher: pd.DataFrame, logprobs, rows, dtype: str, metadata: dict) -> None:

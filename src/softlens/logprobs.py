@@ -25,6 +25,45 @@ log = logging.getLogger(__name__)
 KEY = ["message_id", "position"]
 
 
+def prefix_cache(lm, batch):
+    """KV cache of the text before the slot (the same in every row of an "inner"-padded batch)."""
+    if batch.slot_start == 0:
+        return None
+    with torch.no_grad():
+        return lm.model(inputs_embeds=batch.inputs_embeds[:1, :batch.slot_start].detach(), use_cache=True).past_key_values
+
+
+def forward_scored(lm, batch, positions: int, prefix=None, start: int = 0, layer: int | None = None):
+    """Log-probs (B, T, V) float32 at the last `positions` positions of an "inner"-padded batch
+    (row-end aligned, so these are the scored positions), reusing `prefix` = KV cache of [0, start).
+
+    With `layer`, also the residual stream after decoder block `layer` there, (B, T, d).
+    Gradients flow to whatever the batch's embeddings depend on (a soft prompt being trained).
+    """
+    from .steering import _hidden, decoder_layers
+
+    kwargs = {}
+    if start:
+        cache = copy.deepcopy(prefix)
+        cache.batch_repeat_interleave(batch.inputs_embeds.shape[0])
+        kwargs = {"past_key_values": cache, "use_cache": True}
+    captured = []
+    handle = None if layer is None else decoder_layers(lm.model)[layer].register_forward_hook(
+        lambda m, i, o: captured.append(_hidden(o)[:, -positions:]))
+    try:
+        logits = lm.model(inputs_embeds=batch.inputs_embeds[:, start:], attention_mask=batch.attention_mask,
+                          position_ids=batch.position_ids[:, start:], logits_to_keep=positions, **kwargs).logits
+    finally:
+        if handle is not None:
+            handle.remove()
+    return torch.log_softmax(logits.float(), dim=-1), (captured[0].float() if captured else None)
+
+
+def fed_completions(completions: Sequence[Sequence[int]], positions: int, pad_id: int) -> list[list[int]]:
+    """Completion tokens fed as inputs: the first T-1, padded to T-1 so scored positions end every row."""
+    return [list(c[:positions - 1]) + [pad_id] * (positions - 1 - len(c[:positions - 1])) for c in completions]
+
+
 @torch.no_grad()
 def score(lm, slot: PromptSlot, content: SlotContent, messages: Sequence[str],
           completions: Sequence[Sequence[int]], positions: int, batch_size: int = 16,
@@ -34,60 +73,35 @@ def score(lm, slot: PromptSlot, content: SlotContent, messages: Sequence[str],
     Returns (logprobs, rows) where rows[r] = (message index, position). Position t is the
     distribution of completion token t given the message and y_<t (t < len(completion)).
     """
-    # Completion tokens after T-1 are never inputs to a scored position; pad to a common length.
-    fed = [list(c[:positions - 1]) + [slot.pad_id] * (positions - 1 - len(c[:positions - 1])) for c in completions]
+    fed = fed_completions(completions, positions, slot.pad_id)
     out, rows, prefix = [], [], None
     for i in tqdm(range(0, len(messages), batch_size), desc=desc, unit="batch", leave=False):
         batch = slot.batch(content, messages[i:i + batch_size], fed[i:i + batch_size], padding_side="inner")
-        P, B = batch.prefix_len, batch.inputs_embeds.shape[0]
-        if prefix is None:  # the shared prefix's KV cache, once per source
-            prefix = lm.model(inputs_embeds=batch.inputs_embeds[:1, :P], use_cache=True).past_key_values
-        cache = copy.deepcopy(prefix)
-        cache.batch_repeat_interleave(B)
-        logits = lm.model(inputs_embeds=batch.inputs_embeds[:, P:], attention_mask=batch.attention_mask,
-                          position_ids=batch.position_ids[:, P:], past_key_values=cache, use_cache=True,
-                          logits_to_keep=positions).logits
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V); row-end aligned = scored positions
-        for b in range(B):
+        if prefix is None:  # the shared prefix (text before and in the slot), once per source
+            P = batch.prefix_len
+            prefix = lm.model(inputs_embeds=batch.inputs_embeds[:1, :P], use_cache=True).past_key_values if P else False
+        logp, _ = forward_scored(lm, batch, positions, prefix, batch.prefix_len if prefix else 0)
+        for b in range(logp.shape[0]):
             n = min(positions, len(completions[i + b]))
             out.append(logp[b, :n].cpu())
             rows += [(i + b, t) for t in range(n)]
     return torch.cat(out).numpy(), np.array(rows, dtype=np.int64).reshape(-1, 2)
 
 
-def content_for(source: dict):
-    """Slot content for a source spec: hard text, noisy hard text, or nothing."""
-    from .slot import HardPrompt, NoisyHardPrompt
-
-    if source["kind"] == "hard":
-        return HardPrompt(source["text"])
-    if source["kind"] == "noisy":
-        return NoisyHardPrompt(source["text"], source["sigma"], source["seed"])
-    if source["kind"] in ("unprompted", "steered"):
-        return None
-    raise ValueError(f"unknown source kind {source['kind']!r}")
-
-
 def run_sources(manifest, teacher_path, sources: dict[str, dict], outputs: dict[str, str], model_settings: dict,
                 positions: int, dtype: str, steering_file=None) -> None:
     """Score each named source on the behaviour's teacher contexts and write one cache per source."""
-    from contextlib import nullcontext
-
-    from .io import read_teacher, read_vector, write_logprobs
+    from .io import read_teacher, write_logprobs
     from .models import load_model
-    from .steering import steered
+    from .sources import activate
 
     lm = load_model(manifest, model_settings)
-    slot = PromptSlot.for_model(lm, model_settings.get("slot"))
+    run_slot = PromptSlot.for_model(lm, model_settings.get("slot"))
     teacher = read_teacher(teacher_path)
     messages, completions = list(teacher["user_message"]), [list(c) for c in teacher["completion_ids"]]
     for name, source in tqdm(sources.items(), desc="sources", unit="source"):
-        hook = nullcontext()
-        if source["kind"] == "steered":
-            tensors, meta = read_vector(steering_file)
-            hook = steered(lm.model, tensors["direction"], meta["layer"], meta["scale"])
-        with hook:
-            logp, rows = score(lm, slot, content_for(source), messages, completions, positions,
+        with activate(lm, run_slot, source, steering_file) as (slot, content):
+            logp, rows = score(lm, slot, content, messages, completions, positions,
                                model_settings.get("batch_size", 16), desc=name)
         write_logprobs(outputs[name], teacher, logp, rows, dtype,
                        metadata={"source": name, "spec": source, "behavior": str(teacher["behavior"].iloc[0]),

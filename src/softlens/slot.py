@@ -83,6 +83,7 @@ class Batch:
     completion_start: torch.Tensor  # (B,) position of the first completion token
     completion_len: torch.Tensor   # (B,)
     prefix_len: int = 0            # "inner" padding: positions [0, prefix_len) are the same in every row
+    slot_start: int = 0            # "inner" padding: where the slot starts (the text before it is shared)
 
     def model_inputs(self) -> dict:
         return {"inputs_embeds": self.inputs_embeds, "attention_mask": self.attention_mask,
@@ -248,4 +249,5 @@ class PromptSlot:
             completion_start=torch.tensor(starts, device=device),
             completion_len=torch.tensor(lens, device=device),
             prefix_len=rows[0][3] if padding_side == "inner" else 0,
+            slot_start=rows[0][2] if padding_side == "inner" else 0,
         )

@@ -11,17 +11,23 @@ def _read(paths) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
 
 
+def _with_target(df: pd.DataFrame, selected: bool) -> pd.DataFrame:
+    """Weights at the selected lambda (one row per atom) or the whole path (one row per lambda)."""
+    keys = ["behavior", "target", "dictionary", "leave_one_out"]
+    if selected:
+        sel = df[df["selected"]].copy()
+        sel["rank"] = sel.groupby(keys)["weight"].rank(ascending=False, method="first")
+        return sel[keys + ["atom", "weight", "is_target", "explained_kl_test", "rank", "lambda", "nnz", "kl_test",
+                           "kl_base_test", "explained_kl_train"]].sort_values(keys + ["rank"])
+    return (df.groupby(keys + ["lambda_index"], as_index=False)
+              [["lambda", "nnz", "explained_kl_train", "explained_kl_test", "kl_test", "selected"]].first())
+
+
 def phase0(fit_paths, dictionary: str = "hand-written") -> tuple[pd.DataFrame, pd.DataFrame]:
     """(weights at the selected lambda, one row per atom; the whole lambda path, one row per lambda)."""
     df = _read(fit_paths)
     df["dictionary"] = dictionary
-    sel = df[df["selected"]].copy()
-    sel["rank"] = sel.groupby(["behavior", "leave_one_out"])["weight"].rank(ascending=False, method="first")
-    table = sel[["behavior", "dictionary", "atom", "weight", "is_target", "explained_kl_test", "leave_one_out",
-                 "rank", "lambda", "nnz", "kl_test", "kl_base_test", "explained_kl_train"]]
-    path = (df.groupby(["behavior", "dictionary", "leave_one_out", "lambda_index"], as_index=False)
-              [["lambda", "nnz", "explained_kl_train", "explained_kl_test", "kl_test", "selected"]].first())
-    return table.sort_values(["behavior", "leave_one_out", "rank"]), path
+    return _with_target(df, True), _with_target(df, False)
 
 
 def phase05(fit_paths) -> pd.DataFrame:
@@ -36,3 +42,31 @@ def phase05(fit_paths) -> pd.DataFrame:
     verdicts = {b: noise_verdict(g) for b, g in rows.groupby("behavior")}
     rows["verdict"] = rows["behavior"].map(verdicts)
     return rows.sort_values(keys)
+
+
+def training(score_paths, curve_paths, sample_paths) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(one row per soft prompt: closure in its training frames; one row per evaluated frame; the
+    per-step curves; the greedy samples)."""
+    frames = _read(score_paths)
+    keys = ["behavior", "variant", "seed"]
+    trained = frames[frames["trained_frame"]]
+    table = trained.groupby(keys, as_index=False)[["kl_closure_test", "kl_test", "kl_base_test", "ce_test",
+                                                   "ce_teacher_test", "ce_base_test"]].mean()
+    bare = frames[frames["frame"] == "___"].set_index(keys)["kl_closure_test"].rename("kl_closure_test_bare")
+    table = table.join(bare, on=keys)
+    curves = pd.concat([pd.read_csv(p) for p in curve_paths], ignore_index=True)
+    last = curves.groupby(keys, as_index=False).last()[keys + ["step", "loss"]]
+    table = table.merge(last.rename(columns={"step": "steps", "loss": "final_loss"}), on=keys)
+    return table.sort_values(keys), frames.sort_values(keys + ["frame"]), curves, _read(sample_paths)
+
+
+def phase1(fit_paths, dictionary: str = "hand-written") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Phase 0's tables for soft-prompt targets, with their variant and seed."""
+    full = _read(fit_paths)
+    full["dictionary"] = dictionary
+    df = full[["behavior", "target"]].drop_duplicates()
+    parts = df["target"].str.extract(r"^soft-(?P<variant>\w+)-seed(?P<seed>\d+)$")
+    targets = pd.concat([df, parts.astype({"seed": int})], axis=1)
+    table = _with_target(full, True).merge(targets, on=["behavior", "target"])
+    path = _with_target(full, False).merge(targets, on=["behavior", "target"])
+    return table, path

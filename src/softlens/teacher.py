@@ -76,22 +76,18 @@ def teacher_table(lm, slot: PromptSlot, content: SlotContent, messages: pd.DataF
 
 def run_teacher(manifest, spec: dict, messages_cfg: dict, model_settings: dict, teacher_settings: dict,
                 out, steering_file=None) -> pd.DataFrame:
-    """Generate and write the teacher table for behaviour `spec` (instruction, steering or unprompted)."""
+    """Generate and write the teacher table for behaviour `spec` (instruction, steering, PEFT prompt or
+    unprompted)."""
     from .config import load_messages
-    from .io import read_vector, write_table
+    from .io import write_table
     from .models import load_model
-    from .slot import HardPrompt
-    from .steering import steered
+    from .sources import activate, behavior_source
 
     lm = load_model(manifest, model_settings)
-    slot = PromptSlot.for_model(lm, model_settings.get("slot"))
-    content = HardPrompt(spec["instruction"]) if spec.get("instruction") else None
-    steering = None
-    if steering_file is not None:
-        tensors, meta = read_vector(steering_file)
-        steering = steered(lm.model, tensors["direction"], meta["layer"], meta["scale"])
     settings = GenerationSettings(batch_size=model_settings.get("batch_size", 16), **teacher_settings)
-    table = teacher_table(lm, slot, content, load_messages(messages_cfg), spec["name"], settings, steering)
+    source = behavior_source(spec)
+    with activate(lm, PromptSlot.for_model(lm, model_settings.get("slot")), source, steering_file) as (slot, content):
+        table = teacher_table(lm, slot, content, load_messages(messages_cfg), spec["name"], settings)
     log.info("%s: %d completions, mean %.1f tokens, %d ended with EOS", spec["name"], len(table),
              table["n_tokens"].mean(), table["finished"].sum())
     write_table(table, out, metadata={"behavior": spec, "model": str(manifest), "slot": slot.position,

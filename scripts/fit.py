@@ -1,13 +1,14 @@
 import pandas as pd
 
-from softlens.decompose import PathSettings, run_phase0
+from softlens.decompose import PathSettings, run_fit
 from softlens.workflow import start_job
 
 start_job(snakemake)
-run_phase0(
+run_fit(
     snakemake.params.cache_dir,
     pd.DataFrame(snakemake.params.atoms),
     snakemake.wildcards.behavior,
+    snakemake.params.target,
     PathSettings(**snakemake.params.poe),
     snakemake.output[0],
 )

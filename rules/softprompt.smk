@@ -1,0 +1,110 @@
+rule train_softprompt:
+    input:
+        unpack(model_and_teacher),
+    output:
+        prompt="results/{model}/softprompt/{behavior}/{variant}-seed{seed}.safetensors",
+        curve="results/{model}/softprompt/{behavior}/{variant}-seed{seed}.train.csv",
+    log:
+        "logs/{model}/softprompt/{behavior}/{variant}-seed{seed}.log",
+    benchmark:
+        "logs/{model}/benchmarks/softprompt/{behavior}/{variant}-seed{seed}.tsv"
+    conda:
+        "../envs/softlens.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        gpu=1,
+    params:
+        behavior=get_behavior,
+        training=config["training"],
+        model_settings=config["model_settings"],
+    script:
+        "../scripts/train_softprompt.py"
+
+
+rule evaluate_softprompt:
+    input:
+        unpack(model_and_teacher),
+        prompt=soft_prompt_file,
+    output:
+        scores="results/{model}/softprompt/{behavior}/{variant}-seed{seed}.eval.parquet",
+        samples="results/{model}/softprompt/{behavior}/{variant}-seed{seed}.samples.parquet",
+    log:
+        "logs/{model}/softprompt/{behavior}/{variant}-seed{seed}.eval.log",
+    benchmark:
+        "logs/{model}/benchmarks/softprompt/{behavior}/{variant}-seed{seed}.eval.tsv"
+    conda:
+        "../envs/softlens.yaml"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        gpu=1,
+    params:
+        behavior=get_behavior,
+        training=config["training"],
+        model_settings=config["model_settings"],
+        teacher=config["teacher"],
+    script:
+        "../scripts/evaluate_softprompt.py"
+
+
+rule export_peft:
+    input:
+        model=model_manifest,
+        prompt=soft_prompt_file,
+    output:
+        config="results/{model}/peft/{behavior}/{variant}-seed{seed}/adapter_config.json",
+        weights="results/{model}/peft/{behavior}/{variant}-seed{seed}/adapter_model.safetensors",
+    log:
+        "logs/{model}/peft/{behavior}/{variant}-seed{seed}.log",
+    conda:
+        "../envs/softlens.yaml"
+    script:
+        "../scripts/export_peft.py"
+
+
+rule training_table:
+    input:
+        scores=trained_outputs(
+            "results/{model}/softprompt/{behavior}/{variant}-seed{seed}.eval.parquet"
+        ),
+        samples=trained_outputs(
+            "results/{model}/softprompt/{behavior}/{variant}-seed{seed}.samples.parquet"
+        ),
+        curves=trained_outputs(
+            "results/{model}/softprompt/{behavior}/{variant}-seed{seed}.train.csv"
+        ),
+    output:
+        table="results/tables/training.csv",
+        frames="results/tables/training_frames.csv",
+        curves="results/tables/training_curves.csv",
+        samples="results/tables/training_samples.csv",
+    log:
+        "logs/tables/training.log",
+    conda:
+        "../envs/softlens.yaml"
+    script:
+        "../scripts/training_table.py"
+
+
+rule figure_training:
+    input:
+        table="results/tables/training.csv",
+        curves="results/tables/training_curves.csv",
+    output:
+        closure=report(
+            "results/figures/training.png",
+            caption="../reports/training.rst",
+            category="Soft prompts: training",
+        ),
+        curves=report(
+            "results/figures/training_curves.png",
+            caption="../reports/training_curves.rst",
+            category="Soft prompts: training",
+        ),
+    log:
+        "logs/figures/training.log",
+    conda:
+        "../envs/softlens.yaml"
+    script:
+        "../scripts/figure_training.py"

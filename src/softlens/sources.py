@@ -1,0 +1,76 @@
+"""Sources: what fills the slot, named by a plain spec (as the workflow passes it) and made live here.
+
+A source spec is a dict with a ``kind``:
+
+- ``hard``: ``text`` as a hard prompt;  ``noisy``: ``text`` with Gaussian noise (``sigma``, ``seed``);
+- ``soft``: a soft prompt read from ``file`` (ours, or a PEFT adapter directory), optionally inside
+  a ``frame`` such as "Be ___.", optionally at its own slot ``position`` (PEFT: before the template);
+- ``steered``: an empty slot with a steering vector added to the residual stream;
+- ``unprompted``: an empty slot.
+
+Teacher generation, log-prob caches, training and evaluation all go through :func:`activate`.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+
+from .slot import FramedSoftPrompt, HardPrompt, NoisyHardPrompt, PromptSlot, SoftPrompt, SlotContent
+
+
+def behavior_source(spec: dict) -> dict:
+    """The source that defines a behaviour's teacher: its instruction, steering vector or PEFT prompt."""
+    if spec.get("instruction"):
+        return {"kind": "hard", "text": spec["instruction"]}
+    if spec.get("steering"):
+        return {"kind": "steered"}
+    if spec.get("peft"):
+        return {"kind": "soft", "file": spec["peft"], "position": "before_template"}
+    return {"kind": "unprompted"}
+
+
+def soft_content(vectors, frame: str | None = None) -> SlotContent:
+    """Soft vectors alone, or inside a frame ("___" alone means no frame)."""
+    if frame is None or frame.strip() == "___":
+        return SoftPrompt(vectors)
+    return FramedSoftPrompt(vectors, frame)
+
+
+def content_for(lm, source: dict) -> SlotContent:
+    kind = source["kind"]
+    if kind == "hard":
+        return HardPrompt(source["text"])
+    if kind == "noisy":
+        return NoisyHardPrompt(source["text"], source["sigma"], source["seed"])
+    if kind == "soft":
+        from .io import read_soft_prompt
+
+        vectors, _ = read_soft_prompt(source["file"], lm.embeddings.weight.shape[1])
+        return soft_content(vectors.to(lm.device, lm.dtype), source.get("frame"))
+    if kind in ("unprompted", "steered"):
+        return None
+    raise ValueError(f"unknown source kind {kind!r}")
+
+
+def slot_for(slot: PromptSlot, source: dict) -> PromptSlot:
+    """The run's slot, or the same slot moved to the source's own position (an imported PEFT prompt)."""
+    position = source.get("position")
+    if position is None or position == slot.position:
+        return slot
+    return PromptSlot(slot.tokenizer, slot.embeddings, position, slot.separator)
+
+
+@contextmanager
+def activate(lm, slot: PromptSlot, source: dict, steering_file=None):
+    """Yield (slot, content) for `source`, with its steering hook on the model while inside."""
+    hook = nullcontext()
+    if source["kind"] == "steered":
+        from .io import read_vector
+        from .steering import steered
+
+        if steering_file is None:
+            raise ValueError("a steered source needs its steering-vector file")
+        tensors, meta = read_vector(steering_file)
+        hook = steered(lm.model, tensors["direction"], meta["layer"], meta["scale"])
+    with hook:
+        yield slot_for(slot, source), content_for(lm, source)

@@ -1,0 +1,344 @@
+"""Soft-prompt training by distillation: L vectors in the slot learn to make the frozen model act like
+its teacher (the same model with a hard prompt, a steering vector or a PEFT prompt).
+
+Objective (weights from config): KL(teacher || student) over the full next-token distributions at the
+first T completion positions of the teacher's own completions (teacher-forced); optionally the
+early-weighted teacher-forced CE of seed 003 (the first `early_tokens` tokens weighted `early_weight`)
+and internal-state matching (relative squared error of the residual stream after block `state_layer`
+against the teacher's, at the same positions).
+
+Variants: *prepend* trains the vectors alone in the slot; *contextualised* trains them inside a frame
+("Be ___.") sampled every step from a list (seed 001).
+
+Speed: the teacher's distributions are computed once per job; the text before the slot is encoded
+once and its KV cache reused every step; logits are computed only at the T scored positions.
+Determinism: every random choice (init, batches, frames) comes from one seeded generator whose state
+is checkpointed with the vectors and Adam's moments, so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .config import FRAME_PLACEHOLDER, ConfigError
+from .logprobs import fed_completions, forward_scored, prefix_cache
+from .slot import PromptSlot
+from .sources import soft_content
+
+log = logging.getLogger(__name__)
+
+BARE = FRAME_PLACEHOLDER  # the frame that is no frame: the vectors alone in the slot
+VARIANTS = ("prepend", "contextualised")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    length: int = 8                     # L, soft vectors
+    init: str = "vocab"                 # vocab (random vocabulary tokens) | text | normal
+    init_text: str = ""                 # for init "text": its tokens, cycled to length L
+    steps: int = 100
+    batch_size: int = 8
+    lr: float = 3e-2
+    warmup: int = 5
+    schedule: str = "cosine"            # cosine (to min_lr_ratio * lr) | constant, after warmup
+    min_lr_ratio: float = 0.1
+    positions: int = 32                 # T, scored completion positions per message
+    kl_weight: float = 1.0
+    ce_weight: float = 0.0
+    early_tokens: int = 32
+    early_weight: float = 3.0
+    state_weight: float = 0.0
+    state_layer: int = -1               # decoder block; -1 = the middle one
+    eval_every: int = 20
+    checkpoint_every: int = 10
+    frames: tuple = field(default=(BARE,))  # prepend: the bare slot only
+
+    def __post_init__(self):
+        if self.length < 1:
+            raise ConfigError(f"training.length = {self.length}: need at least one soft vector")
+        if self.init not in ("vocab", "text", "normal"):
+            raise ConfigError(f"training.init = {self.init!r}: expected vocab, text or normal")
+        if self.init == "text" and not self.init_text.strip():
+            raise ConfigError("training.init = 'text' needs a non-empty training.init_text")
+        if not self.frames:
+            raise ConfigError("training.frames is empty")
+        for f in self.frames:
+            if f.count(FRAME_PLACEHOLDER) != 1:
+                raise ConfigError(f"training.frames: {f!r} must contain the placeholder {FRAME_PLACEHOLDER!r} once")
+        if self.kl_weight == self.ce_weight == self.state_weight == 0:
+            raise ConfigError("training: kl_weight, ce_weight and state_weight are all 0 (nothing to train)")
+
+    def describe(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+def settings_for(training: dict, variant: str) -> TrainSettings:
+    """TrainSettings for a variant from the config's `training` block."""
+    if variant not in VARIANTS:
+        raise ConfigError(f"training variant {variant!r}: expected one of {VARIANTS}")
+    keys = {k: v for k, v in training.items() if k in TrainSettings.__dataclass_fields__ and k != "frames"}
+    frames = tuple(training.get("frames", ())) if variant == "contextualised" else (BARE,)
+    return TrainSettings(frames=frames, **keys)
+
+
+# --- targets ------------------------------------------------------------------------------------
+
+@dataclass
+class Targets:
+    """Teacher-forced contexts of some messages and what the teacher does there (computed once)."""
+
+    messages: list[str]
+    fed: list[list[int]]            # completion tokens fed as inputs (T-1 each)
+    tokens: torch.Tensor            # (M, T) the teacher's next tokens (CE labels); pad where invalid
+    mask: torch.Tensor              # (M, T) valid positions
+    logp: torch.Tensor              # (M, T, V) teacher log-probs
+    state: torch.Tensor | None      # (M, T, d) teacher residual after block `layer`
+
+
+@torch.no_grad()
+def distributions(lm, slot: PromptSlot, content, messages, fed, positions: int, batch_size: int,
+                  layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(M, T, V) log-probs (and (M, T, d) states) of `content` on the contexts, batched."""
+    out, states, prefix = [], [], None
+    for i in range(0, len(messages), batch_size):
+        batch = slot.batch(content, messages[i:i + batch_size], fed[i:i + batch_size], padding_side="inner")
+        if prefix is None:
+            prefix = prefix_cache(lm, batch)
+        logp, h = forward_scored(lm, batch, positions, prefix, batch.slot_start, layer)
+        out.append(logp.cpu())
+        states.append(h.cpu() if h is not None else None)
+    return torch.cat(out), (torch.cat(states) if layer is not None else None)
+
+
+def make_targets(lm, slot, content, messages, completions, positions, batch_size, layer=None) -> Targets:
+    fed = fed_completions(completions, positions, slot.pad_id)
+    logp, state = distributions(lm, slot, content, messages, fed, positions, batch_size, layer)
+    tokens = torch.full((len(messages), positions), slot.pad_id, dtype=torch.long)
+    mask = torch.zeros(len(messages), positions, dtype=torch.bool)
+    for m, c in enumerate(completions):
+        n = min(positions, len(c))
+        tokens[m, :n] = torch.tensor(list(c[:n]))
+        mask[m, :n] = True
+    return Targets(list(messages), fed, tokens, mask, logp, state)
+
+
+# --- objective ------------------------------------------------------------------------------------
+
+def kl_terms(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
+    """KL(P || Q) per position, (..., V) -> (...)."""
+    return (p_logp.exp() * (p_logp - q_logp)).sum(-1)
+
+
+def early_weights(mask: torch.Tensor, early_tokens: int, early_weight: float) -> torch.Tensor:
+    w = torch.ones(mask.shape, dtype=torch.float32)
+    w[:, :early_tokens] = early_weight
+    return w * mask
+
+
+def losses(s: TrainSettings, q_logp, q_state, target_logp, target_state, tokens, mask) -> dict[str, torch.Tensor]:
+    """The objective's terms on one batch (means over valid positions) and their weighted sum."""
+    m = mask.float().to(q_logp.device)
+    n = m.sum().clamp(min=1)
+    terms = {"kl": (kl_terms(target_logp.to(q_logp.device), q_logp) * m).sum() / n}
+    if s.ce_weight:
+        w = early_weights(mask, s.early_tokens, s.early_weight).to(q_logp.device)
+        nll = -q_logp.gather(-1, tokens.to(q_logp.device)[..., None]).squeeze(-1)
+        terms["ce"] = (nll * w).sum() / w.sum().clamp(min=1)
+    if s.state_weight:
+        t = target_state.to(q_state.device)
+        err = ((q_state - t) ** 2).sum(-1) / (t ** 2).sum(-1).clamp(min=1e-12)
+        terms["state"] = (err * m).sum() / n
+    terms["loss"] = (s.kl_weight * terms["kl"] + s.ce_weight * terms.get("ce", 0.0)
+                     + s.state_weight * terms.get("state", 0.0))
+    return terms
+
+
+def learning_rate(s: TrainSettings, step: int) -> float:
+    """Linear warmup, then cosine decay to min_lr_ratio * lr (or constant)."""
+    if step < s.warmup:
+        return s.lr * (step + 1) / s.warmup
+    if s.schedule == "constant":
+        return s.lr
+    progress = (step - s.warmup) / max(1, s.steps - s.warmup)
+    return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def initial_vectors(lm, s: TrainSettings, generator: torch.Generator) -> torch.Tensor:
+    emb = lm.embeddings.weight.detach().float().cpu()
+    if s.init == "vocab":  # random ordinary tokens (special tokens excluded)
+        special = set(lm.tokenizer.all_special_ids)
+        ordinary = torch.tensor([i for i in range(emb.shape[0]) if i not in special])
+        return emb[ordinary[torch.randint(len(ordinary), (s.length,), generator=generator)]].clone()
+    if s.init == "text":
+        ids = lm.tokenizer(s.init_text, add_special_tokens=False)["input_ids"]
+        return emb[[ids[i % len(ids)] for i in range(s.length)]].clone()
+    scale = emb.norm(dim=-1).mean() / emb.shape[1] ** 0.5  # normal: the mean token norm, random direction
+    return torch.randn(s.length, emb.shape[1], generator=generator) * scale
+
+
+# --- checkpoints ------------------------------------------------------------------------------------
+
+def save_checkpoint(path, state: dict) -> None:
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path, identity: dict) -> dict | None:
+    """The checkpoint at `path` if any; an error naming the differing keys if it is from another config."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"resume checkpoint {str(path)!r} is unreadable ({e}); delete it to start over") from None
+    old = state.get("identity", {})
+    diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+    if diff:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {identity.get(k)!r}" for k in diff[:5])
+        raise ConfigError(f"resume checkpoint {str(path)!r} was written for a different config ({detail}); "
+                          f"delete it to start over")
+    return state
+
+
+# --- training -------------------------------------------------------------------------------------
+
+def mean_kl(targets: Targets, logp: torch.Tensor) -> float:
+    m = targets.mask.float()
+    return float((kl_terms(targets.logp, logp) * m).sum() / m.sum())
+
+
+def evaluate(lm, slot, vectors, targets: Targets, frames, positions, batch_size) -> dict[str, float]:
+    """Held-out mean KL(teacher || student) per frame."""
+    return {f: mean_kl(targets, distributions(lm, slot, soft_content(vectors, f), targets.messages, targets.fed,
+                                              positions, batch_size)[0]) for f in frames}
+
+
+def train(lm, slot: PromptSlot, train_targets: Targets, test_targets: Targets | None, s: TrainSettings, seed: int,
+          checkpoint=None, identity: dict | None = None, eval_batch_size: int = 16) -> tuple[torch.Tensor, pd.DataFrame]:
+    """Train L soft vectors; returns them (float32, CPU) and the per-step curve.
+
+    The curve has step, lr, frame, loss, kl (and ce, state when used), seconds, and kl_test (mean over
+    the training frames) every `eval_every` steps and at the last step.
+    """
+    identity = {**(identity or {}), **s.describe(), "seed": seed}
+    layer = (lm.num_layers // 2 if s.state_layer < 0 else s.state_layer) if s.state_weight else None
+    if layer is not None and train_targets.state is None:
+        raise ValueError("state matching needs the teacher's states: build the targets with that layer")
+    g = torch.Generator().manual_seed(seed)
+    vectors = initial_vectors(lm, s, g).to(lm.device).requires_grad_(True)
+    opt = torch.optim.Adam([vectors], lr=s.lr)
+    start, curve = 0, []
+    state = load_checkpoint(checkpoint, identity) if checkpoint else None
+    if state is not None:
+        with torch.no_grad():
+            vectors.copy_(state["vectors"].to(vectors.device))
+        opt.load_state_dict(state["optimizer"])
+        g.set_state(state["generator"])
+        start, curve = state["step"], state["curve"]
+        log.info("resumed from %s at step %d", checkpoint, start)
+
+    n_train = len(train_targets.messages)
+    prefix = None
+    bar = tqdm(range(start, s.steps), desc="train", unit="step", initial=start, total=s.steps)
+    for step in bar:
+        t0 = time.perf_counter()
+        idx = torch.randperm(n_train, generator=g)[:s.batch_size].tolist()
+        frame = s.frames[int(torch.randint(len(s.frames), (1,), generator=g))]
+        lr = learning_rate(s, step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        content = soft_content(vectors.to(lm.dtype), frame)
+        batch = slot.batch(content, [train_targets.messages[i] for i in idx], [train_targets.fed[i] for i in idx],
+                           padding_side="inner")
+        if prefix is None:  # the text before the slot: encoded once for the whole run
+            prefix = prefix_cache(lm, batch)
+        q_logp, q_state = forward_scored(lm, batch, s.positions, prefix, batch.slot_start, layer)
+        terms = losses(s, q_logp, q_state, train_targets.logp[idx], None if layer is None else train_targets.state[idx],
+                       train_targets.tokens[idx], train_targets.mask[idx])
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        opt.step()
+        row = {"step": step + 1, "lr": lr, "frame": frame, **{k: float(v.detach()) for k, v in terms.items()},
+               "seconds": time.perf_counter() - t0, "kl_test": float("nan")}
+        if test_targets is not None and ((step + 1) % s.eval_every == 0 or step + 1 == s.steps):
+            with torch.no_grad():
+                row["kl_test"] = float(np.mean(list(evaluate(lm, slot, vectors.detach().to(lm.dtype), test_targets,
+                                                             s.frames, s.positions, eval_batch_size).values())))
+        curve.append(row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if checkpoint and ((step + 1) % s.checkpoint_every == 0) and step + 1 < s.steps:
+            save_checkpoint(checkpoint, {"identity": identity, "step": step + 1, "vectors": vectors.detach().cpu(),
+                                         "optimizer": opt.state_dict(), "generator": g.get_state(), "curve": curve})
+    return vectors.detach().float().cpu(), pd.DataFrame(curve)
+
+
+# --- the workflow's jobs ------------------------------------------------------------------------------
+
+def _contexts(teacher: pd.DataFrame, split: str) -> tuple[list[str], list[list[int]]]:
+    rows = teacher[teacher["split"] == split]
+    rows = rows[rows["completion_ids"].map(len) > 0]
+    if rows.empty:
+        raise ValueError(f"the teacher table has no {split} messages with a completion")
+    return list(rows["user_message"]), [list(c) for c in rows["completion_ids"]]
+
+
+def teacher_and_base(lm, run_slot, spec, teacher, split, positions, batch_size, layer=None, steering_file=None):
+    """Targets of the behaviour's teacher and of the unprompted model on one split's contexts."""
+    from .sources import activate, behavior_source
+
+    messages, completions = _contexts(teacher, split)
+    with activate(lm, run_slot, behavior_source(spec), steering_file) as (slot, content):
+        target = make_targets(lm, slot, content, messages, completions, positions, batch_size, layer)
+    base = make_targets(lm, run_slot, None, messages, completions, positions, batch_size)
+    return target, base
+
+
+def run_training(manifest, teacher_path, spec: dict, variant: str, seed: int, training: dict, model_settings: dict,
+                 out, curve_out, steering_file=None) -> None:
+    """Train one soft prompt for a behaviour and write it (safetensors + metadata) and its curve (CSV)."""
+    from .io import atomic_path, read_teacher, write_soft_prompt
+    from .models import load_model
+
+    s = settings_for(training, variant)
+    lm = load_model(manifest, model_settings)
+    slot = PromptSlot.for_model(lm, model_settings.get("slot"))
+    teacher = read_teacher(teacher_path)
+    bs = model_settings.get("batch_size", 16)
+    layer = (lm.num_layers // 2 if s.state_layer < 0 else s.state_layer) if s.state_weight else None
+    if layer is not None and not 0 <= layer < lm.num_layers:
+        raise ConfigError(f"training.state_layer = {s.state_layer} is out of range (the model has {lm.num_layers} layers)")
+    train_t, _ = teacher_and_base(lm, slot, spec, teacher, "train", s.positions, bs, layer, steering_file)
+    test_t, test_base = teacher_and_base(lm, slot, spec, teacher, "test", s.positions, bs, None, steering_file)
+    kl_base = mean_kl(test_t, test_base.logp)
+    identity = {"behavior": spec["name"], "variant": variant, "model": str(manifest), "slot": slot.position,
+                "teacher_messages": len(teacher)}
+    checkpoint = Path(out).with_suffix(".ckpt")
+    vectors, curve = train(lm, slot, train_t, test_t, s, seed, checkpoint, identity, bs)
+    curve["kl_closure_test"] = 1 - curve["kl_test"] / kl_base
+    curve.insert(0, "behavior", spec["name"])
+    curve.insert(1, "variant", variant)
+    curve.insert(2, "seed", seed)
+    last = curve.iloc[-1]
+    write_soft_prompt(out, vectors, {
+        "model": str(manifest), "behavior": spec["name"], "variant": variant, "seed": seed, "length": s.length,
+        "hidden_size": int(vectors.shape[1]), "slot": slot.position, "init": s.init, "frames": list(s.frames),
+        "objective": {"kl": s.kl_weight, "ce": s.ce_weight, "state": s.state_weight, "state_layer": layer},
+        "steps": s.steps, "settings": s.describe(), "final_loss": float(last["loss"]),
+        "final_kl_test": float(last["kl_test"]), "kl_base_test": kl_base})
+    with atomic_path(curve_out) as tmp:
+        curve.to_csv(tmp, index=False)
+    checkpoint.unlink(missing_ok=True)
+    log.info("%s/%s seed %d: held-out KL %.4f (base %.4f), closure %.3f", spec["name"], variant, seed,
+             last["kl_test"], kl_base, 1 - last["kl_test"] / kl_base)
