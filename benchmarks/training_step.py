@@ -26,7 +26,14 @@ from softlens.io import read_teacher
 from softlens.logprobs import forward_scored, prefix_cache
 from softlens.models import load_model, set_threads
 from softlens.slot import PromptSlot, SoftPrompt
-from softlens.training import TrainSettings, initial_vectors, kl_terms, learning_rate, mean_kl, teacher_and_base
+from softlens.training import (
+    TrainSettings,
+    initial_vectors,
+    kl_terms,
+    learning_rate,
+    mean_kl,
+    teacher_and_base,
+)
 
 MODEL = "resources/models/SmolLM2-135M-Instruct.json"
 

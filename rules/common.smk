@@ -158,23 +158,27 @@ def noise_fit_inputs(wildcards):
 
 
 def get_final_output():
-    return expand(
-        "results/{model}/teacher/{behavior}.parquet",
-        model=MODEL,
-        behavior=BEHAVIORS + [UNPROMPTED],
-    ) + [
-        "results/figures/phase0.png",
-        "results/figures/phase05.png",
-        "results/figures/training.png",
-        "results/figures/training_curves.png",
-        "results/figures/phase1.png",
-        "results/figures/phase1_path.png",
-    ] + expand(
-        "results/{model}/peft/{behavior}/{variant}-seed{seed}/adapter_config.json",
-        model=MODEL,
-        behavior=TRAINED,
-        variant=VARIANTS,
-        seed=SEEDS,
+    return (
+        expand(
+            "results/{model}/teacher/{behavior}.parquet",
+            model=MODEL,
+            behavior=BEHAVIORS + [UNPROMPTED],
+        )
+        + [
+            "results/figures/phase0.png",
+            "results/figures/phase05.png",
+            "results/figures/training.png",
+            "results/figures/training_curves.png",
+            "results/figures/phase1.png",
+            "results/figures/phase1_path.png",
+        ]
+        + expand(
+            "results/{model}/peft/{behavior}/{variant}-seed{seed}/adapter_config.json",
+            model=MODEL,
+            behavior=TRAINED,
+            variant=VARIANTS,
+            seed=SEEDS,
+        )
     )
 
 

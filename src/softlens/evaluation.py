@@ -14,7 +14,15 @@ import torch
 
 from .slot import PromptSlot
 from .sources import soft_content
-from .training import BARE, Targets, distributions, early_weights, kl_terms, settings_for, teacher_and_base
+from .training import (
+    BARE,
+    Targets,
+    distributions,
+    early_weights,
+    kl_terms,
+    settings_for,
+    teacher_and_base,
+)
 
 log = logging.getLogger(__name__)
 

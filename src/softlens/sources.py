@@ -15,7 +15,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
 
-from .slot import FramedSoftPrompt, HardPrompt, NoisyHardPrompt, PromptSlot, SoftPrompt, SlotContent
+from .slot import (
+    FramedSoftPrompt,
+    HardPrompt,
+    NoisyHardPrompt,
+    PromptSlot,
+    SlotContent,
+    SoftPrompt,
+)
 
 
 def behavior_source(spec: dict) -> dict:
