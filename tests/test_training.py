@@ -178,3 +178,14 @@ def test_a_killed_training_run_resumes_where_it_stopped_and_ends_the_same(tiny_l
 
 def test_fed_completions_pad_to_a_common_length():
     assert fed_completions([[5, 6, 7, 8], [9]], 3, 0) == [[5, 6], [9, 0]]
+
+
+def test_a_split_without_completions_is_refused():
+    import pandas as pd
+
+    from softlens.training import _contexts
+
+    teacher = pd.DataFrame({"split": ["train", "test"], "user_message": ["a", "b"], "completion_ids": [[1, 2], []]})
+    assert _contexts(teacher, "train") == (["a"], [[1, 2]])
+    with pytest.raises(ValueError, match="no test messages with a completion"):
+        _contexts(teacher, "test")
