@@ -19,7 +19,7 @@ from .training import (
     Targets,
     distributions,
     early_weights,
-    kl_terms,
+    mean_kl,
     settings_for,
     teacher_and_base,
 )
@@ -40,9 +40,7 @@ def early_ce(targets: Targets, logp: torch.Tensor, early_tokens: int, early_weig
 
 def frame_scores(lm, slot, content, target: Targets, base: Targets, positions, batch_size, s) -> dict:
     logp, _ = distributions(lm, slot, content, target.messages, target.fed, positions, batch_size)
-    m = target.mask.float()
-    kl = float((kl_terms(target.logp, logp) * m).sum() / m.sum())
-    kl_base = float((kl_terms(target.logp, base.logp) * m).sum() / m.sum())
+    kl, kl_base = mean_kl(target, logp), mean_kl(target, base.logp)
     return {"kl_test": kl, "kl_base_test": kl_base, "kl_closure_test": kl_closure(kl, kl_base),
             "ce_test": early_ce(target, logp, s.early_tokens, s.early_weight),
             "ce_teacher_test": early_ce(target, target.logp, s.early_tokens, s.early_weight),
