@@ -1,8 +1,12 @@
 """Soft-prompt training: our step against a naive full forward+backward, and against PEFT prompt tuning.
 
     python benchmarks/training_step.py [behavior] [--steps 40] [--threads 2]
+    python benchmarks/training_step.py spanish --random-init benchmarks/architectures/qwen3-4b.json \
+        --tokenizer DIR --teacher FILE --batch 8      # a GPU machine: times and memory at a real size
 
-Needs a finished teacher table for the behaviour (the default run's results/). All three train the
+Needs a finished teacher table for the behaviour (the default run's results/). With --random-init the
+model is a randomly initialised one of that architecture (config.json) with the embedded model's
+tokenizer, so only times and peak GPU memory mean something (no closure is printed). All three train the
 same L soft vectors with the same KL(teacher || student) objective on the same batches, lr and
 schedule; they differ only in how the step is computed and where the vectors sit:
 
@@ -24,7 +28,7 @@ import torch
 
 from softlens.io import read_teacher
 from softlens.logprobs import forward_scored, prefix_cache
-from softlens.models import load_model, set_threads
+from softlens.models import load_model, random_model, set_threads
 from softlens.slot import PromptSlot, SoftPrompt
 from softlens.training import (
     TrainSettings,
@@ -36,30 +40,42 @@ from softlens.training import (
 )
 
 MODEL = "resources/models/SmolLM2-135M-Instruct.json"
+EMBEDDED = "resources/models/SmolLM2-135M-Instruct"
 
 
-def kl_loss(q_logp, target_logp, mask):
-    m = mask.float()
-    return (kl_terms(target_logp, q_logp) * m).sum() / m.sum()
+def kl_loss(q_logp, target_logp, mask):  # the same KL term train() uses
+    m = mask.float().to(q_logp.device)
+    return (kl_terms(target_logp.to(q_logp.device), q_logp) * m).sum() / m.sum()
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def run(name, step_fn, eval_fn, vectors, s, batches, eval_every):
     opt = torch.optim.Adam([vectors], lr=s.lr)
     times, evals = [], {}
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     for step, idx in enumerate(batches):
         for g in opt.param_groups:
             g["lr"] = learning_rate(s, step)
+        sync()
         t0 = time.perf_counter()
         loss = step_fn(vectors, idx)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sync()
         times.append(time.perf_counter() - t0)
         if eval_fn is not None and (step + 1) % eval_every == 0:
             with torch.no_grad():
                 evals[step + 1] = eval_fn(vectors)
             print(f"  {name} step {step + 1}: held-out KL closure {evals[step + 1]:.3f}", flush=True)
-    return statistics.median(times), evals
+    if torch.cuda.is_available():
+        print(f"  {name}: peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB", flush=True)
+    return statistics.median(times[1:] or times), evals  # the first step warms up kernels and caches
 
 
 def main():
@@ -69,46 +85,58 @@ def main():
     ap.add_argument("--naive-steps", type=int, default=5)
     ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--random-init", metavar="CONFIG_JSON", help="a randomly initialised model of this architecture")
+    ap.add_argument("--tokenizer", default=str(EMBEDDED), help="tokenizer directory for --random-init")
+    ap.add_argument("--teacher", help="teacher table (default: the default run's for the behaviour)")
     args = ap.parse_args()
     set_threads(args.threads)
     import yaml
 
     cfg = yaml.safe_load(open("config/config.yaml"))
     spec = next(b for b in cfg["behaviors"] if b["name"] == args.behavior)
-    lm = load_model(MODEL, {"device": "cpu"})
+    settings = {"device": args.device, "dtype": args.dtype}
+    lm = random_model(args.random_init, args.tokenizer, settings) if args.random_init else load_model(MODEL, settings)
+    print(f"model: {args.random_init or MODEL}, {sum(p.numel() for p in lm.model.parameters()) / 1e6:.0f}M "
+          f"parameters, {lm.dtype} on {lm.device}")
     slot = PromptSlot.for_model(lm, cfg["model_settings"]["slot"])
-    s = TrainSettings(steps=args.steps, positions=32, lr=0.03)
-    teacher = read_teacher(f"results/SmolLM2-135M-Instruct/teacher/{args.behavior}.parquet")
+    s = TrainSettings(steps=args.steps, positions=32, lr=0.03, batch_size=args.batch)
+    teacher = read_teacher(args.teacher or f"results/SmolLM2-135M-Instruct/teacher/{args.behavior}.parquet")
     steering = f"results/SmolLM2-135M-Instruct/steering/{args.behavior}.safetensors" if spec.get("steering") else None
     tr, _ = teacher_and_base(lm, slot, spec, teacher, "train", s.positions, 16, None, steering)
     te, base = teacher_and_base(lm, slot, spec, teacher, "test", s.positions, 16, None, steering)
     kl_base = mean_kl(te, base.logp)
+    tr = tr.to(lm.device)  # as train() does: no host-to-device copy of the targets per step
     g = torch.Generator().manual_seed(0)
-    init = initial_vectors(lm, s, g)
+    init = initial_vectors(lm, s, g).to(lm.device)
     batches = [torch.randperm(len(tr.messages), generator=g)[:s.batch_size].tolist() for _ in range(args.steps)]
     T = s.positions
 
     def ours_step(v, idx):
-        batch = slot.batch(SoftPrompt(v), [tr.messages[i] for i in idx], [tr.fed[i] for i in idx], "inner")
+        batch = slot.batch(SoftPrompt(v.to(lm.dtype)), [tr.messages[i] for i in idx], [tr.fed[i] for i in idx], "inner")
         ours_step.prefix = ours_step.prefix or prefix_cache(lm, batch)
         q, _ = forward_scored(lm, batch, T, ours_step.prefix, batch.slot_start)
         return kl_loss(q, tr.logp[idx], tr.mask[idx])
     ours_step.prefix = None
 
     def naive_step(v, idx):
-        batch = slot.batch(SoftPrompt(v), [tr.messages[i] for i in idx], [tr.fed[i] for i in idx], "inner")
+        batch = slot.batch(SoftPrompt(v.to(lm.dtype)), [tr.messages[i] for i in idx], [tr.fed[i] for i in idx], "inner")
         q = torch.log_softmax(lm.model(**batch.model_inputs()).logits.float(), -1)[:, -T:]
         return kl_loss(q, tr.logp[idx], tr.mask[idx])
 
     def ours_eval(v):
         batch_logp = []
         for i in range(0, len(te.messages), 16):
-            b = slot.batch(SoftPrompt(v), te.messages[i:i + 16], te.fed[i:i + 16], "inner")
+            b = slot.batch(SoftPrompt(v.to(lm.dtype)), te.messages[i:i + 16], te.fed[i:i + 16], "inner")
             batch_logp.append(forward_scored(lm, b, T, prefix_cache(lm, b), b.slot_start)[0])
         return 1 - mean_kl(te, torch.cat(batch_logp)) / kl_base
 
     print(f"{args.behavior}: {len(tr.messages)} train / {len(te.messages)} test messages, L={s.length}, "
           f"batch {s.batch_size}, T={T}, {args.threads} threads; unprompted held-out KL {kl_base:.3f}")
+    if args.random_init:  # closure of a random model means nothing: time the steps only
+        ours_eval = None
     t_ours, ev_ours = run("ours", ours_step, ours_eval, init.clone().requires_grad_(True), s, batches,
                           args.eval_every)
     t_naive, _ = run("naive", naive_step, None, init.clone().requires_grad_(True), s,
@@ -130,7 +158,7 @@ def main():
         mask = torch.zeros(len(rows), n, dtype=torch.long)
         for r, row in enumerate(rows):  # right padding, as PEFT training does
             ids[r, :len(row)], mask[r, :len(row)] = torch.tensor(row), 1
-        logits = peft_model(input_ids=ids, attention_mask=mask).logits  # virtual tokens included
+        logits = peft_model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits  # virtual tokens included
         end = torch.tensor([s.length + len(row) for row in rows])
         idx = end[:, None] - T + torch.arange(T)
         return torch.log_softmax(logits[torch.arange(len(rows))[:, None], idx].float(), -1)
@@ -142,12 +170,14 @@ def main():
         return 1 - mean_kl(te, torch.cat([peft_logp(te.messages[i:i + 16], te.fed[i:i + 16])
                                            for i in range(0, len(te.messages), 16)])) / kl_base
 
-    t_peft, ev_peft = run("peft", peft_step, peft_eval, emb, s, batches, args.eval_every)
-
+    t_peft, ev_peft = run("peft", peft_step, None if args.random_init else peft_eval, emb, s, batches,
+                          args.eval_every)
+    print(f"\nseconds per step (median): ours {t_ours:.3f}, naive {t_naive:.3f}, PEFT {t_peft:.3f}")
+    print(f"ours / naive step time: {t_ours / t_naive:.2f}   ours / PEFT step time: {t_ours / t_peft:.2f}")
+    if args.random_init:
+        return
     final_peft = ev_peft[max(ev_peft)]
     reach = next((k for k, v in sorted(ev_ours.items()) if v >= final_peft), None)
-    print(f"\nseconds per step (median): ours {t_ours:.2f}, naive {t_naive:.2f}, PEFT {t_peft:.2f}")
-    print(f"ours / naive step time: {t_ours / t_naive:.2f}   ours / PEFT step time: {t_ours / t_peft:.2f}")
     print(f"held-out KL closure after {args.steps} steps: ours {ev_ours[max(ev_ours)]:.3f}, PEFT {final_peft:.3f}")
     print(f"steps for ours to reach PEFT's final closure: {reach} of {args.steps} "
           f"({'never' if reach is None else f'{reach / args.steps:.2f}'} of PEFT's)")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny import write_tiny_model  # noqa: E402
+
+# SOFTLENS_TEST_DEVICE=cuda runs the model tests on a GPU (the same assertions, the CUDA code paths).
+DEVICE = os.environ.get("SOFTLENS_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="session")
@@ -29,14 +33,14 @@ def sharp_dir(tmp_path_factory) -> Path:
 def sharp_lm(sharp_dir):
     from softlens.models import load_model
 
-    return load_model(sharp_dir, {"device": "cpu"})
+    return load_model(sharp_dir, {"device": DEVICE, "dtype": "float32"})
 
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_dir):
     from softlens.models import load_model
 
-    return load_model(tiny_dir, {"device": "cpu"})
+    return load_model(tiny_dir, {"device": DEVICE, "dtype": "float32"})
 
 
 @pytest.fixture

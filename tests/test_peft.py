@@ -39,7 +39,7 @@ def peft_adapter(tiny_dir, tmp_path_factory):
 def ours_before_template(lm, vectors, message, completion):
     slot = PromptSlot(lm.tokenizer, lm.embeddings, "before_template")
     batch = slot.batch(SoftPrompt(vectors), [message], [completion])
-    return slot, lm.model(**batch.model_inputs()).logits[0]
+    return slot, lm.model(**batch.model_inputs()).logits[0].cpu()  # peft's model stays on the CPU
 
 
 def test_a_peft_adapter_is_read_and_scored_where_peft_puts_it(tiny_lm, peft_adapter):

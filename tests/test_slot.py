@@ -22,7 +22,7 @@ def scored_logprobs(lm, batch):
 def test_hard_prompt_through_soft_path_matches_token_path(tiny_lm, position):
     slot = PromptSlot(tiny_lm.tokenizer, tiny_lm.embeddings, position)
     hard = slot.batch(HardPrompt("Respond in Spanish."), MESSAGES, COMPLETIONS)
-    ids = torch.tensor(slot.tokenize("Respond in Spanish."))
+    ids = torch.tensor(slot.tokenize("Respond in Spanish."), device=tiny_lm.device)
     soft = slot.batch(SoftPrompt(tiny_lm.embeddings(ids)), MESSAGES, COMPLETIONS)
     assert torch.equal(hard.slot_mask, soft.slot_mask) and soft.soft_mask.sum() == len(ids) * len(MESSAGES)
     with torch.no_grad():

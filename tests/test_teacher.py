@@ -25,7 +25,7 @@ def test_completions_stop_after_eos(tiny_lm):
     eos = next(iter(eos_ids(tiny_lm)))
     # Make EOS the model's favourite token so generation stops at once.
     with torch.no_grad():
-        bias = torch.zeros(tiny_lm.model.config.vocab_size)
+        bias = torch.zeros(tiny_lm.model.config.vocab_size, device=tiny_lm.device)
         bias[eos] = 1e4
         handle = tiny_lm.model.lm_head.register_forward_hook(lambda m, i, o: o + bias)
         try:
@@ -55,7 +55,7 @@ def test_steering_direction_is_the_mean_difference_and_the_hook_adds_it(tiny_lm)
     h1 = blocks[1].register_forward_hook(lambda m, i, o: out1.append((o[0] if isinstance(o, tuple) else o).clone()))
     h2 = blocks[2].register_forward_pre_hook(lambda m, args, kw: in2.append((args[0] if args else kw["hidden_states"]).clone()),
                                              with_kwargs=True)
-    ids = torch.tensor([[1, 30, 40, 50]])
+    ids = torch.tensor([[1, 30, 40, 50]], device=tiny_lm.device)
     with torch.no_grad():
         try:
             with steered(tiny_lm.model, d, layer=1, scale=2.0):
@@ -63,7 +63,7 @@ def test_steering_direction_is_the_mean_difference_and_the_hook_adds_it(tiny_lm)
             tiny_lm.model(input_ids=ids)
         finally:
             h1.remove(), h2.remove()
-    assert torch.allclose(in2[0], out1[0] + 2.0 * d, atol=1e-5)  # steered: residual + 2d at every position
+    assert torch.allclose(in2[0], out1[0] + 2.0 * d.to(out1[0].device), atol=1e-5)  # steered: residual + 2d at every position
     assert torch.allclose(in2[1], out1[1])  # the hook is gone afterwards
     assert len(blocks[1]._forward_hooks) == 0
 

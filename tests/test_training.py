@@ -80,13 +80,13 @@ def test_same_seed_same_numbers_and_other_seed_differs(tiny_lm, setup):
 
 def test_prefix_cache_and_scored_logits_equal_a_full_forward_with_gradients(tiny_lm, setup):
     slot, tr, _, _ = setup
-    v = torch.randn(6, tiny_lm.embeddings.weight.shape[1], requires_grad=True)
+    v = torch.randn(6, tiny_lm.embeddings.weight.shape[1], device=tiny_lm.device, requires_grad=True)
     batch = slot.batch(SoftPrompt(v), tr.messages[:4], tr.fed[:4], padding_side="inner")
     fast, _ = forward_scored(tiny_lm, batch, POSITIONS, prefix_cache(tiny_lm, batch), batch.slot_start)
-    (g_fast,) = torch.autograd.grad(fast.exp().mul(torch.arange(fast.shape[-1])).sum(), v)
+    (g_fast,) = torch.autograd.grad(fast.exp().mul(torch.arange(fast.shape[-1], device=fast.device)).sum(), v)
     batch = slot.batch(SoftPrompt(v), tr.messages[:4], tr.fed[:4], padding_side="inner")
     full = torch.log_softmax(tiny_lm.model(**batch.model_inputs()).logits.float(), -1)[:, -POSITIONS:]
-    (g_full,) = torch.autograd.grad(full.exp().mul(torch.arange(full.shape[-1])).sum(), v)
+    (g_full,) = torch.autograd.grad(full.exp().mul(torch.arange(full.shape[-1], device=full.device)).sum(), v)
     assert batch.slot_start > 0
     assert torch.allclose(fast, full, atol=1e-5) and torch.allclose(g_fast, g_full, atol=1e-4)
 
@@ -135,7 +135,7 @@ KILLED = textwrap.dedent("""
     from softlens.slot import HardPrompt, PromptSlot, SoftPrompt
     from softlens.teacher import GenerationSettings, generate
 
-    lm = load_model({model!r}, {{"device": "cpu"}})
+    lm = load_model({model!r}, {{"device": os.environ.get("SOFTLENS_TEST_DEVICE", "cpu"), "dtype": "float32"}})
     slot = PromptSlot.for_model(lm)
     teacher = HardPrompt("Respond in Spanish.")
     comps = generate(lm, slot, teacher, MESSAGES, GenerationSettings(max_new_tokens=POSITIONS))

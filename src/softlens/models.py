@@ -196,6 +196,35 @@ def load_model(manifest_or_dir: str | Path, settings: dict | None = None) -> Loa
     return LoadedModel(model=model, tokenizer=tok, device=device, dtype=dtype)
 
 
+def random_model(architecture: str | Path, tokenizer_dir: str | Path, settings: dict | None = None,
+                 seed: int = 0) -> LoadedModel:
+    """A randomly initialised model of a real architecture (a config.json) with a real tokenizer.
+
+    For throughput and memory measurements at real sizes where the weights cannot be had (benchmarks on a
+    GPU machine with no hub access); its outputs mean nothing.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    settings = settings or {}
+    device = pick_device(settings.get("device", "auto"))
+    dtype = pick_dtype(settings.get("dtype", "auto"), device)
+    p = Path(architecture)
+    p = p / "config.json" if p.is_dir() else p
+    spec = json.loads(p.read_text())
+    config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if len(tok) > config.vocab_size:
+        raise ModelUnavailable(f"tokenizer {str(tokenizer_dir)!r} has {len(tok)} tokens, more than the "
+                               f"architecture's vocab_size {config.vocab_size}")
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.eval().requires_grad_(False)
+    return LoadedModel(model=model, tokenizer=tok, device=device, dtype=dtype)
+
+
 def set_threads(n: int) -> None:
     """Use exactly the cores the workflow gave this job."""
     torch.set_num_threads(max(1, int(n)))

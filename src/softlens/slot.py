@@ -238,7 +238,7 @@ class PromptSlot:
         embeds = self.embeddings(token_ids)
         if soft_values:  # out-of-place so gradients reach the soft vectors
             idx = torch.cat(soft_index).to(device)
-            embeds = embeds.index_put((idx[:, 0], idx[:, 1]), torch.cat(soft_values).to(embeds.dtype))
+            embeds = embeds.index_put((idx[:, 0], idx[:, 1]), torch.cat(soft_values).to(embeds.device, embeds.dtype))
         return Batch(
             inputs_embeds=embeds,
             attention_mask=attention,
