@@ -16,6 +16,21 @@ include: "rules/softprompt.smk"
 include: "rules/decompose.smk"
 
 
+# Seconds-long jobs, and prepare_model (it may need the network): on the submitting host under SLURM.
+localrules:
+    all,
+    prepare_model,
+    export_peft,
+    phase0_table,
+    phase05_table,
+    phase1_table,
+    training_table,
+    figure_phase0,
+    figure_phase05,
+    figure_phase1,
+    figure_training,
+
+
 rule all:
     default_target: True
     input:

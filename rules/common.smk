@@ -7,12 +7,16 @@ from softlens.config import (
     load_dictionary,
     model_tag,
     noise_sources,
+    sort_keys,
     validate_config,
 )
+from softlens.models import gpus_for
 from softlens.sources import behavior_source
+from softlens.training import prompt_params
 
 # Config first: nothing below runs on an invalid config.
 validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
+config.update(sort_keys(config))  # params compare by value and order: make key order irrelevant
 
 MODEL = model_tag(config["model"])
 BEHAVIORS = [b["name"] for b in config["behaviors"]]
@@ -25,6 +29,8 @@ TRAINED = config["training"]["behaviors"] or BEHAVIORS
 VARIANTS = config["training"]["variants"]
 SEEDS = config["training"]["seeds"]
 PHASE1_SEEDS = config["phase1"]["seeds"] or SEEDS
+# Rules that run the model ask for a GPU (SLURM: --gpus=1; locally `--resources gpu=1` runs one at a time).
+GPU = gpus_for(config["model_settings"].get("device", "auto"))
 
 
 wildcard_constraints:
@@ -75,6 +81,16 @@ def model_and_teacher(wildcards):
         "teacher": f"results/{wildcards.model}/teacher/{wildcards.behavior}.parquet",
         **teacher_definition(wildcards),
     }
+
+
+def training_params(wildcards):
+    return prompt_params(config["training"], wildcards.variant)
+
+
+def evaluation_params(wildcards):
+    """Evaluation also scores the prompt inside every configured frame and samples from it."""
+    t = config["training"]
+    return {**training_params(wildcards), "frames": t["frames"], "samples": t["samples"]}
 
 
 def soft_prompt_file(wildcards):

@@ -15,7 +15,7 @@ rule logprobs_dictionary:
     threads: 2
     resources:
         mem_mb=4000,
-        gpu=1,
+        gpu=GPU,
     params:
         sources=dictionary_sources,
         model_settings=config["model_settings"],
@@ -39,7 +39,7 @@ rule logprobs_reference:
     threads: 2
     resources:
         mem_mb=4000,
-        gpu=1,
+        gpu=GPU,
     params:
         sources=reference_sources,
         model_settings=config["model_settings"],
@@ -62,7 +62,7 @@ rule logprobs_noise:
     threads: 2
     resources:
         mem_mb=4000,
-        gpu=1,
+        gpu=GPU,
     params:
         sources=noisy_sources,
         model_settings=config["model_settings"],
@@ -161,6 +161,7 @@ rule figure_phase0:
             "results/figures/phase0.png",
             caption="../reports/phase0.rst",
             category="Phase 0: recovering a known hard prompt",
+            labels={"phase": "0", "figure": "recovered weights"},
         ),
     log:
         "logs/figures/phase0.log",
@@ -178,6 +179,7 @@ rule figure_phase05:
             "results/figures/phase05.png",
             caption="../reports/phase05.rst",
             category="Phase 0.5: noise on the hard prompt",
+            labels={"phase": "0.5", "figure": "explained-KL vs noise"},
         ),
     log:
         "logs/figures/phase05.log",
@@ -202,7 +204,7 @@ rule logprobs_softprompt:
     threads: 1
     resources:
         mem_mb=3000,
-        gpu=1,
+        gpu=GPU,
     params:
         sources=soft_source,
         model_settings=config["model_settings"],
@@ -260,11 +262,13 @@ rule figure_phase1:
             "results/figures/phase1.png",
             caption="../reports/phase1.rst",
             category="Phase 1: decomposing trained soft prompts",
+            labels={"phase": "1", "figure": "top signed weights"},
         ),
         path=report(
             "results/figures/phase1_path.png",
             caption="../reports/phase1_path.rst",
             category="Phase 1: decomposing trained soft prompts",
+            labels={"phase": "1", "figure": "explained-KL vs nonzeros"},
         ),
     log:
         "logs/figures/phase1.log",

@@ -13,10 +13,10 @@ rule train_softprompt:
     threads: 1
     resources:
         mem_mb=4000,
-        gpu=1,
+        gpu=GPU,
     params:
         behavior=get_behavior,
-        training=config["training"],
+        training=training_params,
         model_settings=config["model_settings"],
     script:
         "../scripts/train_softprompt.py"
@@ -38,10 +38,10 @@ rule evaluate_softprompt:
     threads: 1
     resources:
         mem_mb=3000,
-        gpu=1,
+        gpu=GPU,
     params:
         behavior=get_behavior,
-        training=config["training"],
+        training=evaluation_params,
         model_settings=config["model_settings"],
         teacher=config["teacher"],
     script:
@@ -96,11 +96,13 @@ rule figure_training:
             "results/figures/training.png",
             caption="../reports/training.rst",
             category="Soft prompts: training",
+            labels={"phase": "training", "figure": "KL closure per behaviour"},
         ),
         curves=report(
             "results/figures/training_curves.png",
             caption="../reports/training_curves.rst",
             category="Soft prompts: training",
+            labels={"phase": "training", "figure": "training curves"},
         ),
     log:
         "logs/figures/training.log",

@@ -12,7 +12,7 @@ rule steering_vector:
     threads: 2
     resources:
         mem_mb=3000,
-        gpu=1,
+        gpu=GPU,
     params:
         behavior=get_behavior,
         model_settings=config["model_settings"],
@@ -34,7 +34,7 @@ rule teacher:
     threads: 2
     resources:
         mem_mb=3000,
-        gpu=1,
+        gpu=GPU,
     params:
         behavior=get_behavior,
         messages=config["messages"],

@@ -15,7 +15,7 @@ def test_default_config_validates_and_gets_defaults(default_config, schema):
     cfg = validate_config(default_config, schema)
     assert cfg["model_settings"]["revision"] == "main"
     assert cfg["teacher"]["temperature"] == 1.0
-    assert len(cfg["behaviors"]) >= 5 and any(b.get("steering") for b in cfg["behaviors"])
+    assert len(cfg["behaviors"]) >= 3 and any(b.get("steering") for b in cfg["behaviors"])
 
 
 def test_default_split_is_deterministic_and_independent_of_file_order(default_config, tmp_path):
@@ -35,7 +35,8 @@ def test_unknown_top_level_key(default_config, schema):
 
 def test_behavior_without_instruction_or_steering(default_config, schema):
     default_config["behaviors"].append({"name": "empty"})
-    with pytest.raises(ConfigError, match=r"behaviors\[6\] \('empty'\).*exactly one of 'instruction', 'steering' or 'peft'"):
+    n = len(default_config["behaviors"]) - 1
+    with pytest.raises(ConfigError, match=rf"behaviors\[{n}\] \('empty'\).*exactly one of 'instruction', 'steering' or 'peft'"):
         validate_config(default_config, schema)
 
 
@@ -91,7 +92,8 @@ def test_duplicate_dictionary_prompt(default_config, schema, tmp_path):
 def test_steering_layer_out_of_range(default_config, schema):
     cfg = validate_config(default_config, schema)
     cfg["behaviors"][-1]["steering"]["layer"] = 30
-    with pytest.raises(ConfigError, match=r"behaviors\[5\] \('pirate_steer'\).steering.layer = 30 is out of range.*30 layers"):
+    n = len(cfg["behaviors"]) - 1
+    with pytest.raises(ConfigError, match=rf"behaviors\[{n}\] \('pirate_steer'\).steering.layer = 30 is out of range.*30 layers"):
         check_steering_layers(cfg["behaviors"], 30)
     cfg["behaviors"][-1]["steering"]["layer"] = -1
     with pytest.raises(ConfigError, match="layer"):
@@ -139,3 +141,16 @@ def test_peft_behaviour_must_point_at_an_adapter(default_config, schema, tmp_pat
     default_config["behaviors"].append({"name": "imported", "peft": str(tmp_path)})
     with pytest.raises(ConfigError, match=r"\('imported'\).peft: .* is not a PEFT adapter directory"):
         validate_config(default_config, schema)
+
+
+def test_the_shipped_gpu_config_validates_over_the_default(default_config, schema):
+    import yaml
+    from snakemake.utils import update_config
+
+    from conftest import ROOT
+    from softlens.models import gpus_for
+
+    update_config(default_config, yaml.safe_load((ROOT / "config" / "qwen3-4b.yaml").read_text()))
+    cfg = validate_config(default_config, schema)  # as `--configfile config/qwen3-4b.yaml` merges it
+    assert cfg["model"] == "Qwen/Qwen3-4B" and model_tag(cfg["model"]) == "Qwen--Qwen3-4B"
+    assert gpus_for(cfg["model_settings"]["device"]) == 1 and gpus_for("cpu") == 0

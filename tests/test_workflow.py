@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -168,3 +170,52 @@ def test_invalid_config_fails_before_any_rule_runs(tmp_path, tiny_dir):
     assert res.returncode != 0
     assert "duplicate behaviour name 'a'" in res.stderr + res.stdout
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+def test_a_run_killed_mid_job_finishes_with_rerun_incomplete_and_loses_nothing(built, tmp_path, tiny_dir):
+    """SIGKILL the whole snakemake process group while a log-prob job is running, then rerun."""
+    workdir, _ = built
+    write_config(tmp_path, tiny_dir)
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(tmp_path / "config.yaml"), "--cores", "1", "results/tables/phase0.csv"]
+    run = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), start_new_session=True)
+    started = tmp_path / f"logs/{tiny_dir.name}/logprobs/spanish/dictionary.log"
+    deadline = time.monotonic() + 600
+    while not started.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    assert started.exists() and run.returncode == -signal.SIGKILL, "the run ended before the job under test started"
+    incomplete = tmp_path / ".snakemake" / "incomplete"
+    assert incomplete.is_dir() and any(incomplete.iterdir())  # snakemake's record of the job cut short
+
+    snakemake(tmp_path, "results/tables/phase0.csv", "--rerun-incomplete")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "results/tables/phase0.csv"),
+                                  pd.read_csv(workdir / "results/tables/phase0.csv"))
+    assert not any(incomplete.iterdir())
+
+
+def test_the_report_renders_every_figure_with_its_caption(built):
+    workdir, _ = built
+    snakemake(workdir, "--report", "report.html")
+    html = (workdir / "report.html").read_text()
+    figures = sorted(p.name for p in (workdir / "results" / "figures").glob("*.png"))
+    assert len(figures) == 6 and all(name in html for name in figures), figures
+    captions = [rst.read_text().splitlines()[0][:40] for rst in (ROOT / "reports").glob("*.rst")]
+    assert len(captions) == 7 and all(c in html for c in captions), [c for c in captions if c not in html]
+
+
+def test_adding_a_seed_trains_only_that_seed_and_reordering_keys_replans_nothing(built, tiny_dir):
+    workdir, cfg = built
+    original = (workdir / "config.yaml").read_text()
+    reordered = {k: (dict(reversed(list(v.items()))) if isinstance(v, dict) else v) for k, v in reversed(list(cfg.items()))}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(reordered, sort_keys=False))
+    try:
+        assert planned(workdir) == []
+        more = {**cfg, "training": {**cfg["training"], "seeds": [0, 1, 2]}}
+        (workdir / "config.yaml").write_text(yaml.safe_dump(more))
+        trained = [p for p in planned(workdir) if p.endswith(".safetensors") and "/softprompt/" in p]
+    finally:
+        (workdir / "config.yaml").write_text(original)
+    assert trained and all("-seed2." in p for p in trained), trained

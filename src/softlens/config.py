@@ -24,6 +24,16 @@ class ConfigError(ValueError):
     """A configuration value is wrong; the message names the key, file or value."""
 
 
+def sort_keys(value):
+    """The same config with every mapping's keys sorted (lists keep their order), so rules' params
+    do not change when a --configfile overlay or an edit only reorders keys."""
+    if isinstance(value, dict):
+        return {k: sort_keys(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [sort_keys(v) for v in value]
+    return value
+
+
 def validate_config(config: dict, schema: str | Path) -> dict:
     """Validate `config` in place against the JSON schema (filling defaults), then its semantics."""
     from snakemake.exceptions import WorkflowError

@@ -30,6 +30,9 @@ def phase0(table: pd.DataFrame, out, top: int = 6) -> None:
     for i, b in enumerate(behaviors):
         for j, fit in enumerate(["full dictionary", "instruction left out"]):
             ax, d = axes[i, j], t[(t["behavior"] == b) & (t["fit"] == fit)].sort_values("weight")
+            if d.empty:  # no leave-one-out fit where the behaviour has no instruction (a steering vector)
+                ax.set_axis_off()
+                continue
             colors = ["tab:red" if tt else ("tab:blue" if w > 0 else "tab:gray") for tt, w in zip(d["is_target"], d["weight"])]
             ax.barh(d["label"], d["weight"], color=colors)
             ax.axvline(0, color="black", lw=0.6)
@@ -98,6 +101,9 @@ def phase1(table: pd.DataFrame, out, top: int = 6) -> None:
     for i, b in enumerate(behaviors):
         for j, fit in enumerate(fits):
             ax, d = axes[i, j], t[(t["behavior"] == b) & (t["fit"] == fit)].sort_values("weight")
+            if d.empty:  # no leave-one-out fit where the behaviour has no instruction (a steering vector)
+                ax.set_axis_off()
+                continue
             colors = ["tab:red" if tt else ("tab:blue" if w > 0 else "tab:gray") for tt, w in zip(d["is_target"], d["weight"])]
             ax.barh(d["label"], d["weight"], color=colors)
             ax.axvline(0, color="black", lw=0.6)

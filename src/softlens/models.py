@@ -157,6 +157,14 @@ def pick_device(setting: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def gpus_for(setting: str = "auto") -> int:
+    """GPUs a model job asks the scheduler for: none when the config pins the CPU or, with "auto",
+    when no CUDA device is visible here (on SLURM, where the submit host may have none, set "cuda")."""
+    if setting == "auto":
+        return int(torch.cuda.is_available())
+    return int(torch.device(setting).type == "cuda")
+
+
 def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
     if setting != "auto":
         return getattr(torch, setting)

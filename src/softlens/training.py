@@ -90,6 +90,12 @@ def settings_for(training: dict, variant: str) -> TrainSettings:
     return TrainSettings(frames=frames, **keys)
 
 
+def prompt_params(training: dict, variant: str) -> dict:
+    """The settings one soft prompt depends on, keys sorted: the training rule's params, so that adding
+    a seed, a variant or a trained behaviour (or reordering the config) retrains no existing prompt."""
+    return dict(sorted(settings_for(training, variant).describe().items()))
+
+
 # --- targets ------------------------------------------------------------------------------------
 
 @dataclass
