@@ -11,7 +11,7 @@ rule logprobs_dictionary:
     benchmark:
         "logs/{model}/benchmarks/logprobs/{behavior}/dictionary.tsv"
     conda:
-        "../envs/softlens.yaml"
+        "../envs/model.yaml"
     threads: 2
     resources:
         mem_mb=4000,
@@ -35,7 +35,7 @@ rule logprobs_reference:
     benchmark:
         "logs/{model}/benchmarks/logprobs/{behavior}/reference.tsv"
     conda:
-        "../envs/softlens.yaml"
+        "../envs/model.yaml"
     threads: 2
     resources:
         mem_mb=4000,
@@ -58,7 +58,7 @@ rule logprobs_noise:
     benchmark:
         "logs/{model}/benchmarks/logprobs/{behavior}/noise.tsv"
     conda:
-        "../envs/softlens.yaml"
+        "../envs/model.yaml"
     threads: 2
     resources:
         mem_mb=4000,
@@ -81,7 +81,7 @@ rule fit_phase0:
     benchmark:
         "logs/{model}/benchmarks/fits/{behavior}/target.tsv"
     conda:
-        "../envs/softlens.yaml"
+        "../envs/fit.yaml"
     threads: 1
     resources:
         mem_mb=9000,
@@ -104,7 +104,7 @@ rule fit_noise:
     benchmark:
         "logs/{model}/benchmarks/fits/{behavior}/noise-seed{seed}.tsv"
     conda:
-        "../envs/softlens.yaml"
+        "../envs/fit.yaml"
     threads: 1
     resources:
         mem_mb=9000,
@@ -130,7 +130,7 @@ rule phase0_table:
     log:
         "logs/tables/phase0.log",
     conda:
-        "../envs/softlens.yaml"
+        "../envs/fit.yaml"
     script:
         "../scripts/phase0_table.py"
 
@@ -148,7 +148,7 @@ rule phase05_table:
     log:
         "logs/tables/phase05.log",
     conda:
-        "../envs/softlens.yaml"
+        "../envs/fit.yaml"
     script:
         "../scripts/phase05_table.py"
 
@@ -166,7 +166,7 @@ rule figure_phase0:
     log:
         "logs/figures/phase0.log",
     conda:
-        "../envs/softlens.yaml"
+        "../envs/figures.yaml"
     script:
         "../scripts/figure_phase0.py"
 
@@ -184,7 +184,7 @@ rule figure_phase05:
     log:
         "logs/figures/phase05.log",
     conda:
-        "../envs/softlens.yaml"
+        "../envs/figures.yaml"
     script:
         "../scripts/figure_phase05.py"
 
@@ -200,7 +200,7 @@ rule logprobs_softprompt:
     benchmark:
         "logs/{model}/benchmarks/logprobs/{behavior}/soft-{variant}-seed{seed}.tsv"
     conda:
-        "../envs/softlens.yaml"
+        "../envs/model.yaml"
     threads: 1
     resources:
         mem_mb=3000,
@@ -223,7 +223,7 @@ rule fit_phase1:
     benchmark:
         "logs/{model}/benchmarks/fits/{behavior}/soft-{variant}-seed{seed}.tsv"
     conda:
-        "../envs/softlens.yaml"
+        "../envs/fit.yaml"
     threads: 1
     resources:
         mem_mb=9000,
@@ -248,7 +248,7 @@ rule phase1_table:
     log:
         "logs/tables/phase1.log",
     conda:
-        "../envs/softlens.yaml"
+        "../envs/fit.yaml"
     script:
         "../scripts/phase1_table.py"
 
@@ -273,6 +273,6 @@ rule figure_phase1:
     log:
         "logs/figures/phase1.log",
     conda:
-        "../envs/softlens.yaml"
+        "../envs/figures.yaml"
     script:
         "../scripts/figure_phase1.py"

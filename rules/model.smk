@@ -6,7 +6,7 @@ rule prepare_model:
     benchmark:
         "logs/{model}/benchmarks/prepare_model.tsv"
     conda:
-        "../envs/softlens.yaml"
+        "../envs/model.yaml"
     resources:
         mem_mb=3000,
     params:

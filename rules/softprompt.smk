@@ -9,7 +9,7 @@ rule train_softprompt:
     benchmark:
         "logs/{model}/benchmarks/softprompt/{behavior}/{variant}-seed{seed}.tsv"
     conda:
-        "../envs/softlens.yaml"
+        "../envs/model.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -34,7 +34,7 @@ rule evaluate_softprompt:
     benchmark:
         "logs/{model}/benchmarks/softprompt/{behavior}/{variant}-seed{seed}.eval.tsv"
     conda:
-        "../envs/softlens.yaml"
+        "../envs/model.yaml"
     threads: 1
     resources:
         mem_mb=3000,
@@ -58,7 +58,7 @@ rule export_peft:
     log:
         "logs/{model}/peft/{behavior}/{variant}-seed{seed}.log",
     conda:
-        "../envs/softlens.yaml"
+        "../envs/model.yaml"
     script:
         "../scripts/export_peft.py"
 
@@ -82,7 +82,7 @@ rule training_table:
     log:
         "logs/tables/training.log",
     conda:
-        "../envs/softlens.yaml"
+        "../envs/fit.yaml"
     script:
         "../scripts/training_table.py"
 
@@ -107,6 +107,6 @@ rule figure_training:
     log:
         "logs/figures/training.log",
     conda:
-        "../envs/softlens.yaml"
+        "../envs/figures.yaml"
     script:
         "../scripts/figure_training.py"

@@ -8,7 +8,7 @@ rule steering_vector:
     benchmark:
         "logs/{model}/benchmarks/steering/{behavior}.tsv"
     conda:
-        "../envs/softlens.yaml"
+        "../envs/model.yaml"
     threads: 2
     resources:
         mem_mb=3000,
@@ -30,7 +30,7 @@ rule teacher:
     benchmark:
         "logs/{model}/benchmarks/teacher/{behavior}.tsv"
     conda:
-        "../envs/softlens.yaml"
+        "../envs/model.yaml"
     threads: 2
     resources:
         mem_mb=3000,

@@ -18,6 +18,19 @@ def _save(fig, out) -> None:
     plt.close(fig)
 
 
+def _weight_bars(ax, d: pd.DataFrame, title: str, fontsize: int) -> None:
+    """One fit's signed weights as horizontal bars: red = the true instruction, blue > 0, grey < 0."""
+    if d.empty:  # no leave-one-out fit where the behaviour has no instruction (a steering vector)
+        ax.set_axis_off()
+        return
+    d = d.sort_values("weight")
+    colors = ["tab:red" if tt else ("tab:blue" if w > 0 else "tab:gray") for tt, w in zip(d["is_target"], d["weight"])]
+    ax.barh(d["label"], d["weight"], color=colors)
+    ax.axvline(0, color="black", lw=0.6)
+    ax.set_title(title, fontsize=fontsize)
+    ax.tick_params(labelsize=fontsize - 1)
+
+
 def phase0(table: pd.DataFrame, out, top: int = 6) -> None:
     """Recovered weights per behaviour at the selected lambda: full dictionary vs leave-one-out."""
     t = table.copy()
@@ -29,16 +42,9 @@ def phase0(table: pd.DataFrame, out, top: int = 6) -> None:
     fig, axes = plt.subplots(len(behaviors), 2, figsize=(11, 2.2 * len(behaviors) + 0.5), squeeze=False)
     for i, b in enumerate(behaviors):
         for j, fit in enumerate(["full dictionary", "instruction left out"]):
-            ax, d = axes[i, j], t[(t["behavior"] == b) & (t["fit"] == fit)].sort_values("weight")
-            if d.empty:  # no leave-one-out fit where the behaviour has no instruction (a steering vector)
-                ax.set_axis_off()
-                continue
-            colors = ["tab:red" if tt else ("tab:blue" if w > 0 else "tab:gray") for tt, w in zip(d["is_target"], d["weight"])]
-            ax.barh(d["label"], d["weight"], color=colors)
-            ax.axvline(0, color="black", lw=0.6)
             ekl = table[(table["behavior"] == b) & (table["leave_one_out"] == (j == 1))]["explained_kl_test"]
-            ax.set_title(f"{b}: {fit} (held-out explained-KL {ekl.iloc[0]:.3f})" if len(ekl) else b, fontsize=9)
-            ax.tick_params(labelsize=8)
+            title = f"{b}: {fit} (held-out explained-KL {ekl.iloc[0]:.3f})" if len(ekl) else b
+            _weight_bars(axes[i, j], t[(t["behavior"] == b) & (t["fit"] == fit)], title, fontsize=9)
     fig.suptitle("Phase 0: PoE weights recovered for each known hard prompt (red = the true instruction)")
     fig.tight_layout()
     _save(fig, out)
@@ -100,16 +106,10 @@ def phase1(table: pd.DataFrame, out, top: int = 6) -> None:
                              squeeze=False)
     for i, b in enumerate(behaviors):
         for j, fit in enumerate(fits):
-            ax, d = axes[i, j], t[(t["behavior"] == b) & (t["fit"] == fit)].sort_values("weight")
-            if d.empty:  # no leave-one-out fit where the behaviour has no instruction (a steering vector)
-                ax.set_axis_off()
-                continue
-            colors = ["tab:red" if tt else ("tab:blue" if w > 0 else "tab:gray") for tt, w in zip(d["is_target"], d["weight"])]
-            ax.barh(d["label"], d["weight"], color=colors)
-            ax.axvline(0, color="black", lw=0.6)
+            d = t[(t["behavior"] == b) & (t["fit"] == fit)]
             ekl = d["explained_kl_test"]
-            ax.set_title(f"{b}: {fit}" + (f" (expl. {ekl.iloc[0]:.3f})" if len(ekl) else ""), fontsize=8)
-            ax.tick_params(labelsize=7)
+            title = f"{b}: {fit}" + (f" (expl. {ekl.iloc[0]:.3f})" if len(ekl) else "")
+            _weight_bars(axes[i, j], d, title, fontsize=8)
     fig.suptitle("Phase 1: PoE weights of trained soft prompts (red = the behaviour's instruction)")
     fig.tight_layout()
     _save(fig, out)
