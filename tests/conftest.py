@@ -55,3 +55,14 @@ def default_config() -> dict:
 @pytest.fixture
 def schema() -> Path:
     return ROOT / "config" / "schema.yaml"
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, tiny_dir):
+    """One complete run of the tiny workflow (workdir, config), shared by the tests that read or replan it."""
+    from snakemake_runs import snakemake, write_config
+
+    workdir = tmp_path_factory.mktemp("run")
+    cfg = write_config(workdir, tiny_dir)
+    snakemake(workdir)
+    return workdir, cfg

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from test_workflow import snakemake, write_config
+from snakemake_runs import snakemake, write_config
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
 
@@ -72,12 +72,11 @@ def slurm_overrides() -> list[str]:
             "--set-threads", *[f"{r}=1" for r in profile.get("set-threads", {})]]
 
 
-def test_the_tiny_dag_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path, tiny_dir):
-    local, slurm = tmp_path / "local", tmp_path / "slurm"
-    for d in (local, slurm):
-        d.mkdir()
-        write_config(d, tiny_dir)
-    snakemake(local, TARGET)
+def test_the_tiny_dag_runs_through_sbatch_and_matches_a_local_run(cluster, built, tmp_path, tiny_dir):
+    local, _ = built  # the same config, run locally
+    slurm = tmp_path / "slurm"
+    slurm.mkdir()
+    write_config(slurm, tiny_dir)
     res = snakemake(slurm, TARGET, *slurm_overrides())
     log = res.stdout + res.stderr
 

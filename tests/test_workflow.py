@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -14,64 +13,9 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from snakemake_runs import MESSAGES, planned, snakemake, write_config
 
 pytestmark = pytest.mark.workflow
-
-MESSAGES = ["What is the capital of France?", "Why is the sky blue?", "How do I boil an egg?",
-            "What is gravity?", "How do bees make honey?", "Tell me about elephants.",
-            "What is a volcano?", "How do magnets work?"]
-
-
-def write_config(workdir, model_dir, **changes) -> dict:
-    (workdir / "messages.tsv").write_text(
-        "message_id\tuser_message\n" + "".join(f"q{i}\t{m}\n" for i, m in enumerate(MESSAGES)))
-    (workdir / "dictionary.tsv").write_text((ROOT / "config" / "dictionary.tsv").read_text())
-    cfg = {
-        "model": str(model_dir),
-        "model_settings": {"device": "cpu", "batch_size": 4},
-        "messages": {"file": str(workdir / "messages.tsv"), "test_fraction": 0.25},
-        "dictionary": {"file": str(workdir / "dictionary.tsv")},
-        "teacher": {"max_new_tokens": 6},
-        "logprobs": {"positions": 3, "dtype": "float16"},
-        "noise": {"behaviors": ["spanish"], "sigmas": [0, 0.5, 2.0], "seeds": [0, 1]},
-        "training": {"behaviors": ["spanish", "pirate"], "seeds": [0, 1], "steps": 4, "length": 2, "positions": 3,
-                     "batch_size": 4, "eval_every": 2, "checkpoint_every": 2, "frames": ["Be ___.", "___."],
-                     "samples": 2},
-        "behaviors": [
-            {"name": "spanish", "instruction": "Respond in Spanish."},
-            {"name": "concise", "instruction": "Be concise."},
-            {"name": "pirate", "steering": {"layer": 1, "scale": 2.0, "positive": ["Arr matey!"],
-                                             "negative": ["Hello there."]}},
-        ],
-    }
-    cfg.update(changes)
-    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    return cfg
-
-
-def snakemake(workdir, *args, check=True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    res = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env)
-    if check and res.returncode != 0:
-        raise AssertionError(f"snakemake failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
-    return res
-
-
-def planned(workdir) -> list[str]:
-    """Output files a dry run would build."""
-    res = snakemake(workdir, "--dry-run")
-    lines = re.findall(r"^\s+output: (.+)$", res.stdout + res.stderr, flags=re.M)
-    return sorted({path for line in lines for path in line.split(", ")})
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, tiny_dir):
-    workdir = tmp_path_factory.mktemp("run")
-    cfg = write_config(workdir, tiny_dir)
-    snakemake(workdir)
-    return workdir, cfg
 
 
 def test_run_builds_phase0_and_phase05_tables_and_figures(built):
