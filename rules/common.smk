@@ -16,7 +16,8 @@ from softlens.training import prompt_params
 
 # Config first: nothing below runs on an invalid config.
 validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
-config.update(sort_keys(config))  # params compare by value and order: make key order irrelevant
+# Params compare by value and by order: sorted keys make the order of a config's keys irrelevant.
+config.update(sort_keys(config))
 
 MODEL = model_tag(config["model"])
 BEHAVIORS = [b["name"] for b in config["behaviors"]]
