@@ -91,7 +91,11 @@ def training_params(wildcards):
 def evaluation_params(wildcards):
     """Evaluation also scores the prompt inside every configured frame and samples from it."""
     t = config["training"]
-    return {**training_params(wildcards), "frames": t["frames"], "samples": t["samples"]}
+    return {
+        **training_params(wildcards),
+        "frames": t["frames"],
+        "samples": t["samples"],
+    }
 
 
 def soft_prompt_file(wildcards):

@@ -29,7 +29,7 @@ TARGET = "results/tables/phase0.csv"  # teachers, log-prob caches, PoE fits, a t
 
 def why_not() -> str | None:
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
-        return "snakemake-executor-plugin-slurm is not installed (pip install -e '.[slurm]')"
+        return "snakemake-executor-plugin-slurm is not installed (pip install -e '.[all,slurm]')"
     if shutil.which("sbatch") is None:
         if os.geteuid() != 0:
             return "SLURM is not installed and installing it needs root"
