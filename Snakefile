@@ -14,6 +14,7 @@ include: "rules/model.smk"
 include: "rules/teacher.smk"
 include: "rules/softprompt.smk"
 include: "rules/decompose.smk"
+include: "rules/reading.smk"
 
 
 # Seconds-long jobs, and prepare_model (it may need the network): on the submitting host under SLURM.
@@ -29,6 +30,8 @@ localrules:
     figure_phase05,
     figure_phase1,
     figure_training,
+    reading_table,
+    figure_reading,
 
 
 rule all:

@@ -30,6 +30,8 @@ TRAINED = config["training"]["behaviors"] or BEHAVIORS
 VARIANTS = config["training"]["variants"]
 SEEDS = config["training"]["seeds"]
 PHASE1_SEEDS = config["phase1"]["seeds"] or SEEDS
+READ = config["reading"]["behaviors"] or TRAINED
+READ_SEEDS = config["reading"]["seeds"] or SEEDS
 # Rules that run the model ask for a GPU (SLURM: --gpus=1; locally `--resources gpu=1` runs one at a time).
 GPU = gpus_for(config["model_settings"].get("device", "auto"))
 
@@ -192,6 +194,10 @@ def get_final_output():
             "results/figures/training_curves.png",
             "results/figures/phase1.png",
             "results/figures/phase1_path.png",
+            "results/figures/reading.png",
+            "results/figures/geometry.png",
+            "results/figures/robustness.png",
+            "results/figures/verbalisation.png",
         ]
         + expand(
             "results/{model}/peft/{behavior}/{variant}-seed{seed}/adapter_config.json",
@@ -206,3 +212,10 @@ def get_final_output():
 def trained_outputs(pattern, seeds=SEEDS):
     """`pattern` expanded over the trained soft prompts (behaviour x variant x seed)."""
     return expand(pattern, model=MODEL, behavior=TRAINED, variant=VARIANTS, seed=seeds)
+
+
+def read_outputs(pattern):
+    """`pattern` expanded over the soft prompts that are read (reading.behaviors x variant x seed)."""
+    return expand(
+        pattern, model=MODEL, behavior=READ, variant=VARIANTS, seed=READ_SEEDS
+    )

@@ -31,6 +31,9 @@ def write_config(workdir, model_dir, **changes) -> dict:
         "training": {"behaviors": ["spanish", "pirate"], "seeds": [0, 1], "steps": 4, "length": 2, "positions": 3,
                      "batch_size": 4, "eval_every": 2, "checkpoint_every": 2, "frames": ["Be ___.", "___."],
                      "samples": 2},
+        "reading": {"seeds": [0], "search": {"steps": 2, "top_k": 8, "candidates": 4, "messages": 2, "positions": 3},
+                    "robustness": {"magnitudes": [1, 4], "angles": [0, 90], "natural_tokens": 64},
+                    "verbalisation": {"templates": ["What does that mean?"], "samples": 2, "max_new_tokens": 6}},
         "behaviors": [
             {"name": "spanish", "instruction": "Respond in Spanish."},
             {"name": "concise", "instruction": "Be concise."},

@@ -183,9 +183,9 @@ def test_fed_completions_pad_to_a_common_length():
 def test_a_split_without_completions_is_refused():
     import pandas as pd
 
-    from softlens.training import _contexts
+    from softlens.training import contexts
 
     teacher = pd.DataFrame({"split": ["train", "test"], "user_message": ["a", "b"], "completion_ids": [[1, 2], []]})
-    assert _contexts(teacher, "train") == (["a"], [[1, 2]])
+    assert contexts(teacher, "train") == (["a"], [[1, 2]])
     with pytest.raises(ValueError, match="no test messages with a completion"):
-        _contexts(teacher, "test")
+        contexts(teacher, "test")

@@ -57,6 +57,46 @@ def test_run_trains_evaluates_decomposes_and_exports_every_soft_prompt(built, ti
     assert not list((workdir / f"results/{tag}/softprompt").rglob("*.ckpt"))  # removed once a run finishes
 
 
+def test_run_reads_every_soft_prompt_projection_repair_geometry_robustness_verbalisation(built):
+    workdir, _ = built
+    tables = workdir / "results/tables"
+    reading = pd.read_csv(tables / "reading.csv", keep_default_na=False)
+    assert {"behavior", "variant", "seed", "stage", "kl_closure_test", "text"} <= set(reading.columns)
+    assert len(reading) == 2 * 2 * 1 * 5  # behaviours x variants x seeds x stages
+    assert set(reading["stage"]) == {"soft", "projected_cosine", "projected_l2", "repaired", "pure_hotflip"}
+    assert (reading.loc[reading["stage"] != "soft", "text"] != "").all()
+    soft = reading[reading["stage"] == "soft"].set_index(["behavior", "variant", "seed"])["kl_closure_test"]
+    training = pd.read_csv(tables / "training.csv").set_index(["behavior", "variant", "seed"])["kl_closure_test"]
+    assert ((soft - training.loc[soft.index]).abs() < 1e-6).all()  # the soft stage is the training evaluation
+    search = pd.read_csv(tables / "reading_search.csv")
+    assert set(search["search"]) == {"repaired", "pure_hotflip"} and set(search["step"]) == {0, 1, 2}
+    geometry = pd.read_csv(tables / "geometry.csv")
+    assert set(geometry["kind"]) == {"soft", "natural"} and (geometry["kind"] == "natural").sum() == 64
+    robustness = pd.read_csv(tables / "robustness.csv")
+    assert set(robustness.loc[robustness["behavior"] == "spanish", "target"]) == {"soft", "natural"}
+    assert set(robustness.loc[robustness["behavior"] == "pirate", "target"]) == {"soft"}  # no instruction
+    natural = robustness[robustness["target"] == "natural"].set_index(["perturbation", "amount"])["kl_closure_test"]
+    assert (natural.loc[("magnitude", 1.0)] - 1).abs().max() < 1e-5  # the unperturbed instruction is the teacher
+    assert (natural.loc[("rotation", 0.0)] - 1).abs().max() < 1e-2  # the same up to rounding in the rotation
+    verbal = pd.read_csv(tables / "verbalisation.csv")
+    assert verbal.groupby(["behavior", "variant", "seed"])["is_best"].sum().eq(1).all()
+    for fig in ["reading", "geometry", "robustness", "verbalisation"]:
+        assert (workdir / f"results/figures/{fig}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tuning_the_search_replans_only_the_searches(built, tiny_dir):
+    workdir, cfg = built
+    more = {**cfg, "reading": {**cfg["reading"], "search": {**cfg["reading"]["search"], "steps": 3}}}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(more))
+    try:
+        plan = planned(workdir)
+    finally:
+        (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    jobs = {p for p in plan if "/reading/" in p}
+    assert jobs and all(p.endswith((".stages.parquet", ".search.csv")) for p in jobs), jobs
+    assert not [p for p in plan if "/softprompt/" in p or "/teacher/" in p]
+
+
 def test_run_builds_every_teacher_table(built, tiny_dir):
     workdir, cfg = built
     tag = tiny_dir.name
@@ -102,7 +142,7 @@ def test_changing_the_dictionary_replans_caches_and_fits_but_no_teacher(built, t
     finally:
         path.write_text(original)
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert not [p for p in plan if "/teacher/" in p or "/steering/" in p or "/softprompt/" in p]
+    assert not [p for p in plan if "/teacher/" in p or "/steering/" in p or "/softprompt/" in p or "/reading/" in p]
     assert f"results/{tiny_dir.name}/logprobs/spanish/atom-haiku.parquet" in plan
     assert f"results/{tiny_dir.name}/fits/spanish/soft-contextualised-seed1.parquet" in plan
     assert {f"results/{tiny_dir.name}/fits/spanish/target.parquet", "results/tables/phase0.csv"} <= set(plan)
@@ -146,9 +186,9 @@ def test_the_report_renders_every_figure_with_its_caption(built):
     snakemake(workdir, "--report", "report.html")
     html = (workdir / "report.html").read_text()
     figures = sorted(p.name for p in (workdir / "results" / "figures").glob("*.png"))
-    assert len(figures) == 6 and all(name in html for name in figures), figures
+    assert len(figures) == 10 and all(name in html for name in figures), figures
     captions = [rst.read_text().splitlines()[0][:40] for rst in (ROOT / "reports").glob("*.rst")]
-    assert len(captions) == 7 and all(c in html for c in captions), [c for c in captions if c not in html]
+    assert len(captions) == 11 and all(c in html for c in captions), [c for c in captions if c not in html]
 
 
 def test_adding_a_seed_trains_only_that_seed_and_reordering_keys_replans_nothing(built, tiny_dir):

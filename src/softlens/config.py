@@ -46,6 +46,7 @@ def validate_config(config: dict, schema: str | Path) -> dict:
     _check_behaviors(config["behaviors"])
     _check_noise(config)
     _check_training(config)
+    _check_reading(config)
     model_source(config["model"])  # local directory must exist; hub ids must look like ids
     load_messages(config["messages"])
     load_dictionary(config["dictionary"])
@@ -99,6 +100,17 @@ def _check_training(config: dict) -> None:
             raise ConfigError(f"phase1.seeds: {seed} is not a training seed (those are {t['seeds']})")
     if t["kl_weight"] == t["ce_weight"] == t["state_weight"] == 0:
         raise ConfigError("training: kl_weight, ce_weight and state_weight are all 0 (nothing to train)")
+
+
+def _check_reading(config: dict) -> None:
+    t, r = config["training"], config["reading"]
+    trained = t["behaviors"] or [b["name"] for b in config["behaviors"]]
+    for name in r["behaviors"]:
+        if name not in trained:
+            raise ConfigError(f"reading.behaviors: {name!r} has no trained soft prompt (trained: {sorted(trained)})")
+    for seed in r["seeds"] or []:
+        if seed not in t["seeds"]:
+            raise ConfigError(f"reading.seeds: {seed} is not a training seed (those are {t['seeds']})")
 
 
 def noise_sources(config: dict) -> dict[str, dict]:

@@ -38,13 +38,29 @@ def early_ce(targets: Targets, logp: torch.Tensor, early_tokens: int, early_weig
     return float((nll * w).sum() / w.sum())
 
 
+def exact_match(targets: Targets, logp: torch.Tensor, k: int) -> float:
+    """Fraction of messages whose greedy continuation starts with the teacher's first k tokens.
+
+    Teacher-forced argmaxes decide it exactly: the greedy continuation agrees with the teacher's for
+    k tokens iff at each of those positions, fed the teacher's own prefix, the argmax is its token.
+    (Completions shorter than k count over their whole length, EOS included.)
+    """
+    hit = (logp.argmax(-1) == targets.tokens) | ~targets.mask
+    return float(hit[:, :k].all(-1).float().mean())
+
+
+EXACT_K = (1, 4, 16)  # exact_match_at_{k} columns (seed 003's exact@k)
+
+
 def frame_scores(lm, slot, content, target: Targets, base: Targets, positions, batch_size, s) -> dict:
+    """Held-out KL closure, early-weighted CE and exact-match@k of one slot content on the test targets."""
     logp, _ = distributions(lm, slot, content, target.messages, target.fed, positions, batch_size)
     kl, kl_base = mean_kl(target, logp), mean_kl(target, base.logp)
     return {"kl_test": kl, "kl_base_test": kl_base, "kl_closure_test": kl_closure(kl, kl_base),
             "ce_test": early_ce(target, logp, s.early_tokens, s.early_weight),
             "ce_teacher_test": early_ce(target, target.logp, s.early_tokens, s.early_weight),
-            "ce_base_test": early_ce(target, base.logp, s.early_tokens, s.early_weight)}
+            "ce_base_test": early_ce(target, base.logp, s.early_tokens, s.early_weight),
+            **{f"exact_match_at_{k}": exact_match(target, logp, k) for k in EXACT_K if k <= positions}}
 
 
 def run_evaluation(manifest, teacher_path, prompt_path, spec: dict, variant: str, seed: int, training: dict,

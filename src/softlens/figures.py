@@ -125,3 +125,72 @@ def phase1_path(path: pd.DataFrame, out) -> None:
     g.set_axis_labels("nonzero atoms", "held-out explained-KL")
     g.figure.suptitle("Phase 1: explained-KL along the lambda path (bands: min-max over seeds)", y=1.03)
     _save(g.figure, out)
+
+
+def reading(table: pd.DataFrame, search: pd.DataFrame, out) -> None:
+    """Per behaviour: held-out KL closure at each reading stage (soft -> projections -> repaired ->
+    pure HotFlip; dots = seeds), and the searches' training loss per step."""
+    from .reading import STAGES
+
+    sns.set_theme(style="whitegrid", context="paper")
+    behaviors = sorted(table["behavior"].unique())
+    fig, axes = plt.subplots(len(behaviors), 2, figsize=(12, 3.6 * len(behaviors)), squeeze=False)
+    for row, b in zip(axes, behaviors):
+        t, s = table[table["behavior"] == b], search[search["behavior"] == b]
+        sns.barplot(data=t, x="stage", y="kl_closure_test", hue="variant", order=STAGES, errorbar=None, alpha=0.5,
+                    ax=row[0])
+        sns.stripplot(data=t, x="stage", y="kl_closure_test", hue="variant", order=STAGES, dodge=True, legend=False,
+                      color="black", size=4, ax=row[0])
+        row[0].axhline(0, color="black", lw=0.6)
+        row[0].set(ylabel="held-out KL closure", xlabel="", title=f"{b}: soft prompt read as tokens")
+        row[0].tick_params(axis="x", labelrotation=15)
+        sns.lineplot(data=s, x="step", y="loss", hue="search", style="variant", errorbar=("pi", 100), ax=row[1])
+        row[1].set(ylabel="search loss (train KL)", title=f"{b}: coordinate search (bands: min-max over seeds)")
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def geometry(table: pd.DataFrame, out) -> None:
+    """Norms and nearest-token cosines of soft vectors against natural token embeddings (seed 004)."""
+    import math
+
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    t = table.assign(group=[k if k == "natural" else f"soft ({v})" for k, v in zip(table["kind"], table["variant"])])
+    for ax, col, label in [(axes[0], "norm", "L2 norm"), (axes[1], "nn_cosine", "cosine with the nearest token")]:
+        sns.histplot(data=t, x=col, hue="group", stat="density", common_norm=False, element="step", ax=ax)
+        ax.set(xlabel=label)
+    axes[1].axvline(math.cos(math.radians(30)), color="black", ls=":", lw=1)
+    axes[1].set_title("dotted: cos 30 deg")
+    axes[0].set_title("input-embedding norms: soft vectors vs natural tokens")
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def robustness(table: pd.DataFrame, out) -> None:
+    """KL closure when soft vectors (and, as the control, the instruction's own tokens) are shrunk
+    or rotated toward their nearest token."""
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    for ax, kind, label in [(axes[0], "magnitude", "norm divided by"), (axes[1], "rotation", "degrees toward nearest token")]:
+        d = table[table["perturbation"] == kind]
+        sns.lineplot(data=d, x="amount", y="kl_closure_test", hue="behavior", style="target", markers=True,
+                     errorbar=("pi", 100), ax=ax)
+        ax.set(xlabel=label, ylabel="held-out KL closure", title=f"{kind} (bands: min-max over prompts)")
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def verbalisation(table: pd.DataFrame, out) -> None:
+    """The best self-verbalisation candidate's closure as a hard prompt, per behaviour and variant."""
+    sns.set_theme(style="whitegrid", context="paper")
+    best = table[table["is_best"]]
+    fig, ax = plt.subplots(figsize=(1.4 * best["behavior"].nunique() + 4, 3.8))
+    sns.barplot(data=best, x="behavior", y="kl_closure_test", hue="variant", errorbar=None, alpha=0.5, ax=ax)
+    sns.stripplot(data=best, x="behavior", y="kl_closure_test", hue="variant", dodge=True, legend=False,
+                  color="black", size=4, ax=ax)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set(ylabel="held-out KL closure as a hard prompt",
+           title="Self-verbalisation: best candidate per soft prompt (dots = seeds)")
+    fig.tight_layout()
+    _save(fig, out)

@@ -2,8 +2,8 @@
 
 A sequence is  [text before the slot] [slot] [text after the slot, containing the user message and
 the assistant header] [completion].  The slot holds a hard prompt, a soft prompt (L x d), a hard
-prompt with Gaussian noise on its embeddings, a soft prompt inside a text frame ("Be ___."), or
-nothing (the unprompted model). Where it sits is a per-model setting:
+prompt with Gaussian noise on its embeddings, a soft prompt inside a text frame ("Be ___."), a
+hard prompt given as token ids (a projection, a searched prompt), or nothing (the unprompted model). Where it sits is a per-model setting:
 
 - ``system``: the slot is the system turn's content;
 - ``user_start``: the slot opens the user turn, then ``separator``, then the message;
@@ -65,7 +65,16 @@ class FramedSoftPrompt:
             raise ConfigError(f"frame {self.frame!r} must contain the placeholder {FRAME_PLACEHOLDER!r} exactly once")
 
 
-SlotContent = Union[HardPrompt, SoftPrompt, NoisyHardPrompt, FramedSoftPrompt, None]
+@dataclass(frozen=True)
+class TokenPrompt:
+    """A hard prompt given as token ids, optionally inside a frame: a projected or searched prompt,
+    scored exactly as found (its decoded text need not tokenize back to the same ids)."""
+
+    ids: tuple
+    frame: str | None = None
+
+
+SlotContent = Union[HardPrompt, SoftPrompt, NoisyHardPrompt, FramedSoftPrompt, TokenPrompt, None]
 
 
 # --- batches --------------------------------------------------------------------------------------
@@ -163,10 +172,13 @@ class PromptSlot:
             eps = torch.randn(clean.shape, generator=g, dtype=torch.float32).to(clean.device, clean.dtype)
             scale = content.sigma * self.mean_token_norm / clean.shape[-1] ** 0.5
             return [clean + scale * eps]
-        if isinstance(content, FramedSoftPrompt):
+        if isinstance(content, (FramedSoftPrompt, TokenPrompt)):
+            inner = self._check_vectors(content.vectors) if isinstance(content, FramedSoftPrompt) else list(content.ids)
+            if content.frame is None or content.frame.strip() == FRAME_PLACEHOLDER:
+                return [inner]
             left, right = content.frame.split(FRAME_PLACEHOLDER)
-            # The soft vectors stand where a word would, and a word carries its own leading space.
-            return [self.tokenize(left.rstrip()), self._check_vectors(content.vectors), self.tokenize(right)]
+            # The slot's content stands where a word would, and a word carries its own leading space.
+            return [self.tokenize(left.rstrip()), inner, self.tokenize(right)]
         raise TypeError(f"unsupported slot content {type(content).__name__}")
 
     def _check_vectors(self, v: torch.Tensor) -> torch.Tensor:

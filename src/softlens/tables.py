@@ -70,3 +70,19 @@ def phase1(fit_paths, dictionary: str = "hand-written") -> tuple[pd.DataFrame, p
     table = _with_target(full, True).merge(targets, on=["behavior", "target"])
     path = _with_target(full, False).merge(targets, on=["behavior", "target"])
     return table, path
+
+
+def reading(stage_paths, search_paths, geometry_paths, robustness_paths, verbalise_paths, token_paths):
+    """(one row per soft prompt and reading stage; the searches' per-step records; soft and natural
+    vectors' geometry; closure under perturbation; every verbalisation candidate with its score)."""
+    keys = ["behavior", "variant", "seed"]
+    stages = _read(stage_paths)
+    stages["ids"] = stages["ids"].map(lambda ids: " ".join(map(str, ids)))
+    soft = stages[stages["stage"] == "soft"].set_index(keys)["kl_closure_test"].rename("soft_closure")
+    stages = stages.join(soft, on=keys)
+    stages["fraction_of_soft"] = stages["kl_closure_test"] / stages["soft_closure"]
+    search = pd.concat([pd.read_csv(p) for p in search_paths], ignore_index=True)
+    geometry = pd.concat([_read(geometry_paths), _read(token_paths)], ignore_index=True)
+    verbal = _read(verbalise_paths)
+    return (stages.sort_values(keys).drop(columns="soft_closure"), search, geometry,
+            _read(robustness_paths).sort_values(keys), verbal.sort_values(keys))

@@ -186,10 +186,11 @@ def learning_rate(s: TrainSettings, step: int) -> float:
 
 
 def initial_vectors(lm, s: TrainSettings, generator: torch.Generator) -> torch.Tensor:
-    emb = lm.embeddings.weight.detach().float().cpu()
+    from .geometry import ordinary_token_ids, token_embeddings
+
+    emb = token_embeddings(lm).cpu()
     if s.init == "vocab":  # random ordinary tokens (special tokens excluded)
-        special = set(lm.tokenizer.all_special_ids)
-        ordinary = torch.tensor([i for i in range(emb.shape[0]) if i not in special])
+        ordinary = ordinary_token_ids(lm)
         return emb[ordinary[torch.randint(len(ordinary), (s.length,), generator=generator)]].clone()
     if s.init == "text":
         ids = lm.tokenizer(s.init_text, add_special_tokens=False)["input_ids"]
@@ -301,7 +302,7 @@ def train(lm, slot: PromptSlot, train_targets: Targets, test_targets: Targets | 
 
 # --- the workflow's jobs ------------------------------------------------------------------------------
 
-def _contexts(teacher: pd.DataFrame, split: str) -> tuple[list[str], list[list[int]]]:
+def contexts(teacher: pd.DataFrame, split: str) -> tuple[list[str], list[list[int]]]:
     rows = teacher[teacher["split"] == split]
     rows = rows[rows["completion_ids"].map(len) > 0]
     if rows.empty:
@@ -313,7 +314,7 @@ def teacher_and_base(lm, run_slot, spec, teacher, split, positions, batch_size, 
     """Targets of the behaviour's teacher and of the unprompted model on one split's contexts."""
     from .sources import activate, behavior_source
 
-    messages, completions = _contexts(teacher, split)
+    messages, completions = contexts(teacher, split)
     with activate(lm, run_slot, behavior_source(spec), steering_file) as (slot, content):
         target = make_targets(lm, slot, content, messages, completions, positions, batch_size, layer)
     base = make_targets(lm, run_slot, None, messages, completions, positions, batch_size)

@@ -15,3 +15,11 @@ def start_job(snakemake) -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, force=True,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     set_threads(snakemake.threads)
+
+
+def soft_prompt_job(snakemake) -> tuple:
+    """The arguments every per-soft-prompt job starts with: (model manifest, teacher table, prompt file,
+    behaviour spec, variant, seed, training settings)."""
+    w = snakemake.wildcards
+    return (snakemake.input.model, snakemake.input.teacher, snakemake.input.prompt, snakemake.params.behavior,
+            w.variant, int(w.seed), snakemake.params.training)

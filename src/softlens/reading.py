@@ -1,0 +1,220 @@
+"""Reading one soft prompt (the workflow's jobs): its projection to tokens and the repair of that
+projection, its geometry and robustness, and what the model says it means.
+
+Every stage is scored the same way as the soft prompt itself (evaluation.frame_scores on the test
+messages, averaged over the prompt's training frames): held-out KL closure, early-weighted CE and
+exact-match@k of greedy continuations.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .evaluation import frame_scores
+from .geometry import Vocabulary, describe_vectors, rotate_toward, shrink
+from .repair import (
+    SearchObjective,
+    SearchSettings,
+    banned_token_ids,
+    coordinate_search,
+    random_start,
+    roundtrips,
+)
+from .slot import HardPrompt, PromptSlot, TokenPrompt
+from .sources import activate, behavior_source, soft_content
+from .training import contexts, make_targets, settings_for, teacher_and_base
+
+log = logging.getLogger(__name__)
+
+STAGES = ("soft", "projected_cosine", "projected_l2", "repaired", "pure_hotflip")
+
+
+class Reader:
+    """One soft prompt with its model, slot, teacher targets on the test messages and vocabulary."""
+
+    def __init__(self, manifest, teacher_path, prompt_path, spec: dict, variant: str, seed: int, training: dict,
+                 model_settings: dict, steering_file=None):
+        from .io import read_soft_prompt, read_teacher
+        from .models import load_model
+
+        self.spec, self.variant, self.seed = spec, variant, seed
+        self.s = settings_for(training, variant)
+        self.lm = load_model(manifest, model_settings)
+        self.slot = PromptSlot.for_model(self.lm, model_settings.get("slot"))
+        vectors, meta = read_soft_prompt(prompt_path, self.lm.embeddings.weight.shape[1])
+        if meta.get("model") not in (None, str(manifest)):
+            raise ValueError(f"soft prompt {str(prompt_path)!r} was trained for model {meta['model']!r}, "
+                             f"not this run's {str(manifest)!r}")
+        self.vectors = vectors.to(self.lm.device)
+        self.teacher = read_teacher(teacher_path)
+        self.bs = model_settings.get("batch_size", 16)
+        self.steering_file = steering_file
+        self.target, self.base = teacher_and_base(self.lm, self.slot, spec, self.teacher, "test", self.s.positions,
+                                                  self.bs, None, steering_file)
+        self.vocab = Vocabulary(self.lm)
+
+    def keys(self) -> dict:
+        return {"behavior": self.spec["name"], "variant": self.variant, "seed": self.seed}
+
+    def score(self, make_content, frames=None) -> dict:
+        """Mean held-out scores over `frames` (default: the prompt's training frames) of the content
+        make_content(frame) gives."""
+        rows = [frame_scores(self.lm, self.slot, make_content(f), self.target, self.base, self.s.positions, self.bs,
+                             self.s) for f in (frames or self.s.frames)]
+        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+    def soft(self, vectors):
+        return lambda frame: soft_content(vectors.to(self.lm.dtype), frame)
+
+    @staticmethod
+    def tokens(ids):
+        return lambda frame: TokenPrompt(tuple(int(i) for i in ids), frame)
+
+
+# --- projection and repair ------------------------------------------------------------------------------
+
+def run_reading(manifest, teacher_path, prompt_path, spec: dict, variant: str, seed: int, training: dict,
+                reading: dict, model_settings: dict, out, search_out, steering_file=None) -> pd.DataFrame:
+    """Soft -> nearest-token projections (cosine, L2) -> repaired projection -> pure HotFlip, each scored
+    on the test messages; writes the stage table and the searches' per-step records."""
+    from .io import atomic_path, write_table
+
+    r = Reader(manifest, teacher_path, prompt_path, spec, variant, seed, training, model_settings, steering_file)
+    search = dict(reading.get("search", {}))
+    banned_texts = list(search.pop("banned", []))
+    if search.pop("ban_instruction", True) and spec.get("instruction"):
+        banned_texts.append(spec["instruction"])
+    settings = SearchSettings(**search)
+    tok = r.lm.tokenizer
+    banned = banned_token_ids(tok, banned_texts)
+    allowed_mask = torch.tensor([int(i) not in banned for i in r.vocab.ids.tolist()], device=r.vocab.ids.device)
+    allowed = r.vocab.ids[allowed_mask]
+
+    # The search's loss: the teacher on the first `messages` training messages (a seeded choice).
+    messages, completions = contexts(r.teacher, "train")
+    pick = torch.randperm(len(messages), generator=torch.Generator().manual_seed(seed))[:settings.messages].tolist()
+    with activate(r.lm, r.slot, behavior_source(spec), steering_file) as (tslot, content):
+        targets = make_targets(r.lm, tslot, content, [messages[i] for i in pick], [completions[i] for i in pick],
+                               settings.positions, r.bs)
+    objective = SearchObjective(r.lm, r.slot, targets, r.s.frames, r.vocab.all, settings)
+
+    cos_ids, _ = r.vocab.nearest(r.vectors, "cosine")
+    l2_ids, _ = r.vocab.nearest(r.vectors, "l2")
+    start, _ = r.vocab.nearest(r.vectors, "cosine", allowed=allowed_mask)  # the projection, banned tokens replaced
+    random_init = random_start(allowed, r.vectors.shape[0], torch.Generator().manual_seed(seed), tok,
+                               settings.require_roundtrip)
+    repaired, rep_hist = coordinate_search(objective, start.tolist(), allowed, settings, seed, tok, "repair")
+    pure, pure_hist = coordinate_search(objective, random_init, allowed, settings, seed, tok, "pure hotflip")
+
+    rows = [{"stage": "soft", "text": "", "ids": [], **r.score(r.soft(r.vectors))}]
+    for stage, ids in [("projected_cosine", cos_ids), ("projected_l2", l2_ids), ("repaired", repaired),
+                       ("pure_hotflip", pure)]:
+        ids = [int(i) for i in (ids.tolist() if torch.is_tensor(ids) else ids)]
+        rows.append({"stage": stage, "text": tok.decode(ids), "ids": ids, "roundtrip": roundtrips(tok, ids),
+                     "banned_tokens": sum(i in banned for i in ids), **r.score(r.tokens(ids))})
+    table = pd.DataFrame(rows)
+    for k, v in reversed(list(r.keys().items())):
+        table.insert(0, k, v)
+    table["frames"] = " | ".join(r.s.frames)
+    write_table(table, out, metadata={"prompt": str(prompt_path), "search": settings.__dict__,
+                                      "banned": sorted(banned)})
+    hist = pd.concat([rep_hist.assign(search="repaired"), pure_hist.assign(search="pure_hotflip")])
+    hist = hist.assign(**r.keys())[["behavior", "variant", "seed", "search", "step", "loss", "text", "tried",
+                                    "seconds"]]
+    with atomic_path(search_out) as tmp:
+        hist.to_csv(tmp, index=False)
+    for row in rows:
+        log.info("%s/%s seed %d %-16s closure %.3f  %r", spec["name"], variant, seed, row["stage"],
+                 row["kl_closure_test"], row["text"])
+    return table
+
+
+# --- geometry and robustness -------------------------------------------------------------------------------
+
+def run_geometry(manifest, teacher_path, prompt_path, spec: dict, variant: str, seed: int, training: dict,
+                 reading: dict, model_settings: dict, geometry_out, robustness_out, steering_file=None) -> None:
+    """Norms and nearest-token cosines of the soft vectors; KL closure when their magnitude is divided
+    by each factor and when they are rotated toward their nearest token by each angle; the same for the
+    behaviour's instruction tokens (the natural-token control) where it has one."""
+    from .io import write_table
+
+    r = Reader(manifest, teacher_path, prompt_path, spec, variant, seed, training, model_settings, steering_file)
+    rob = reading.get("robustness", {})
+    factors, angles = rob.get("magnitudes", [1, 2, 4, 8]), rob.get("angles", [0, 15, 30, 45, 60, 90])
+    geometry = describe_vectors(r.vocab, r.vectors, r.lm.tokenizer).assign(kind="soft", **r.keys())
+    write_table(geometry, geometry_out)
+
+    targets = {"soft": (r.vectors, r.s.frames[:1], None)}  # a contextualised prompt in its first frame
+    if spec.get("instruction"):  # the instruction's own tokens, in the teacher's slot
+        ids = torch.tensor(r.slot.tokenize(spec["instruction"]), device=r.vocab.all.device)
+        targets["natural"] = (r.vocab.all[ids], [None], ids)
+    rows = []
+    for target, (vectors, frames, own) in targets.items():
+        nearest, _ = r.vocab.nearest(vectors, "cosine", exclude=own)
+        toward = r.vocab.all[nearest]
+        for kind, amounts, perturb in [("magnitude", factors, lambda a: shrink(vectors, a)),
+                                       ("rotation", angles, lambda a: rotate_toward(vectors, toward, a))]:
+            for a in amounts:
+                scores = r.score(r.soft(perturb(a)), frames)
+                rows.append({**r.keys(), "target": target, "perturbation": kind, "amount": float(a),
+                             "frame": frames[0] or "___", **scores})
+    write_table(pd.DataFrame(rows), robustness_out)
+
+
+def run_token_geometry(manifest, reading: dict, model_settings: dict, out) -> pd.DataFrame:
+    """Norm and nearest-neighbour cosine (another token) of a seeded sample of natural tokens."""
+    from .io import write_table
+    from .models import load_model
+
+    lm = load_model(manifest, model_settings)
+    vocab = Vocabulary(lm)
+    n = reading.get("robustness", {}).get("natural_tokens", 4096)
+    ids = vocab.sample(min(n, len(vocab.ids)), seed=0).to(vocab.all.device)
+    table = describe_vectors(vocab, vocab.all[ids], lm.tokenizer, exclude=ids)
+    table = table.assign(kind="natural", token=[lm.tokenizer.decode([int(i)]) for i in ids.tolist()])
+    write_table(table, out)
+    return table
+
+
+# --- self-verbalisation ----------------------------------------------------------------------------------
+
+def run_verbalisation(manifest, teacher_path, prompt_path, spec: dict, variant: str, seed: int, training: dict,
+                      reading: dict, model_settings: dict, out, steering_file=None) -> pd.DataFrame:
+    """Ask the model what the soft prompt means (each template, `samples` sampled answers), then score
+    every distinct answer as a hard prompt in the bare slot on the test messages."""
+    from .io import write_table
+    from .teacher import GenerationSettings, generate
+    from .verbalise import candidate_requests, clean_candidate
+
+    v = reading.get("verbalisation", {})
+    templates = v.get("templates", [])
+    requests = candidate_requests(templates, v.get("samples", 4))
+    r = Reader(manifest, teacher_path, prompt_path, spec, variant, seed, training, model_settings, steering_file)
+    frame = r.s.frames[0]  # a contextualised prompt is asked about inside its frame
+    gen = GenerationSettings(max_new_tokens=v.get("max_new_tokens", 32), do_sample=True,
+                             temperature=v.get("temperature", 1.0), top_p=v.get("top_p", 0.95), seed=seed,
+                             batch_size=r.bs)
+    answers = generate(r.lm, r.slot, r.soft(r.vectors)(frame), [m for _, m in requests], gen, desc="verbalise")
+    rows, scored = [], {}
+    for (t, _), ids in zip(requests, answers):
+        answer = r.lm.tokenizer.decode(ids, skip_special_tokens=True)
+        candidate = clean_candidate(answer)
+        if candidate and candidate not in scored:
+            scored[candidate] = r.score(lambda f: HardPrompt(candidate), [None])
+        rows.append({**r.keys(), "frame": frame, "template": templates[t], "answer": answer, "candidate": candidate,
+                     **scored.get(candidate, {"kl_closure_test": float("nan")})})
+    table = pd.DataFrame(rows)
+    ok = table["kl_closure_test"].notna()
+    table["is_best"] = False
+    if ok.any():
+        table.loc[table.loc[ok, "kl_closure_test"].idxmax(), "is_best"] = True
+    write_table(table, out)
+    best = table[table["is_best"]]
+    log.info("%s/%s seed %d: %d distinct candidates; best %r closure %.3f", spec["name"], variant, seed, len(scored),
+             best["candidate"].iloc[0] if len(best) else None, best["kl_closure_test"].max() if len(best) else float("nan"))
+    return table
+
