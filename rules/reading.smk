@@ -143,25 +143,25 @@ rule figure_reading:
         reading=report(
             "results/figures/reading.png",
             caption="../reports/reading.rst",
-            category="Soft prompts: reading",
+            category="Reading soft prompts",
             labels={"phase": "reading", "figure": "projection and repair"},
         ),
         geometry=report(
             "results/figures/geometry.png",
             caption="../reports/geometry.rst",
-            category="Soft prompts: reading",
+            category="Reading soft prompts",
             labels={"phase": "reading", "figure": "geometry"},
         ),
         robustness=report(
             "results/figures/robustness.png",
             caption="../reports/robustness.rst",
-            category="Soft prompts: reading",
+            category="Reading soft prompts",
             labels={"phase": "reading", "figure": "robustness"},
         ),
         verbalisation=report(
             "results/figures/verbalisation.png",
             caption="../reports/verbalisation.rst",
-            category="Soft prompts: reading",
+            category="Reading soft prompts",
             labels={"phase": "reading", "figure": "self-verbalisation"},
         ),
     log:

@@ -95,13 +95,13 @@ rule figure_training:
         closure=report(
             "results/figures/training.png",
             caption="../reports/training.rst",
-            category="Soft prompts: training",
+            category="Training soft prompts",
             labels={"phase": "training", "figure": "KL closure per behaviour"},
         ),
         curves=report(
             "results/figures/training_curves.png",
             caption="../reports/training_curves.rst",
-            category="Soft prompts: training",
+            category="Training soft prompts",
             labels={"phase": "training", "figure": "training curves"},
         ),
     log:

@@ -72,7 +72,7 @@ def training(table: pd.DataFrame, out) -> None:
     fig, ax = plt.subplots(figsize=(1.4 * table["behavior"].nunique() + 3, 3.8))
     sns.barplot(data=table, x="behavior", y="kl_closure_test", hue="variant", errorbar=None, alpha=0.5, ax=ax)
     sns.stripplot(data=table, x="behavior", y="kl_closure_test", hue="variant", dodge=True, legend=False,
-                  color="black", size=4, ax=ax)
+                  palette="dark:black", size=4, ax=ax)
     ax.axhline(1, color="black", lw=0.6)
     ax.set(ylabel="held-out KL closure", ylim=(min(0, table["kl_closure_test"].min() - 0.05), 1.02),
            title=f"Soft prompts: KL closure on test messages ({table['seed'].nunique()} seeds, dots)")
@@ -140,7 +140,7 @@ def reading(table: pd.DataFrame, search: pd.DataFrame, out) -> None:
         sns.barplot(data=t, x="stage", y="kl_closure_test", hue="variant", order=STAGES, errorbar=None, alpha=0.5,
                     ax=row[0])
         sns.stripplot(data=t, x="stage", y="kl_closure_test", hue="variant", order=STAGES, dodge=True, legend=False,
-                      color="black", size=4, ax=row[0])
+                      palette="dark:black", size=4, ax=row[0])
         row[0].axhline(0, color="black", lw=0.6)
         row[0].set(ylabel="held-out KL closure", xlabel="", title=f"{b}: soft prompt read as tokens")
         row[0].tick_params(axis="x", labelrotation=15)
@@ -172,11 +172,14 @@ def robustness(table: pd.DataFrame, out) -> None:
     or rotated toward their nearest token."""
     sns.set_theme(style="whitegrid", context="paper")
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    t = table.assign(prompt=[f"soft ({v})" if k == "soft" else "instruction tokens (control)"
+                             for k, v in zip(table["target"], table["variant"])])
     for ax, kind, label in [(axes[0], "magnitude", "norm divided by"), (axes[1], "rotation", "degrees toward nearest token")]:
-        d = table[table["perturbation"] == kind]
-        sns.lineplot(data=d, x="amount", y="kl_closure_test", hue="behavior", style="target", markers=True,
+        d = t[t["perturbation"] == kind]
+        sns.lineplot(data=d, x="amount", y="kl_closure_test", hue="prompt", style="behavior", markers=True,
                      errorbar=("pi", 100), ax=ax)
-        ax.set(xlabel=label, ylabel="held-out KL closure", title=f"{kind} (bands: min-max over prompts)")
+        ax.set(xlabel=label, ylabel="held-out KL closure", title=f"{kind} (bands: min-max over seeds)")
+    axes[0].set_xscale("log", base=2)
     fig.tight_layout()
     _save(fig, out)
 
@@ -188,7 +191,7 @@ def verbalisation(table: pd.DataFrame, out) -> None:
     fig, ax = plt.subplots(figsize=(1.4 * best["behavior"].nunique() + 4, 3.8))
     sns.barplot(data=best, x="behavior", y="kl_closure_test", hue="variant", errorbar=None, alpha=0.5, ax=ax)
     sns.stripplot(data=best, x="behavior", y="kl_closure_test", hue="variant", dodge=True, legend=False,
-                  color="black", size=4, ax=ax)
+                  palette="dark:black", size=4, ax=ax)
     ax.axhline(0, color="black", lw=0.6)
     ax.set(ylabel="held-out KL closure as a hard prompt",
            title="Self-verbalisation: best candidate per soft prompt (dots = seeds)")

@@ -94,7 +94,7 @@ def run_reading(manifest, teacher_path, prompt_path, spec: dict, variant: str, s
     allowed_mask = torch.tensor([int(i) not in banned for i in r.vocab.ids.tolist()], device=r.vocab.ids.device)
     allowed = r.vocab.ids[allowed_mask]
 
-    # The search's loss: the teacher on the first `messages` training messages (a seeded choice).
+    # The search's loss: the teacher on `messages` training messages drawn with the prompt's seed.
     messages, completions = contexts(r.teacher, "train")
     pick = torch.randperm(len(messages), generator=torch.Generator().manual_seed(seed))[:settings.messages].tolist()
     with activate(r.lm, r.slot, behavior_source(spec), steering_file) as (tslot, content):
