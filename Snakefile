@@ -15,6 +15,7 @@ include: "rules/teacher.smk"
 include: "rules/softprompt.smk"
 include: "rules/decompose.smk"
 include: "rules/reading.smk"
+include: "rules/discovery.smk"
 
 
 # Seconds-long jobs, and prepare_model (it may need the network): on the submitting host under SLURM.
@@ -32,6 +33,9 @@ localrules:
     figure_training,
     reading_table,
     figure_reading,
+    candidate_pool,
+    dictionary_table,
+    figure_dictionary,
 
 
 rule all:

@@ -33,11 +33,14 @@ PHASE1_SEEDS = config["phase1"]["seeds"] or SEEDS
 READ = config["reading"]["behaviors"] or TRAINED
 READ_SEEDS = config["reading"]["seeds"] or SEEDS
 # Rules that run the model ask for a GPU (SLURM: --gpus=1; locally `--resources gpu=1` runs one at a time).
+DISCOVER = config["discovery"]["behaviors"] or [b for b in TRAINED if b in INSTRUCTED]
+SHARDS = list(range(config["discovery"]["screen"]["shards"]))
 GPU = gpus_for(config["model_settings"].get("device", "auto"))
 
 
 wildcard_constraints:
     seed=r"\d+",
+    shard=r"\d+",
     model=re.escape(MODEL),
     behavior="|".join(map(re.escape, BEHAVIORS + [UNPROMPTED])),
     variant="prepend|contextualised",
@@ -198,6 +201,8 @@ def get_final_output():
             "results/figures/geometry.png",
             "results/figures/robustness.png",
             "results/figures/verbalisation.png",
+            "results/figures/dictionary.png",
+            "results/figures/dictionary_atoms.png",
         ]
         + expand(
             "results/{model}/peft/{behavior}/{variant}-seed{seed}/adapter_config.json",
@@ -219,3 +224,59 @@ def read_outputs(pattern):
     return expand(
         pattern, model=MODEL, behavior=READ, variant=VARIANTS, seed=READ_SEEDS
     )
+
+
+def discovery_outputs(pattern, **kwargs):
+    """`pattern` expanded over the Phase 1 soft prompts whose dictionaries are discovered."""
+    return expand(
+        pattern,
+        model=MODEL,
+        behavior=DISCOVER,
+        variant=VARIANTS,
+        seed=PHASE1_SEEDS,
+        **kwargs,
+    )
+
+
+def pool_inputs(wildcards):
+    """The proposals, and the behaviour's reading outputs when they join its pool."""
+    inputs = {"proposals": f"results/{wildcards.model}/discovery/proposals.parquet"}
+    if config["discovery"]["pool"]["include_reading"] and wildcards.behavior in READ:
+        base = f"results/{wildcards.model}/reading/{wildcards.behavior}"
+        runs = [f"{v}-seed{s}" for v in VARIANTS for s in READ_SEEDS]
+        inputs["stages"] = [f"{base}/{r}.stages.parquet" for r in runs]
+        inputs["verbalise"] = [f"{base}/{r}.verbalise.parquet" for r in runs]
+    return inputs
+
+
+def discovery_targets(wildcards):
+    """The behaviour's Phase 1 soft prompts whose dictionaries are discovered: name -> fit file."""
+    return {
+        f"soft-{v}-seed{s}": f"results/{wildcards.model}/fits/{wildcards.behavior}/soft-{v}-seed{s}.parquet"
+        for v in VARIANTS
+        for s in PHASE1_SEEDS
+    }
+
+
+def screen_inputs(wildcards):
+    d = cache_dir(wildcards)
+    return {
+        **model_and_teacher(wildcards),
+        "pool": f"results/{wildcards.model}/discovery/{wildcards.behavior}/pool.parquet",
+        "fits": list(discovery_targets(wildcards).values()),
+        "caches": fit_inputs(wildcards)
+        + [f"{d}/{t}.parquet" for t in discovery_targets(wildcards)],
+    }
+
+
+def pursuit_inputs(wildcards):
+    return {
+        **model_and_teacher(wildcards),
+        "caches": phase1_fit_inputs(wildcards),
+        "screens": expand(
+            "results/{model}/discovery/{behavior}/screen-{shard}.parquet",
+            shard=SHARDS,
+            model=wildcards.model,
+            behavior=wildcards.behavior,
+        ),
+    }

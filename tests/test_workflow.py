@@ -84,6 +84,35 @@ def test_run_reads_every_soft_prompt_projection_repair_geometry_robustness_verba
         assert (workdir / f"results/figures/{fig}.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_run_discovers_dictionaries_from_a_pool_screened_in_shards(built, tiny_dir):
+    workdir, cfg = built
+    tag, tables = tiny_dir.name, workdir / "results/tables"
+    pool = pd.read_parquet(workdir / f"results/{tag}/discovery/spanish/pool.parquet")
+    assert {"templated", "generated", "verbalised", "repaired"} <= set(pool["kind"])
+    kept = pool[pool["removed"] == ""]
+    assert not kept["text"].str.casefold().str.contains("respond in spanish.", regex=False).any()
+    screens = pd.concat([pd.read_parquet(workdir / f"results/{tag}/discovery/spanish/screen-{i}.parquet")
+                         for i in range(2)])
+    for _, part in screens.groupby("target"):  # the shards cover the pool once, for every soft prompt
+        assert sorted(part["candidate"]) == sorted(kept["candidate"])
+    assert screens["target"].nunique() == 2 * 2
+    table = pd.read_csv(tables / "dictionary.csv")
+    assert {"behavior", "variant", "seed", "dictionary_kind", "n_candidates", "nnz", "explained_kl_test",
+            "leave_one_out", "semantic_similarity", "random_similarity"} <= set(table.columns)
+    assert len(table) == 2 * 2 * 4  # variants x seeds x (hand-written full / left out, generated, discovered)
+    assert table.loc[table["dictionary_kind"] != "hand-written", "leave_one_out"].all()
+    assert table["semantic_similarity"].between(-1, 1).all() and table["random_similarity"].between(-1, 1).all()
+    found = table[table["dictionary_kind"] == "discovered"]
+    assert (found["n_candidates"] == len(kept) + 35).all()  # the pool and the hand-written list minus the instruction
+    atoms = pd.read_csv(tables / "dictionary_atoms.csv")
+    assert "Respond in Spanish." not in set(atoms.loc[atoms["dictionary_kind"] != "hand-written", "text"])
+    path = pd.read_csv(tables / "dictionary_path.csv")
+    assert set(path["dictionary_kind"]) == {"hand-written", "generated", "discovered"}
+    for fig in ["dictionary", "dictionary_atoms"]:
+        assert (workdir / f"results/figures/{fig}.png").read_bytes()[:4] == b"\x89PNG"
+    assert (workdir / f"logs/{tag}/benchmarks/discovery/spanish/screen-1.tsv").exists()
+
+
 def test_tuning_the_search_replans_only_the_searches(built, tiny_dir):
     workdir, cfg = built
     more = {**cfg, "reading": {**cfg["reading"], "search": {**cfg["reading"]["search"], "steps": 3}}}
@@ -186,9 +215,9 @@ def test_the_report_renders_every_figure_with_its_caption(built):
     snakemake(workdir, "--report", "report.html")
     html = (workdir / "report.html").read_text()
     figures = sorted(p.name for p in (workdir / "results" / "figures").glob("*.png"))
-    assert len(figures) == 10 and all(name in html for name in figures), figures
+    assert len(figures) == 12 and all(name in html for name in figures), figures
     captions = [rst.read_text().splitlines()[0][:40] for rst in (ROOT / "reports").glob("*.rst")]
-    assert len(captions) == 11 and all(c in html for c in captions), [c for c in captions if c not in html]
+    assert len(captions) == 13 and all(c in html for c in captions), [c for c in captions if c not in html]
 
 
 def test_adding_a_seed_trains_only_that_seed_and_reordering_keys_replans_nothing(built, tiny_dir):

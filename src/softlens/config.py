@@ -47,6 +47,7 @@ def validate_config(config: dict, schema: str | Path) -> dict:
     _check_noise(config)
     _check_training(config)
     _check_reading(config)
+    _check_discovery(config)
     model_source(config["model"])  # local directory must exist; hub ids must look like ids
     load_messages(config["messages"])
     load_dictionary(config["dictionary"])
@@ -111,6 +112,20 @@ def _check_reading(config: dict) -> None:
     for seed in r["seeds"] or []:
         if seed not in t["seeds"]:
             raise ConfigError(f"reading.seeds: {seed} is not a training seed (those are {t['seeds']})")
+
+
+def _check_discovery(config: dict) -> None:
+    t, d = config["training"], config["discovery"]
+    trained = t["behaviors"] or [b["name"] for b in config["behaviors"]]
+    instructed = {b["name"] for b in config["behaviors"] if b.get("instruction")}
+    for name in d["behaviors"]:
+        if name not in trained or name not in instructed:
+            raise ConfigError(f"discovery.behaviors: {name!r} needs a trained soft prompt and an instruction to hide "
+                              f"(trained instruction behaviours: {sorted(set(trained) & instructed)})")
+    if not d["pool"]["templates"]["verbs"] and d["pool"]["size"] > 0:
+        raise ConfigError("discovery.pool.templates.verbs is empty but discovery.pool.size > 0")
+    if "{category}" not in d["proposer"]["request"]:
+        raise ConfigError("discovery.proposer.request must contain {category}")
 
 
 def noise_sources(config: dict) -> dict[str, dict]:

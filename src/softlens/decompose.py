@@ -59,10 +59,18 @@ def fit_path(L: np.ndarray, target: np.ndarray, base: np.ndarray, train: np.ndar
              settings: PathSettings) -> pd.DataFrame:
     """Fit on train rows along a lambda path; one long row per (lambda, atom) with train/test metrics."""
     test = ~train
-    problem = PoEProblem(torch.from_numpy(L[:, train]), torch.from_numpy(target[train]), atoms)
-    held_out = PoEProblem(torch.from_numpy(L[:, test]), torch.from_numpy(target[test]), atoms)
+    return fit_path_split(L[:, train], target[train], base[train], L[:, test], target[test], base[test], atoms,
+                          settings)
+
+
+def fit_path_split(L_train: np.ndarray, target_train: np.ndarray, base_train: np.ndarray, L_test: np.ndarray,
+                   target_test: np.ndarray, base_test: np.ndarray, atoms: list[str],
+                   settings: PathSettings) -> pd.DataFrame:
+    """fit_path on rows already split into train and test arrays (contiguous ones are used without a copy)."""
+    problem = PoEProblem(torch.from_numpy(L_train), torch.from_numpy(target_train), atoms)
+    held_out = PoEProblem(torch.from_numpy(L_test), torch.from_numpy(target_test), atoms)
     fits = solve_path(problem, lambda_path(problem, settings.path_length, settings.lambda_ratio), tol=settings.tol)
-    kl_base_train, kl_base_test = mean_kl(target[train], base[train]), mean_kl(target[test], base[test])
+    kl_base_train, kl_base_test = mean_kl(target_train, base_train), mean_kl(target_test, base_test)
     rows = []
     for i, f in enumerate(fits):
         kl_test = held_out.kl(f.weights)

@@ -197,3 +197,54 @@ def verbalisation(table: pd.DataFrame, out) -> None:
            title="Self-verbalisation: best candidate per soft prompt (dots = seeds)")
     fig.tight_layout()
     _save(fig, out)
+
+
+def dictionary(table: pd.DataFrame, path: pd.DataFrame, out) -> None:
+    """Held-out explained-KL against nonzeros (paths) and against candidates considered (selected
+    fits), per dictionary kind; and the top atoms' semantic similarity to the hidden instruction
+    against the same dictionary's random atoms."""
+    sns.set_theme(style="whitegrid", context="paper")
+    label = {False: "", True: " (instruction left out)"}
+    p, t = path.copy(), table.copy()
+    for d in (p, t):
+        d["dictionary"] = d["dictionary_kind"] + d["leave_one_out"].map(label)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    sns.lineplot(data=p, x="nnz", y="explained_kl_test", hue="dictionary", style="variant", marker="o",
+                 errorbar=("pi", 100), ax=axes[0])
+    axes[0].set(xlabel="nonzero atoms", ylabel="held-out explained-KL", title="along the lambda path / pursuit")
+    sns.scatterplot(data=t, x="n_candidates", y="explained_kl_test", hue="dictionary", style="variant", s=70,
+                    ax=axes[1], legend=False)
+    axes[1].set(xscale="log", xlabel="candidates considered", ylabel="held-out explained-KL (selected fit)",
+                title="against dictionary size")
+    axes[1].axhline(0.9, color="black", lw=0.6, ls=":")
+    s = t.melt(id_vars=["dictionary", "variant", "behavior"], value_vars=["semantic_similarity", "random_similarity"],
+               var_name="atoms", value_name="cosine")
+    s["atoms"] = s["atoms"].map({"semantic_similarity": "top atoms", "random_similarity": "random atoms"})
+    sns.barplot(data=s, x="dictionary", y="cosine", hue="atoms", ax=axes[2], errorbar=("pi", 100))
+    axes[2].set(xlabel="", ylabel="cosine to the hidden instruction", title="semantic recovery (MiniLM)")
+    axes[2].tick_params(axis="x", rotation=20, labelsize=7)
+    fig.suptitle(f"Dictionaries for {', '.join(sorted(t['behavior'].unique()))}: hand-written, generated, discovered")
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def dictionary_atoms(atoms: pd.DataFrame, out, top: int = 8) -> None:
+    """The discovered dictionary's top signed atoms per soft prompt, coloured by where each came from."""
+    t = atoms[atoms["dictionary_kind"] == "discovered"].copy()
+    t = t[t.groupby(["behavior", "variant", "seed"])["weight"].transform(lambda w: w.abs().rank(ascending=False))
+          <= top]
+    t["label"] = t["text"].str.slice(0, 48)
+    keys = sorted(t.groupby(["behavior", "variant", "seed"]).groups)
+    colors = dict(zip(["hand-written", "templated", "generated", "verbalised", "repaired"], sns.color_palette(n_colors=5)))
+    fig, axes = plt.subplots(len(keys), 1, figsize=(8, 2.2 * max(len(keys), 1) + 0.6), squeeze=False)
+    for ax, key in zip(axes[:, 0], keys):
+        d = t[(t["behavior"] == key[0]) & (t["variant"] == key[1]) & (t["seed"] == key[2])].sort_values("weight")
+        ax.barh(d["label"], d["weight"], color=[colors.get(k, "gray") for k in d["kind"]])
+        ax.axvline(0, color="black", lw=0.6)
+        ax.set_title(f"{key[0]} / {key[1]} / seed {key[2]}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
+    fig.legend(handles, list(colors), loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.suptitle("Discovered dictionaries: top signed atoms (colour = where the atom came from)")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    _save(fig, out)

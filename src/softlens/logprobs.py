@@ -67,15 +67,16 @@ def fed_completions(completions: Sequence[Sequence[int]], positions: int, pad_id
 @torch.no_grad()
 def score(lm, slot: PromptSlot, content: SlotContent, messages: Sequence[str],
           completions: Sequence[Sequence[int]], positions: int, batch_size: int = 16,
-          desc: str = "score") -> tuple[np.ndarray, np.ndarray]:
+          desc: str | None = "score") -> tuple[np.ndarray, np.ndarray]:
     """Log-probs (R, V) float32 at the first `positions` completion positions of every message.
 
     Returns (logprobs, rows) where rows[r] = (message index, position). Position t is the
     distribution of completion token t given the message and y_<t (t < len(completion)).
+    `desc=None` hides the progress bar (a caller scoring many sources shows its own).
     """
     fed = fed_completions(completions, positions, slot.pad_id)
     out, rows, prefix = [], [], None
-    for i in tqdm(range(0, len(messages), batch_size), desc=desc, unit="batch", leave=False):
+    for i in tqdm(range(0, len(messages), batch_size), desc=desc, unit="batch", leave=False, disable=desc is None):
         batch = slot.batch(content, messages[i:i + batch_size], fed[i:i + batch_size], padding_side="inner")
         if prefix is None:  # the shared prefix (text before and in the slot), once per source
             P = batch.prefix_len

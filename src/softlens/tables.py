@@ -86,3 +86,75 @@ def reading(stage_paths, search_paths, geometry_paths, robustness_paths, verbali
     verbal = _read(verbalise_paths)
     return (stages.sort_values(keys).drop(columns="soft_closure"), search, geometry,
             _read(robustness_paths).sort_values(keys), verbal.sort_values(keys))
+
+
+def _soft_target(target: pd.Series) -> pd.DataFrame:
+    parts = target.str.extract(r"^soft-(?P<variant>\w+)-seed(?P<seed>\d+)$")
+    return parts.astype({"seed": int})
+
+
+def dictionary(pursuit_paths, fit_paths, pool_paths, behaviors: dict, hand_written: list[dict], top: int = 3,
+               embed=None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(one row per soft prompt x dictionary kind x leave-one-out at its selected fit; the paths,
+    one row per lambda or pursuit step; the selected atoms with their texts).
+
+    Kinds: hand-written (Phase 1's fits, with and without the instruction), generated (the best
+    screened pool candidates alone) and discovered (pursuit over both; the instruction is never in
+    the pool). semantic_similarity = mean cosine of the `top` largest-|weight| atoms to the hidden
+    instruction; random_similarity = the same dictionary's mean over all its candidates (the
+    expectation of drawing atoms at random).
+    """
+    import numpy as np
+
+    from .semantic import Embedder, similarity
+
+    embed = embed or Embedder()
+    texts = {r["atom"]: r["prompt"] for r in hand_written}
+    for name, spec in behaviors.items():  # an instruction the hand-written list lacked was added as its name
+        texts.setdefault(name, spec.get("instruction", ""))
+
+    fits = _read(fit_paths)
+    fits = fits.join(_soft_target(fits["target"]))
+    fits = fits.rename(columns={"lambda_index": "step"}).assign(dictionary_kind="hand-written")
+    fits["text"], fits["kind"] = fits["atom"].map(texts), "hand-written"
+    fits["dictionary_size"] = fits.groupby(["behavior", "target", "leave_one_out", "step"])["atom"].transform("size")
+    fits["n_candidates"] = fits["dictionary_size"]
+
+    found = _read(pursuit_paths)
+    found = found.join(_soft_target(found["target"]))
+    found["leave_one_out"] = True
+
+    cols = ["behavior", "variant", "seed", "dictionary_kind", "leave_one_out", "step", "atom", "text", "kind",
+            "weight", "nnz", "explained_kl_test", "selected", "dictionary_size", "n_candidates"]
+    allrows = pd.concat([fits[cols], found[cols]], ignore_index=True)
+    keys = ["behavior", "variant", "seed", "dictionary_kind", "leave_one_out"]
+    path = (allrows.groupby(keys + ["step"], as_index=False)
+            [["nnz", "explained_kl_test", "selected", "dictionary_size", "n_candidates"]].first())
+
+    pools = {str(p.split("/")[-2]): pd.read_parquet(p) for p in pool_paths}
+    sel = allrows[allrows["selected"] & (allrows["weight"] != 0)].copy()
+    sel["similarity"] = np.nan
+    rows = []
+    for key, part in allrows[allrows["selected"]].groupby(keys):
+        b, variant, seed, kind, loo = key
+        hidden = behaviors[b].get("instruction", "")
+        nz = part[part["weight"] != 0]
+        sims = similarity(embed, list(nz["text"]), hidden)
+        sel.loc[nz.index, "similarity"] = sims
+        best = np.argsort(-nz["weight"].abs().to_numpy())[:top]
+        if kind == "hand-written":
+            candidates = list(part["text"])
+        else:
+            pool = pools[b]
+            candidates = list(pool.loc[pool["removed"] == "", "text"])
+            if kind == "discovered":
+                candidates += [r["prompt"] for r in hand_written if r["prompt"] != hidden]
+        rows.append({"behavior": b, "variant": variant, "seed": seed, "dictionary_kind": kind, "leave_one_out": loo,
+                     "n_candidates": int(part["n_candidates"].iloc[0]),
+                     "dictionary_size": int(part["dictionary_size"].iloc[0]), "nnz": int(part["nnz"].iloc[0]),
+                     "explained_kl_test": float(part["explained_kl_test"].iloc[0]),
+                     "semantic_similarity": float(sims[best].mean()) if len(best) else np.nan,
+                     "random_similarity": float(similarity(embed, candidates, hidden).mean()),
+                     "top_atoms": " | ".join(nz["text"].iloc[best])})
+    table = pd.DataFrame(rows).sort_values(keys)
+    return table, path.sort_values(keys + ["step"]), sel[keys + ["atom", "text", "kind", "weight", "similarity"]]

@@ -1,0 +1,150 @@
+# Dictionaries beyond the hand-written list (reports/dictionary*.rst): a pool of templated, generated
+# (Phase 2) and read candidates per behaviour, screened in shards (scatter; each candidate scored once
+# against every Phase 1 soft prompt's leave-one-out residual); each prompt's pursuit gathers and fits.
+
+
+rule propose_instructions:
+    input:
+        model=model_manifest,
+    output:
+        "results/{model}/discovery/proposals.parquet",
+    log:
+        "logs/{model}/discovery/proposals.log",
+    benchmark:
+        "logs/{model}/benchmarks/discovery/proposals.tsv"
+    conda:
+        "../envs/model.yaml"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        gpu=GPU,
+    params:
+        proposer=config["discovery"]["proposer"],
+        model_settings=config["model_settings"],
+    script:
+        "../scripts/propose_instructions.py"
+
+
+rule candidate_pool:
+    input:
+        unpack(pool_inputs),
+    output:
+        "results/{model}/discovery/{behavior}/pool.parquet",
+    log:
+        "logs/{model}/discovery/{behavior}/pool.log",
+    conda:
+        "../envs/fit.yaml"
+    params:
+        behavior=get_behavior,
+        pool=config["discovery"]["pool"],
+    script:
+        "../scripts/candidate_pool.py"
+
+
+rule screen_pool:
+    input:
+        unpack(screen_inputs),
+    output:
+        "results/{model}/discovery/{behavior}/screen-{shard}.parquet",
+    log:
+        "logs/{model}/discovery/{behavior}/screen-{shard}.log",
+    benchmark:
+        "logs/{model}/benchmarks/discovery/{behavior}/screen-{shard}.tsv"
+    conda:
+        "../envs/model.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        gpu=GPU,
+    params:
+        atoms=fit_atoms,
+        cache_dir=cache_dir,
+        targets=discovery_targets,
+        seed=config["discovery"]["pool"]["seed"],
+        shards=len(SHARDS),
+        screen=config["discovery"]["screen"],
+        model_settings=config["model_settings"],
+        positions=config["logprobs"]["positions"],
+    script:
+        "../scripts/screen_pool.py"
+
+
+rule pursue_dictionary:
+    input:
+        unpack(pursuit_inputs),
+    output:
+        "results/{model}/discovery/{behavior}/soft-{variant}-seed{seed}.parquet",
+    log:
+        "logs/{model}/discovery/{behavior}/soft-{variant}-seed{seed}.log",
+    benchmark:
+        "logs/{model}/benchmarks/discovery/{behavior}/soft-{variant}-seed{seed}.tsv"
+    conda:
+        "../envs/model.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        gpu=GPU,
+    params:
+        atoms=fit_atoms,
+        cache_dir=cache_dir,
+        screen=config["discovery"]["screen"],
+        pursuit=config["discovery"]["pursuit"],
+        poe=config["poe"],
+        model_settings=config["model_settings"],
+        positions=config["logprobs"]["positions"],
+    script:
+        "../scripts/pursue_dictionary.py"
+
+
+rule dictionary_table:
+    input:
+        pursuits=discovery_outputs(
+            "results/{model}/discovery/{behavior}/soft-{variant}-seed{seed}.parquet"
+        ),
+        fits=discovery_outputs(
+            "results/{model}/fits/{behavior}/soft-{variant}-seed{seed}.parquet"
+        ),
+        pools=expand(
+            "results/{model}/discovery/{behavior}/pool.parquet",
+            model=MODEL,
+            behavior=DISCOVER,
+        ),
+    output:
+        table="results/tables/dictionary.csv",
+        path="results/tables/dictionary_path.csv",
+        atoms="results/tables/dictionary_atoms.csv",
+    log:
+        "logs/tables/dictionary.log",
+    conda:
+        "../envs/fit.yaml"
+    params:
+        behaviors={b: behavior(config, b) for b in DISCOVER},
+        dictionary=DICTIONARY.to_dict(orient="records"),
+    script:
+        "../scripts/dictionary_table.py"
+
+
+rule figure_dictionary:
+    input:
+        table="results/tables/dictionary.csv",
+        path="results/tables/dictionary_path.csv",
+        atoms="results/tables/dictionary_atoms.csv",
+    output:
+        curves=report(
+            "results/figures/dictionary.png",
+            caption="../reports/dictionary.rst",
+            category="Discovering dictionaries",
+            labels={"figure": "explained-KL vs dictionary size and nonzeros"},
+        ),
+        atoms=report(
+            "results/figures/dictionary_atoms.png",
+            caption="../reports/dictionary_atoms.rst",
+            category="Discovering dictionaries",
+            labels={"figure": "top discovered atoms"},
+        ),
+    log:
+        "logs/figures/dictionary.log",
+    conda:
+        "../envs/figures.yaml"
+    script:
+        "../scripts/figure_dictionary.py"

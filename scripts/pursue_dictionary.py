@@ -1,0 +1,13 @@
+import pandas as pd
+
+from softlens.decompose import PathSettings
+from softlens.discovery import PursuitSettings, ScreenSettings, run_pursuit
+from softlens.workflow import start_job
+
+start_job(snakemake)
+i, w, p = snakemake.input, snakemake.wildcards, snakemake.params
+s = dict(p.screen)
+run_pursuit(i.model, i.teacher, i.screens, p.cache_dir, pd.DataFrame(p.atoms), w.behavior,
+            f"soft-{w.variant}-seed{w.seed}",
+            ScreenSettings(messages=s["messages"], top=s["top"]), PursuitSettings(**p.pursuit),
+            PathSettings(**p.poe), p.model_settings, p.positions, snakemake.output[0])
