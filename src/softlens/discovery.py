@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .config import ConfigError
 from .decompose import UNPROMPTED_SOURCE, PathSettings, fit_path_split, mean_kl
+from .io import check_aligned
 from .poe import PoEProblem, solve
 
 log = logging.getLogger(__name__)
@@ -105,12 +106,6 @@ def score_texts(lm, slot, teacher: pd.DataFrame, texts, positions: int, batch_si
         yield text, keys, logp
 
 
-def _aligned(keys: pd.DataFrame, other: pd.DataFrame, what: str) -> None:
-    if len(keys) != len(other) or not (keys[["message_id", "position"]].to_numpy()
-                                       == other[["message_id", "position"]].to_numpy()).all():
-        raise ValueError(f"{what}: its rows do not align with the log-prob caches by (message_id, position)")
-
-
 def residual(cache_dir, atoms: pd.DataFrame, target: str, fit_file, rows_seed: int, messages: int):
     """(keys of the screening rows, target log-probs P, current mixture log q_w, the hand-written support)
     on `messages` train messages: q_w is the hand-written leave-one-out fit at its selected lambda."""
@@ -138,7 +133,7 @@ def run_screen(manifest, teacher_path, pool_path, targets: dict, cache_dir, atom
     residuals = {name: residual(cache_dir, atoms, name, fit, seed, settings.messages) for name, fit in targets.items()}
     keys = next(iter(residuals.values()))[0]
     for name, (k, *_) in residuals.items():
-        _aligned(keys, k, f"the cache of {name}")
+        check_aligned(keys, k, f"the cache of {name}", "the first target's cache")
     kl_current = {name: mean_kl(P, current) for name, (_, P, current, _) in residuals.items()}
 
     teacher = read_teacher(teacher_path)
@@ -148,7 +143,7 @@ def run_screen(manifest, teacher_path, pool_path, targets: dict, cache_dir, atom
     scored = score_texts(lm, slot, teacher, list(pool["text"]), positions, model_settings.get("batch_size", 16),
                          message_ids=keys["message_id"].unique())
     for (_, cand), (_, k, logp) in tqdm(zip(pool.iterrows(), scored), total=len(pool), desc="screen", unit="cand"):
-        _aligned(keys, k, f"candidate {cand['candidate']}")
+        check_aligned(keys, k, f"candidate {cand['candidate']}", "the target's cache")
         for name, (_, P, current, _) in residuals.items():
             g, kl_alone = screening_scores(logp, P, current)
             out_rows.append({"target": name, "candidate": int(cand["candidate"]), "text": cand["text"],
@@ -232,11 +227,11 @@ def run_pursuit(manifest, teacher_path, screen_paths, cache_dir, atoms: pd.DataF
     L_test = np.empty((K0 + len(best), int((~train).sum()), P.shape[1]), dtype=np.float32)
     for i, source in enumerate(hand["source"]):
         k, logp = read_logprobs(f"{cache_dir}/{source}.parquet")
-        _aligned(keys, k, f"the cache of {source}")
+        check_aligned(keys, k, f"{cache_dir}/{source}.parquet", f"{cache_dir}/{target}.parquet")
         L_train[i], L_test[i] = logp[train], logp[~train]
     for n, (text, k, logp) in enumerate(score_texts(lm, slot, teacher, list(best["text"]), positions,
                                                     model_settings.get("batch_size", 16))):
-        _aligned(keys, k, f"pool candidate {text!r}")
+        check_aligned(keys, k, f"pool candidate {text!r}", f"{cache_dir}/{target}.parquet")
         L_train[K0 + n], L_test[K0 + n] = logp[train], logp[~train]
     P_train, base_train, P_test, base_test = P[train], base[train], P[~train], base[~train]
 
