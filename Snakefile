@@ -16,6 +16,7 @@ include: "rules/softprompt.smk"
 include: "rules/decompose.smk"
 include: "rules/reading.smk"
 include: "rules/discovery.smk"
+include: "rules/sae.smk"
 
 
 # Seconds-long jobs, and prepare_model (it may need the network): on the submitting host under SLURM.
@@ -36,6 +37,8 @@ localrules:
     candidate_pool,
     dictionary_table,
     figure_dictionary,
+    sae_table,
+    figure_sae,
 
 
 rule all:

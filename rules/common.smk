@@ -32,6 +32,8 @@ SEEDS = config["training"]["seeds"]
 PHASE1_SEEDS = config["phase1"]["seeds"] or SEEDS
 READ = config["reading"]["behaviors"] or TRAINED
 READ_SEEDS = config["reading"]["seeds"] or SEEDS
+SAE_READ = config["sae"]["behaviors"] or TRAINED
+SAE_SEEDS = config["sae"]["seeds"] or SEEDS
 # Rules that run the model ask for a GPU (SLURM: --gpus=1; locally `--resources gpu=1` runs one at a time).
 DISCOVER = config["discovery"]["behaviors"] or [b for b in TRAINED if b in INSTRUCTED]
 SHARDS = list(range(config["discovery"]["screen"]["shards"]))
@@ -41,6 +43,7 @@ GPU = gpus_for(config["model_settings"].get("device", "auto"))
 wildcard_constraints:
     seed=r"\d+",
     shard=r"\d+",
+    layer=r"\d+",
     model=re.escape(MODEL),
     behavior="|".join(map(re.escape, BEHAVIORS + [UNPROMPTED])),
     variant="prepend|contextualised",
@@ -203,6 +206,8 @@ def get_final_output():
             "results/figures/verbalisation.png",
             "results/figures/dictionary.png",
             "results/figures/dictionary_atoms.png",
+            "results/figures/sae.png",
+            "results/figures/sae_jaccard.png",
         ]
         + expand(
             "results/{model}/peft/{behavior}/{variant}-seed{seed}/adapter_config.json",
@@ -278,5 +283,61 @@ def pursuit_inputs(wildcards):
             shard=SHARDS,
             model=wildcards.model,
             behavior=wildcards.behavior,
+        ),
+    }
+
+
+def sae_shards(wildcards):
+    return expand(
+        "results/{model}/sae/activations/shard-{shard}.safetensors",
+        model=wildcards.model,
+        shard=range(config["sae"]["corpus"]["shards"]),
+    )
+
+
+def sae_layers(model):
+    """The configured layers, or n/4, n/2, 3n/4 of the model (known once it is prepared: a checkpoint)."""
+    if config["sae"]["layers"]:
+        return sorted(config["sae"]["layers"])
+    from softlens.activations import default_layers
+    from softlens.models import num_layers
+
+    manifest = checkpoints.prepare_model.get(model=model).output.manifest
+    return default_layers(
+        num_layers(manifest, config["model_settings"]["trust_remote_code"])
+    )
+
+
+def sae_inputs(wildcards):
+    return {
+        "model": model_manifest(wildcards),
+        "saes": expand(
+            "results/{model}/sae/layer{layer}/sae_weights.safetensors",
+            model=wildcards.model,
+            layer=sae_layers(wildcards.model),
+        ),
+    }
+
+
+def sae_table_inputs(wildcards):
+    model = MODEL
+    layers = sae_layers(model)
+    return {
+        "readings": expand(
+            "results/{model}/sae/reading/{behavior}/{variant}-seed{seed}.parquet",
+            model=model,
+            behavior=SAE_READ,
+            variant=VARIANTS,
+            seed=SAE_SEEDS,
+        ),
+        "features": expand(
+            "results/{model}/sae/layer{layer}/features.parquet",
+            model=model,
+            layer=layers,
+        ),
+        "contexts": expand(
+            "results/{model}/sae/layer{layer}/contexts.parquet",
+            model=model,
+            layer=layers,
         ),
     }

@@ -1,4 +1,4 @@
-rule prepare_model:
+checkpoint prepare_model:
     output:
         manifest="resources/models/{model}.json",
     log:

@@ -49,6 +49,7 @@ def default_config() -> dict:
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cfg["messages"]["file"] = str(ROOT / cfg["messages"]["file"])
     cfg["dictionary"]["file"] = str(ROOT / cfg["dictionary"]["file"])
+    cfg["sae"]["corpus"]["instructions"] = str(ROOT / cfg["sae"]["corpus"]["instructions"])
     return copy.deepcopy(cfg)
 
 

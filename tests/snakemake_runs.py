@@ -20,6 +20,7 @@ def write_config(workdir, model_dir, **changes) -> dict:
     (workdir / "messages.tsv").write_text(
         "message_id\tuser_message\n" + "".join(f"q{i}\t{m}\n" for i, m in enumerate(MESSAGES)))
     (workdir / "dictionary.tsv").write_text((ROOT / "config" / "dictionary.tsv").read_text())
+    (workdir / "sae_corpus.tsv").write_text("instruction\nBe brief.\nReply in French.\n")
     cfg = {
         "model": str(model_dir),
         "model_settings": {"device": "cpu", "batch_size": 4},
@@ -37,6 +38,10 @@ def write_config(workdir, model_dir, **changes) -> dict:
         "discovery": {"behaviors": ["spanish"], "pool": {"size": 30},
                       "proposer": {"categories": ["tone", "language"], "per_category": 2, "max_new_tokens": 6},
                       "screen": {"shards": 2, "messages": 2, "top": 3}, "pursuit": {"max_atoms": 3}},
+        "sae": {"corpus": {"tokens": 400, "shards": 2, "batch_size": 8, "max_new_tokens": 8,
+                           "instructions": str(workdir / "sae_corpus.tsv")},
+                "train": {"epochs": 1, "batch_size": 64, "dead_after": 200, "checkpoint_every": 2},
+                "random_draws": 2, "contexts": 2},
         "behaviors": [
             {"name": "spanish", "instruction": "Respond in Spanish."},
             {"name": "concise", "instruction": "Be concise."},

@@ -113,6 +113,34 @@ def test_run_discovers_dictionaries_from_a_pool_screened_in_shards(built, tiny_d
     assert (workdir / f"logs/{tag}/benchmarks/discovery/spanish/screen-1.tsv").exists()
 
 
+def test_run_trains_an_sae_per_layer_and_reads_every_soft_prompt_through_them(built, tiny_dir):
+    workdir, cfg = built
+    tag, tables = tiny_dir.name, workdir / "results/tables"
+    layers = [1, 2, 3]  # n/4, n/2, 3n/4 of the tiny model's 4 blocks, resolved once the model is prepared
+    tokens = sum(int(pd.read_parquet(workdir / f"results/{tag}/sae/activations/shard-{i}.docs.parquet")["n_tokens"].sum())
+                 for i in range(2))
+    assert tokens >= 400
+    training = pd.read_csv(tables / "sae_training.csv")
+    assert list(training["layer"]) == layers
+    assert (training["d_sae"] == 8 * training["d_in"]).all() and training["dead_fraction"].between(0, 1).all()
+    assert (training["fvu"] > 0).all()
+    table = pd.read_csv(tables / "sae.csv")
+    assert {"behavior", "variant", "layer", "recon_error", "baseline_recon_error",
+            "jaccard_with_instruction"} <= set(table.columns)
+    # every soft prompt (2 behaviours x 2 variants x 2 seeds) at every layer, contextualised in each frame
+    assert len(table) == 2 * 2 * len(layers) * (1 + len(cfg["training"]["frames"]))
+    assert table.loc[table["behavior"] == "spanish", "jaccard_with_instruction"].between(0, 1).all()
+    assert table.loc[table["behavior"] == "pirate", "jaccard_with_instruction"].isna().all()  # no instruction
+    manifold = pd.read_csv(tables / "sae_manifold.csv")
+    assert set(manifold["closer_to_manifold"]) <= {"prepend", "contextualised", "mixed"}
+    assert len(manifold) == 2 * len(layers) and manifold["middle_layer"].sum() == 2
+    features = pd.read_csv(tables / "sae_features.csv")
+    assert set(features["behavior"]) <= {"spanish"}
+    for fig in ["sae", "sae_jaccard"]:
+        assert (workdir / f"results/figures/{fig}.png").read_bytes()[:4] == b"\x89PNG"
+    assert (workdir / f"logs/{tag}/benchmarks/sae/layer2.tsv").exists()
+
+
 def test_tuning_the_search_replans_only_the_searches(built, tiny_dir):
     workdir, cfg = built
     more = {**cfg, "reading": {**cfg["reading"], "search": {**cfg["reading"]["search"], "steps": 3}}}
@@ -171,7 +199,8 @@ def test_changing_the_dictionary_replans_caches_and_fits_but_no_teacher(built, t
     finally:
         path.write_text(original)
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert not [p for p in plan if "/teacher/" in p or "/steering/" in p or "/softprompt/" in p or "/reading/" in p]
+    assert not [p for p in plan if "/teacher/" in p or "/steering/" in p or "/softprompt/" in p or "/reading/" in p
+                or "/sae/" in p]  # the SAE corpus has its own instruction file
     assert f"results/{tiny_dir.name}/logprobs/spanish/atom-haiku.parquet" in plan
     assert f"results/{tiny_dir.name}/fits/spanish/soft-contextualised-seed1.parquet" in plan
     assert {f"results/{tiny_dir.name}/fits/spanish/target.parquet", "results/tables/phase0.csv"} <= set(plan)
@@ -215,9 +244,9 @@ def test_the_report_renders_every_figure_with_its_caption(built):
     snakemake(workdir, "--report", "report.html")
     html = (workdir / "report.html").read_text()
     figures = sorted(p.name for p in (workdir / "results" / "figures").glob("*.png"))
-    assert len(figures) == 12 and all(name in html for name in figures), figures
+    assert len(figures) == 14 and all(name in html for name in figures), figures
     captions = [rst.read_text().splitlines()[0][:40] for rst in (ROOT / "reports").glob("*.rst")]
-    assert len(captions) == 13 and all(c in html for c in captions), [c for c in captions if c not in html]
+    assert len(captions) == 15 and all(c in html for c in captions), [c for c in captions if c not in html]
 
 
 def test_adding_a_seed_trains_only_that_seed_and_reordering_keys_replans_nothing(built, tiny_dir):

@@ -48,6 +48,7 @@ def validate_config(config: dict, schema: str | Path) -> dict:
     _check_training(config)
     _check_reading(config)
     _check_discovery(config)
+    _check_sae(config)
     model_source(config["model"])  # local directory must exist; hub ids must look like ids
     load_messages(config["messages"])
     load_dictionary(config["dictionary"])
@@ -103,15 +104,20 @@ def _check_training(config: dict) -> None:
         raise ConfigError("training: kl_weight, ce_weight and state_weight are all 0 (nothing to train)")
 
 
-def _check_reading(config: dict) -> None:
-    t, r = config["training"], config["reading"]
-    trained = t["behaviors"] or [b["name"] for b in config["behaviors"]]
-    for name in r["behaviors"]:
+def _check_trained_prompts(config: dict, block: str) -> None:
+    """`block`.behaviors and `block`.seeds (reading, sae) name soft prompts that are trained."""
+    t, b = config["training"], config[block]
+    trained = t["behaviors"] or [x["name"] for x in config["behaviors"]]
+    for name in b["behaviors"]:
         if name not in trained:
-            raise ConfigError(f"reading.behaviors: {name!r} has no trained soft prompt (trained: {sorted(trained)})")
-    for seed in r["seeds"] or []:
+            raise ConfigError(f"{block}.behaviors: {name!r} has no trained soft prompt (trained: {sorted(trained)})")
+    for seed in b["seeds"] or []:
         if seed not in t["seeds"]:
-            raise ConfigError(f"reading.seeds: {seed} is not a training seed (those are {t['seeds']})")
+            raise ConfigError(f"{block}.seeds: {seed} is not a training seed (those are {t['seeds']})")
+
+
+def _check_reading(config: dict) -> None:
+    _check_trained_prompts(config, "reading")
 
 
 def _check_discovery(config: dict) -> None:
@@ -126,6 +132,17 @@ def _check_discovery(config: dict) -> None:
         raise ConfigError("discovery.pool.templates.verbs is empty but discovery.pool.size > 0")
     if "{category}" not in d["proposer"]["request"]:
         raise ConfigError("discovery.proposer.request must contain {category}")
+
+
+def _check_sae(config: dict) -> None:
+    _check_trained_prompts(config, "sae")
+    a = config["sae"]
+    load_corpus_instructions(a["corpus"]["instructions"])  # exists, has the column, no repeats
+    for layer in a["pretrained"]:
+        if not str(layer).isdigit():
+            raise ConfigError(f"sae.pretrained: key {layer!r} must be a layer number")
+        if a["layers"] and int(layer) not in a["layers"]:
+            raise ConfigError(f"sae.pretrained: layer {layer} is not in sae.layers {a['layers']}")
 
 
 def noise_sources(config: dict) -> dict[str, dict]:
@@ -220,6 +237,11 @@ def load_messages(cfg: dict) -> pd.DataFrame:
     test_ids = set(df["message_id"][rank.argsort()[:n_test]])
     df["split"] = ["test" if m in test_ids else "train" for m in df["message_id"]]
     return df
+
+
+def load_corpus_instructions(path: str | Path) -> list[str]:
+    """The instructions that vary the SAE corpus's user turns (one column, instruction)."""
+    return list(_read_table(path, ["instruction"], "sae.corpus.instructions")["instruction"])
 
 
 def load_dictionary(cfg: dict) -> pd.DataFrame:

@@ -248,3 +248,57 @@ def dictionary_atoms(atoms: pd.DataFrame, out, top: int = 8) -> None:
     fig.suptitle("Discovered dictionaries: top signed atoms (colour = where the atom came from)")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     _save(fig, out)
+
+
+def sae_errors(table: pd.DataFrame, out) -> None:
+    """SAE relative reconstruction error per layer: soft prompts (bands: min-max over seeds and frames)
+    against random tokens in the same slot (dashed) and the instruction's own tokens (dotted)."""
+    sns.set_theme(style="whitegrid", context="paper")
+    behaviors = sorted(table["behavior"].unique())
+    fig, axes = plt.subplots(1, len(behaviors), figsize=(4.6 * len(behaviors), 3.8), squeeze=False)
+    for ax, b in zip(axes[0], behaviors):
+        d = table[table["behavior"] == b]
+        sns.lineplot(data=d, x="layer", y="recon_error", hue="variant", markers=True, style="variant",
+                     errorbar=("pi", 100), ax=ax)
+        base = d.groupby("layer")["baseline_recon_error"].mean()
+        ax.plot(base.index, base.values, color="black", ls="--", lw=1, label="random tokens")
+        ref = d.groupby("layer")["instruction_recon_error"].mean().dropna()
+        if not ref.empty:
+            ax.plot(ref.index, ref.values, color="tab:green", ls=":", lw=1.5, label="instruction tokens")
+        ax.set_yscale("log")
+        ax.set(xlabel="layer (decoder block)", ylabel="relative reconstruction error", title=b)
+        ax.set_xticks(sorted(d["layer"].unique()))
+        ax.legend(fontsize=7)
+    fig.suptitle("SAE reconstruction error at the soft-prompt positions", y=1.02)
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def sae_jaccard(table: pd.DataFrame, out) -> None:
+    """Jaccard overlap of the soft prompt's active SAE features with its instruction's, per behaviour
+    and layer (dots = seeds x frames; dashed = random tokens in the same slot, the chance overlap)."""
+    import numpy as np
+
+    sns.set_theme(style="whitegrid", context="paper")
+    d = table.dropna(subset=["jaccard_with_instruction"])
+    layers = sorted(table["layer"].unique())
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.8), squeeze=False, sharey=True)
+    for ax, layer in zip(axes[0], layers):
+        dl = d[d["layer"] == layer]
+        if dl.empty:
+            ax.set_axis_off()
+            continue
+        sns.barplot(data=dl, x="behavior", y="jaccard_with_instruction", hue="variant", errorbar=None, alpha=0.5,
+                    ax=ax)
+        sns.stripplot(data=dl, x="behavior", y="jaccard_with_instruction", hue="variant", dodge=True, legend=False,
+                      palette="dark:black", size=3, ax=ax)
+        chance = dl.groupby("behavior", sort=False)["baseline_jaccard"].mean()
+        for i, b in enumerate(ax.get_xticklabels()):
+            ax.hlines(chance[b.get_text()], i - 0.45, i + 0.45, color="black", ls="--", lw=1,
+                      label="random tokens" if i == 0 else None)
+        ax.legend(fontsize=7)
+        middle = " (middle)" if layer == int(np.median(layers)) else ""
+        ax.set(title=f"layer {layer}{middle}", ylabel="Jaccard with the instruction's features", xlabel="")
+    fig.suptitle("Active SAE features shared with the ground-truth instruction", y=1.02)
+    fig.tight_layout()
+    _save(fig, out)

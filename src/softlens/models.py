@@ -204,6 +204,24 @@ def load_model(manifest_or_dir: str | Path, settings: dict | None = None) -> Loa
     return LoadedModel(model=model, tokenizer=tok, device=device, dtype=dtype)
 
 
+def num_layers(manifest_or_dir: str | Path, trust_remote_code: bool = False) -> int:
+    """The model's number of decoder blocks, from its config alone."""
+    from transformers import AutoConfig
+
+    p = Path(manifest_or_dir)
+    path = read_manifest(p)["path"] if p.is_file() else str(p)
+    return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).get_text_config().num_hidden_layers
+
+
+def load_tokenizer(manifest_or_dir: str | Path, trust_remote_code: bool = False):
+    """The model's tokenizer alone (for decoding stored token ids)."""
+    from transformers import AutoTokenizer
+
+    p = Path(manifest_or_dir)
+    return AutoTokenizer.from_pretrained(read_manifest(p)["path"] if p.is_file() else str(p),
+                                         trust_remote_code=trust_remote_code)
+
+
 def random_model(architecture: str | Path, tokenizer_dir: str | Path, settings: dict | None = None,
                  seed: int = 0) -> LoadedModel:
     """A randomly initialised model of a real architecture (a config.json) with a real tokenizer.

@@ -158,3 +158,71 @@ def dictionary(pursuit_paths, fit_paths, pool_paths, behaviors: dict, hand_writt
                      "top_atoms": " | ".join(nz["text"].iloc[best])})
     table = pd.DataFrame(rows).sort_values(keys)
     return table, path.sort_values(keys + ["step"]), sel[keys + ["atom", "text", "kind", "weight", "similarity"]]
+
+
+def sae(reading_paths, feature_paths, context_paths, top_features: int = 12
+        ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(sae: one row per soft prompt x frame x layer; sae_training: one row per layer; sae_features:
+    the features soft prompts share with their instruction, most often shared first, with their
+    top-activating contexts from the store; sae_manifold: per behaviour and layer, prepend against
+    contextualised, and which sits closer to the natural-language manifold)."""
+    import numpy as np
+
+    from .io import read_metadata
+
+    readings = _read(reading_paths)
+    keys = ["behavior", "variant", "seed", "frame", "layer"]
+    cols = keys + ["recon_error", "baseline_recon_error", "instruction_recon_error", "jaccard_with_instruction",
+                   "baseline_jaccard", "n_active", "n_instruction", "n_shared", "norm"]
+    table = readings[cols].sort_values(keys).reset_index(drop=True)
+    table["error_ratio"] = table["recon_error"] / table["baseline_recon_error"]
+
+    training = pd.DataFrame([{**read_metadata(p)["evaluation"], "layer": read_metadata(p)["layer"],
+                              **{k: read_metadata(p)[k] for k in ("architecture", "d_in", "d_sae", "k")}}
+                             for p in feature_paths]).sort_values("layer")
+
+    features = pd.concat([pd.read_parquet(p) for p in feature_paths], ignore_index=True)
+    contexts = pd.concat([pd.read_parquet(p) for p in context_paths], ignore_index=True)
+    shared = (readings[["behavior", "variant", "seed", "frame", "layer", "shared_features"]]
+              .explode("shared_features").dropna(subset=["shared_features"])
+              .rename(columns={"shared_features": "feature"}).astype({"feature": int}))
+    shared = (shared.groupby(["behavior", "variant", "layer", "feature"], as_index=False)
+              .agg(n_readings=("seed", "size")))
+    n_readings = readings.groupby(["behavior", "variant", "layer"]).size().rename("of_readings").reset_index()
+    shared = shared.merge(n_readings, on=["behavior", "variant", "layer"])
+    shared = shared.merge(features[["layer", "feature", "frequency"]], on=["layer", "feature"], how="left")
+    shown = contexts[contexts["rank"] < 3].assign(example=lambda d: d["context"].str[-60:] + "[[" + d["token"] + "]]")
+    examples = shown.groupby(["layer", "feature"])["example"].agg(" | ".join).reset_index()
+    shared = shared.merge(examples, on=["layer", "feature"], how="left")
+    shared = (shared.sort_values(["behavior", "variant", "layer", "n_readings", "frequency"],
+                                 ascending=[True, True, True, False, True])
+              .groupby(["behavior", "variant", "layer"]).head(top_features).reset_index(drop=True))
+
+    per_prompt = table.groupby(["behavior", "variant", "seed", "layer"], as_index=False)[
+        ["recon_error", "baseline_recon_error", "instruction_recon_error", "jaccard_with_instruction",
+         "baseline_jaccard"]].mean()
+    rows = []
+    for (b, layer), d in per_prompt.groupby(["behavior", "layer"]):
+        p = d[d["variant"] == "prepend"].set_index("seed")
+        c = d[d["variant"] == "contextualised"].set_index("seed")
+        both = p.index.intersection(c.index)
+        if both.empty:
+            continue
+        closer = int((c.loc[both, "recon_error"] < p.loc[both, "recon_error"]).sum())
+        mean_p, mean_c = p.loc[both, "recon_error"].mean(), c.loc[both, "recon_error"].mean()
+        rows.append({
+            "behavior": b, "layer": layer, "seeds": len(both),
+            "prepend_recon_error": mean_p, "contextualised_recon_error": mean_c,
+            "baseline_recon_error": d["baseline_recon_error"].mean(),
+            "instruction_recon_error": d["instruction_recon_error"].mean(),
+            "prepend_jaccard": p.loc[both, "jaccard_with_instruction"].mean(),
+            "contextualised_jaccard": c.loc[both, "jaccard_with_instruction"].mean(),
+            "baseline_jaccard": d["baseline_jaccard"].mean(),
+            "seeds_contextualised_closer": closer,
+            "closer_to_manifold": ("contextualised" if closer == len(both) else
+                                   "prepend" if closer == 0 else "mixed"),
+        })
+    manifold = pd.DataFrame(rows)
+    if not manifold.empty:
+        manifold["middle_layer"] = manifold["layer"] == int(np.median(sorted(table["layer"].unique())))
+    return table, training, shared, manifold
