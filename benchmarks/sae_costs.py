@@ -20,11 +20,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from softlens.activations import CorpusSettings, captured, corpus_prompts, generate_batch, user_turn_start
+from softlens.activations import CorpusSettings, corpus_prompts, generate_batch, user_turn_start
 from softlens.config import load_corpus_instructions, load_messages
 from softlens.models import load_model, set_threads
 from softlens.sae import SAESettings, initial_sae, training_loss
 from softlens.slot import PromptSlot
+from softlens.steering import captured
 from softlens.teacher import eos_ids
 
 

@@ -12,7 +12,6 @@ import torch
 
 from softlens.activations import (
     CorpusSettings,
-    captured,
     collect_shard,
     corpus_prompts,
     default_layers,
@@ -35,6 +34,7 @@ from softlens.sae import (
 )
 from softlens.sae_reading import jaccard, read_prompt
 from softlens.slot import PromptSlot
+from softlens.steering import captured
 from softlens.teacher import eos_ids
 
 MESSAGES = ["What is the capital of France?", "Why is the sky blue?", "How do plants make food?",
@@ -96,7 +96,7 @@ def test_a_shard_holds_its_share_in_document_order_and_is_the_same_for_the_same_
 
 
 def test_capturing_a_layer_the_model_lacks_names_it(lm):
-    with pytest.raises(ValueError, match=r"sae.layers \[9\]"):
+    with pytest.raises(ValueError, match=r"layers \[9\] out of range"):
         with captured(lm.model, [1, 9]):
             pass
 

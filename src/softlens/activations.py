@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -28,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .slot import PromptSlot
-from .steering import _hidden, decoder_layers
+from .steering import captured, decoder_layers
 
 log = logging.getLogger(__name__)
 
@@ -60,23 +59,6 @@ def user_turn_start(slot: PromptSlot) -> int:
     """Tokens before the user's content in a templated conversation (the shared system prefix)."""
     before, _ = PromptSlot(slot.tokenizer, slot.embeddings, "user_start", "").texts("", True)
     return len(slot.tokenize(before))
-
-
-@contextmanager
-def captured(model: torch.nn.Module, layers: Sequence[int]):
-    """Record every forward output of the given decoder blocks: {layer: [tensor per call]}."""
-    blocks = decoder_layers(model)
-    bad = [l for l in layers if not 0 <= l < len(blocks)]
-    if bad:
-        raise ValueError(f"sae.layers {bad} out of range: the model has {len(blocks)} decoder layers (0-based)")
-    record: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
-    handles = [blocks[l].register_forward_hook(lambda m, i, o, l=l: record[l].append(_hidden(o).detach().float().cpu()))
-               for l in layers]
-    try:
-        yield record
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @torch.no_grad()

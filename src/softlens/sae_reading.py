@@ -23,10 +23,10 @@ import logging
 import pandas as pd
 import torch
 
-from .activations import captured
 from .sae import SparseAutoencoder, load_sae, relative_error
 from .slot import PromptSlot
 from .sources import soft_content
+from .steering import captured
 
 log = logging.getLogger(__name__)
 

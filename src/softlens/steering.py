@@ -31,6 +31,23 @@ def _replace_hidden(output, hidden):
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
+@contextmanager
+def captured(model: torch.nn.Module, layers: Sequence[int]):
+    """Record every forward output of the given decoder blocks: {layer: [tensor per call]}."""
+    blocks = decoder_layers(model)
+    bad = [l for l in layers if not 0 <= l < len(blocks)]
+    if bad:
+        raise ValueError(f"layers {bad} out of range: the model has {len(blocks)} decoder layers (0-based)")
+    record: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+    handles = [blocks[l].register_forward_hook(lambda m, i, o, l=l: record[l].append(_hidden(o).detach().float().cpu()))
+               for l in layers]
+    try:
+        yield record
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def mean_activation(lm, texts: Sequence[str], layer: int, batch_size: int = 16) -> torch.Tensor:
     """Mean over texts of the token-averaged residual stream after block `layer` (float32, (d,)).
@@ -40,22 +57,18 @@ def mean_activation(lm, texts: Sequence[str], layer: int, batch_size: int = 16) 
     layers = decoder_layers(lm.model)
     if not 0 <= layer < len(layers):
         raise ConfigError(f"steering layer {layer} is out of range: the model has {len(layers)} layers")
-    captured = []
-    handle = layers[layer].register_forward_hook(lambda m, i, o: captured.append(_hidden(o)))
     total, count = torch.zeros(lm.model.config.get_text_config().hidden_size), 0
-    try:
+    with captured(lm.model, [layer]) as record:
         for i in range(0, len(texts), batch_size):
             enc = lm.tokenizer(list(texts[i:i + batch_size]), return_tensors="pt", padding=True,
                                add_special_tokens=False).to(lm.device)
-            captured.clear()
+            record[layer].clear()
             lm.model(**enc)
-            h, mask = captured[0].float(), enc["attention_mask"].unsqueeze(-1).float().clone()
+            h, mask = record[layer][0], enc["attention_mask"].unsqueeze(-1).float().cpu().clone()
             # Skip each text's first token: the attention sink carries huge, content-free activations.
             mask[torch.arange(len(mask)), mask.squeeze(-1).argmax(1)] = 0
-            total += ((h * mask).sum(1) / mask.sum(1)).sum(0).cpu()
+            total += ((h * mask).sum(1) / mask.sum(1)).sum(0)
             count += h.shape[0]
-    finally:
-        handle.remove()
     return total / count
 
 
