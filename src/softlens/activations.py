@@ -37,9 +37,9 @@ class CorpusSettings:
     tokens: int = 200_000        # over all shards
     shards: int = 4
     max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 0.95
-    batch_size: int = 64
+    temperature: float = 0.8
+    top_p: float = 1.0           # 1 = plain sampling (nucleus sampling sorts the vocabulary every step)
+    batch_size: int = 128
     seed: int = 0
 
 
@@ -74,7 +74,8 @@ def generate_batch(lm, slot: PromptSlot, texts: Sequence[str], layers: Sequence[
     with captured(lm.model, layers) as record:
         new = lm.model.generate(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
                                 max_new_tokens=s.max_new_tokens, do_sample=True, temperature=s.temperature,
-                                top_p=s.top_p if s.top_p < 1 else None, top_k=None, pad_token_id=slot.pad_id, eos_token_id=sorted(stops))
+                                top_p=s.top_p if s.top_p < 1 else None, top_k=None, pad_token_id=slot.pad_id,
+                                eos_token_id=sorted(stops))
     T = batch.inputs_embeds.shape[1]
     acts = {l: torch.cat(record[l], dim=1) for l in layers}  # (B, T + fed new tokens, d)
     fed = acts[layers[0]].shape[1] - T

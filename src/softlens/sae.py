@@ -162,7 +162,7 @@ def initial_sae(x: torch.Tensor, s: SAESettings, generator: torch.Generator) -> 
 def training_loss(sae: SparseAutoencoder, x: torch.Tensor, dead: torch.Tensor, s: SAESettings):
     """MSE of the top-k reconstruction (in scaled units), the AuxK loss, and the latents that fired."""
     xs = x * sae.scale
-    pre = (xs - sae.b_dec) @ sae.W_enc + sae.b_enc
+    pre = sae.pre_activations(x)
     values, indices = pre.topk(s.k, dim=-1)
     values = F.relu(values)
     # Sparse decode: only k rows of W_dec per token (embedding_bag sums them with the values as weights).
@@ -193,7 +193,7 @@ def _unit_decoder(sae: SparseAutoencoder) -> None:
 
 
 def held_out_split(x: torch.Tensor, share: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, test): the store's last `share` of rows is never trained on (whole shards' tails: later text)."""
+    """(train, test): the store's last `share` of rows (the tail of its last shard) is never trained on."""
     n_test = max(1, int(round(len(x) * share)))
     return x[:-n_test], x[-n_test:]
 

@@ -177,9 +177,9 @@ def sae(reading_paths, feature_paths, context_paths, top_features: int = 12
     table = readings[cols].sort_values(keys).reset_index(drop=True)
     table["error_ratio"] = table["recon_error"] / table["baseline_recon_error"]
 
-    training = pd.DataFrame([{**read_metadata(p)["evaluation"], "layer": read_metadata(p)["layer"],
-                              **{k: read_metadata(p)[k] for k in ("architecture", "d_in", "d_sae", "k")}}
-                             for p in feature_paths]).sort_values("layer")
+    metas = [read_metadata(p) for p in feature_paths]
+    training = pd.DataFrame([{**m["evaluation"], **{k: m[k] for k in ("layer", "architecture", "d_in", "d_sae", "k")}}
+                             for m in metas]).sort_values("layer")
 
     features = pd.concat([pd.read_parquet(p) for p in feature_paths], ignore_index=True)
     contexts = pd.concat([pd.read_parquet(p) for p in context_paths], ignore_index=True)
