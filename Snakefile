@@ -17,6 +17,7 @@ include: "rules/decompose.smk"
 include: "rules/reading.smk"
 include: "rules/discovery.smk"
 include: "rules/sae.smk"
+include: "rules/costs.smk"
 
 
 # Seconds-long jobs, and prepare_model (it may need the network): on the submitting host under SLURM.

@@ -1,6 +1,14 @@
-"""PoE solver benchmark: the fast solver against cvxpy where cvxpy finishes, and alone at full size.
+"""PoE solver benchmark: the fast solver against cvxpy where cvxpy finishes, alone at full size, and the
+factored solver against the dense one on a run's real caches.
 
     python benchmarks/poe_solver.py [--threads 1] [--K 100 --N 64 --V 49152] [--skip-cvxpy]
+    python benchmarks/poe_solver.py --real results/SmolLM2-135M-Instruct [--behavior spanish]
+
+--real: the behaviour's dictionary caches and target, fitted along one 20-lambda path twice, each in its
+own process (peak memory is the process's): "dense", the solver on full-vocabulary log-probs as the
+caches held them before (materialised from the states in float32), and "factored" (the states and the
+output head). Both weight paths are then scored by one float64 full-vocabulary evaluator: weights,
+objective and held-out explained-KL, with the time and peak memory ratios.
 
 Log-probs are realistic synthetic ones: per context a Zipf-shaped base distribution over V tokens,
 each atom the base plus its own sparse token boosts (a prompt shifts a few hundred tokens) plus
@@ -12,12 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import resource
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from softlens.poe import PoEProblem, lambda_path, solve_cvxpy, solve_path
+from softlens.poe import FactoredProblem, PoEProblem, lambda_path, solve_cvxpy, solve_path
 
 
 def synthetic(N: int, K: int, V: int, seed: int = 0, dtype=torch.float32) -> PoEProblem:
@@ -42,8 +53,90 @@ def fast_path(p: PoEProblem, n: int):
     return fits, time.perf_counter() - t
 
 
+def real_caches(run_dir: str, behavior: str, leave_out: bool):
+    """(head, keys, atoms' states and lse, target's) of a run's dictionary caches for one behaviour."""
+    from softlens.head import read_head
+    from softlens.io import read_aligned
+
+    d = Path(run_dir) / "logprobs" / behavior
+    atoms = sorted(p.stem for p in d.glob("atom-*.parquet"))
+    if leave_out:  # the behaviour's own instruction is the `target` source, never an atom-* file here
+        atoms = [a for a in atoms if a != f"atom-{behavior}"]
+    keys, X, C = read_aligned([d / f"{a}.parquet" for a in atoms] + [d / "target.parquet"])
+    return read_head(Path(run_dir) / "head.safetensors"), keys, atoms, X, C
+
+
+def _solve_real(kind, run_dir, behavior, leave_out, threads, lams, out):
+    torch.set_num_threads(threads)
+    head, keys, atoms, X, C = real_caches(run_dir, behavior, leave_out)
+    train, K = (keys["split"] == "train").to_numpy(), len(atoms)
+    t = time.perf_counter()
+    if kind == "dense":
+        L = torch.stack([head.log_probs(torch.from_numpy(X[i, train]), torch.from_numpy(C[i, train])).float()
+                         for i in range(K)])
+        target = head.log_probs(torch.from_numpy(X[K, train]), torch.from_numpy(C[K, train])).float()
+        p = PoEProblem(L, target, atoms)
+    else:
+        p = FactoredProblem(head, X[:K, train], C[:K, train], X[K, train], C[K, train], atoms)
+    lams = lambda_path(p, 20, 1e-3) if lams is None else lams
+    fits = solve_path(p, lams)
+    out.put({"kind": kind, "seconds": time.perf_counter() - t, "lams": lams,
+             "weights": np.array([f.weights for f in fits]), "rounds": [f.rounds for f in fits],
+             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def compare_real(run_dir: str, behavior: str, threads: int) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    results = {}
+    for kind in ("dense", "factored"):
+        for leave_out in (False, True):
+            lams = results["dense", leave_out]["lams"] if kind == "factored" else None  # one path for both
+            q = ctx.Queue()
+            proc = ctx.Process(target=_solve_real, args=(kind, run_dir, behavior, leave_out, threads, lams, q))
+            proc.start()
+            r = q.get()
+            proc.join()
+            results[kind, leave_out] = r
+            print(f"  {kind:>8} {'leave-one-out' if leave_out else 'full':>13}: {r['seconds']:7.1f} s, "
+                  f"peak {r['peak_mb']:7.0f} MB")
+    # one exact evaluator for both weight paths: float64 log-probs at full vocabulary, fitting and held-out rows
+    rows = []
+    for leave_out in (False, True):
+        head, keys, atoms, X, C = real_caches(run_dir, behavior, leave_out)
+        train, K = (keys["split"] == "train").to_numpy(), len(atoms)
+        dense, fact = results["dense", leave_out], results["factored", leave_out]
+        evals = {}
+        for split, r in (("train", train), ("test", ~train)):
+            L = torch.stack([head.log_probs(torch.from_numpy(X[i, r]), torch.from_numpy(C[i, r])) for i in range(K)])
+            target = head.log_probs(torch.from_numpy(X[K, r]), torch.from_numpy(C[K, r]))
+            evals[split] = PoEProblem(L, target, atoms)
+        base = evals["test"].kl(np.zeros(K))  # any fixed reference: differences of explained-KL scale with it
+        for lam, wd, wf in zip(dense["lams"], dense["weights"], fact["weights"]):
+            od, of = (evals["train"].kl(w) + lam * np.abs(w).sum() for w in (wd, wf))
+            ed, ef = (1 - evals["test"].kl(w) / base for w in (wd, wf))
+            rows.append({"leave_one_out": leave_out, "lambda": lam, "max_abs_dw": float(np.abs(wd - wf).max()),
+                         "objective_rel_diff": (of - od) / od, "explained_kl_test_diff": ef - ed})
+    diffs = {k: max(abs(r[k]) for r in rows) for k in ("max_abs_dw", "objective_rel_diff", "explained_kl_test_diff")}
+    t_d = sum(results["dense", lo]["seconds"] for lo in (False, True))
+    t_f = sum(results["factored", lo]["seconds"] for lo in (False, True))
+    m_d = max(results["dense", lo]["peak_mb"] for lo in (False, True))
+    m_f = max(results["factored", lo]["peak_mb"] for lo in (False, True))
+    print(f"  agreement over both 20-lambda paths: max |w_dense - w_factored| {diffs['max_abs_dw']:.1e}; "
+          f"objective (factored - dense)/dense at most {diffs['objective_rel_diff']:.1e} in size "
+          f"(negative: factored lower); held-out explained-KL differs by at most {diffs['explained_kl_test_diff']:.1e}")
+    worst = min(rows, key=lambda r: -r["max_abs_dw"])
+    print(f"  largest weight difference at lambda {worst['lambda']:.3g} (leave_one_out={worst['leave_one_out']}); "
+          f"its objective difference {worst['objective_rel_diff']:.1e} relative")
+    print(f"  time dense / factored: {t_d:.1f} s / {t_f:.1f} s = {t_d / t_f:.2f}x; "
+          f"peak memory {m_d:.0f} MB / {m_f:.0f} MB = {m_d / m_f:.2f}x")
+    return {"behavior": behavior, "threads": threads, **diffs, "dense_s": t_d, "factored_s": t_f,
+            "speedup": t_d / t_f, "dense_peak_mb": m_d, "factored_peak_mb": m_f}
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--real", metavar="RUN_DIR", help="results/<model> of a run: compare on its real caches")
+    ap.add_argument("--behavior", default="spanish")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--K", type=int, default=100)
     ap.add_argument("--N", type=int, default=64)
@@ -53,6 +146,10 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     result = {"threads": a.threads}
+    if a.real:
+        print(f"real caches of {a.behavior!r} in {a.real}, {a.threads} thread(s), one process per fit:")
+        print(json.dumps(compare_real(a.real, a.behavior, a.threads)))
+        return
 
     if not a.skip_cvxpy:
         print("small problems (float64), objective at 5 lambdas of a 20-lambda path:")

@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import pandas as pd
+import torch
 import yaml
 
 from softlens.config import model_tag, validate_config
-from softlens.discovery import score_texts, screening_rows, screening_scores
-from softlens.io import read_logprobs, read_teacher
+from softlens.discovery import Residual, score_texts, screening_rows, screening_scores
+from softlens.head import read_head
+from softlens.io import read_states, read_teacher
 from softlens.models import load_model, set_threads
 from softlens.pool import build_pool, shard, templated
 from softlens.slot import PromptSlot
@@ -42,10 +43,14 @@ def main() -> None:
     lm = load_model(f"resources/models/{tag}.json", {"device": "cpu", "dtype": "float32"})
     slot = PromptSlot.for_model(lm, cfg["model_settings"]["slot"])
     teacher = read_teacher(f"results/{tag}/teacher/{a.behavior}.parquet")
-    keys, target = read_logprobs(f"results/{tag}/logprobs/{a.behavior}/target.parquet")
+    head = read_head(f"results/{tag}/head.safetensors")
+    keys, x, lse = read_states(f"results/{tag}/logprobs/{a.behavior}/target.parquet")
     rows = screening_rows(keys, 0, a.messages)
-    P, ids = target[rows], keys.loc[rows, "message_id"].unique()
-    current = np.full_like(P, -np.log(P.shape[1]))
+    ids = keys.loc[rows, "message_id"].unique()
+    P = head.moments(torch.from_numpy(x[rows]), torch.from_numpy(lse[rows]))
+    u = torch.zeros(int(rows.sum()), x.shape[1])  # the uniform mixture as the current fit
+    lse_u = head.lse(u, 0.0)
+    residual = Residual(keys[rows], P, head.moments(u, lse_u, 0.0), float(P.kl_to(u, lse_u, 0.0).mean()), [])
     pool = build_pool(pd.DataFrame({"text": templated(d["templates"], d["size"], d["seed"]), "kind": "templated",
                                     "source": "templates"}), [], d["near_duplicate"])
     texts = list(pool.loc[pool["removed"] == "", "text"])
@@ -55,8 +60,8 @@ def main() -> None:
     per = []
     for n in a.sizes:
         t0 = time.perf_counter()
-        for _, _, logp in score_texts(lm, slot, teacher, texts[:n], positions, 16, ids):
-            screening_scores(logp, P, current)
+        for _, _, states, lse in score_texts(lm, slot, teacher, texts[:n], positions, 16, ids):
+            screening_scores(states, lse, residual)
         per.append((time.perf_counter() - t0) / n)
         print(f"  {n:4d} candidates: {per[-1] * n:7.2f} s, {per[-1]:.3f} s per candidate")
     print(f"  per-candidate time, largest pool / smallest: {per[-1] / per[0]:.2f} (1.00 = linear)")

@@ -10,9 +10,12 @@ from softlens.config import (
     sort_keys,
     validate_config,
 )
+from snakemake.resources import Resource
+
 from softlens.models import gpus_for
 from softlens.sources import behavior_source
 from softlens.training import prompt_params
+from softlens.workflow import machine_memory_mb
 
 # Config first: nothing below runs on an invalid config.
 validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
@@ -34,6 +37,11 @@ READ = config["reading"]["behaviors"] or TRAINED
 READ_SEEDS = config["reading"]["seeds"] or SEEDS
 SAE_READ = config["sae"]["behaviors"] or TRAINED
 SAE_SEEDS = config["sae"]["seeds"] or SEEDS
+# No OOM by default: a local run shares this machine's memory among its jobs by their declared mem_mb
+# (a job never starts while the others' declared memory would push the total past it), unless
+# `--resources mem_mb=...` says otherwise. Cluster jobs are sized by their profile instead.
+if workflow.local_exec and "mem_mb" not in workflow.global_resources:
+    workflow.register_resource("mem_mb", Resource("mem_mb", machine_memory_mb()))
 # Rules that run the model ask for a GPU (SLURM: --gpus=1; locally `--resources gpu=1` runs one at a time).
 DISCOVER = config["discovery"]["behaviors"] or [b for b in TRAINED if b in INSTRUCTED]
 SHARDS = list(range(config["discovery"]["screen"]["shards"]))
@@ -155,18 +163,25 @@ def cache_dir(wildcards):
     return f"results/{wildcards.model}/logprobs/{wildcards.behavior}"
 
 
+def head_file(wildcards):
+    """The model's output head: every factored log-prob cache is read with it."""
+    return f"results/{wildcards.model}/head.safetensors"
+
+
 def fit_inputs(wildcards):
     d = cache_dir(wildcards)
-    return [f"{d}/atom-{a}.parquet" for a in ATOMS] + [
-        f"{d}/target.parquet",
-        f"{d}/unprompted.parquet",
-    ]
+    return {
+        "head": head_file(wildcards),
+        "caches": [f"{d}/atom-{a}.parquet" for a in ATOMS]
+        + [f"{d}/target.parquet", f"{d}/unprompted.parquet"],
+    }
 
 
 def phase1_fit_inputs(wildcards):
-    return fit_inputs(wildcards) + [
-        f"{cache_dir(wildcards)}/soft-{wildcards.variant}-seed{wildcards.seed}.parquet"
-    ]
+    inputs = fit_inputs(wildcards)
+    soft = f"soft-{wildcards.variant}-seed{wildcards.seed}"
+    inputs["caches"] = inputs["caches"] + [f"{cache_dir(wildcards)}/{soft}.parquet"]
+    return inputs
 
 
 def noise_of_seed(wildcards):
@@ -179,14 +194,21 @@ def noise_of_seed(wildcards):
 
 
 def noise_fit_inputs(wildcards):
-    return fit_inputs(wildcards) + [
+    inputs = fit_inputs(wildcards)
+    inputs["caches"] = inputs["caches"] + [
         f"{cache_dir(wildcards)}/{n}.parquet"
         for n, s in NOISE.items()
         if s["seed"] == int(wildcards.seed)
     ]
+    return inputs
 
 
 def get_final_output():
+    return all_but_costs() + ["results/figures/costs.png"]
+
+
+def all_but_costs(wildcards=None):
+    """Every final output except the costs table and figure, which gather the others' benchmarks."""
     return (
         expand(
             "results/{model}/teacher/{behavior}.parquet",
@@ -269,7 +291,8 @@ def screen_inputs(wildcards):
         **model_and_teacher(wildcards),
         "pool": f"results/{wildcards.model}/discovery/{wildcards.behavior}/pool.parquet",
         "fits": list(discovery_targets(wildcards).values()),
-        "caches": fit_inputs(wildcards)
+        "head": head_file(wildcards),
+        "caches": fit_inputs(wildcards)["caches"]
         + [f"{d}/{t}.parquet" for t in discovery_targets(wildcards)],
     }
 
@@ -277,7 +300,7 @@ def screen_inputs(wildcards):
 def pursuit_inputs(wildcards):
     return {
         **model_and_teacher(wildcards),
-        "caches": phase1_fit_inputs(wildcards),
+        **phase1_fit_inputs(wildcards),
         "screens": expand(
             "results/{model}/discovery/{behavior}/screen-{shard}.parquet",
             shard=SHARDS,

@@ -73,7 +73,7 @@ rule logprobs_noise:
 
 rule fit_phase0:
     input:
-        fit_inputs,
+        unpack(fit_inputs),
     output:
         "results/{model}/fits/{behavior}/target.parquet",
     log:
@@ -84,7 +84,7 @@ rule fit_phase0:
         "../envs/fit.yaml"
     threads: 1
     resources:
-        mem_mb=9000,
+        mem_mb=2000,
     params:
         atoms=fit_atoms,
         poe=config["poe"],
@@ -96,7 +96,7 @@ rule fit_phase0:
 
 rule fit_noise:
     input:
-        noise_fit_inputs,
+        unpack(noise_fit_inputs),
     output:
         "results/{model}/fits/{behavior}/noise-seed{seed}.parquet",
     log:
@@ -107,7 +107,7 @@ rule fit_noise:
         "../envs/fit.yaml"
     threads: 1
     resources:
-        mem_mb=9000,
+        mem_mb=2000,
     params:
         atoms=fit_atoms,
         poe=config["poe"],
@@ -215,7 +215,7 @@ rule logprobs_softprompt:
 
 rule fit_phase1:
     input:
-        phase1_fit_inputs,
+        unpack(phase1_fit_inputs),
     output:
         "results/{model}/fits/{behavior}/soft-{variant}-seed{seed}.parquet",
     log:
@@ -226,7 +226,7 @@ rule fit_phase1:
         "../envs/fit.yaml"
     threads: 1
     resources:
-        mem_mb=9000,
+        mem_mb=2000,
     params:
         atoms=fit_atoms,
         poe=config["poe"],

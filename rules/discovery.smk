@@ -82,7 +82,7 @@ rule pursue_dictionary:
         "../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
+        mem_mb=4000,
         gpu=GPU,
     params:
         atoms=fit_atoms,

@@ -15,3 +15,22 @@ checkpoint prepare_model:
         model_dir=model_dir,
     script:
         "../scripts/prepare_model.py"
+
+
+rule output_head:
+    input:
+        model=model_manifest,
+    output:
+        "results/{model}/head.safetensors",
+    log:
+        "logs/{model}/output_head.log",
+    benchmark:
+        "logs/{model}/benchmarks/output_head.tsv"
+    conda:
+        "../envs/model.yaml"
+    resources:
+        mem_mb=2000,
+    params:
+        model_settings=config["model_settings"],
+    script:
+        "../scripts/output_head.py"

@@ -10,6 +10,5 @@ run_sources(
     dict(zip(sources, snakemake.output)),
     snakemake.params.model_settings,
     positions=snakemake.params.logprobs["positions"],
-    dtype=snakemake.params.logprobs["dtype"],
     steering_file=snakemake.input.get("steering"),
 )

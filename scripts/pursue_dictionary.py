@@ -7,7 +7,7 @@ from softlens.workflow import start_job
 start_job(snakemake)
 i, w, p = snakemake.input, snakemake.wildcards, snakemake.params
 s = dict(p.screen)
-run_pursuit(i.model, i.teacher, i.screens, p.cache_dir, pd.DataFrame(p.atoms), w.behavior,
+run_pursuit(i.model, i.teacher, i.screens, p.cache_dir, i.head, pd.DataFrame(p.atoms), w.behavior,
             f"soft-{w.variant}-seed{w.seed}",
             ScreenSettings(messages=s["messages"], top=s["top"]), PursuitSettings(**p.pursuit),
             PathSettings(**p.poe), p.model_settings, p.positions, snakemake.output[0])

@@ -27,7 +27,7 @@ def write_config(workdir, model_dir, **changes) -> dict:
         "messages": {"file": str(workdir / "messages.tsv"), "test_fraction": 0.25},
         "dictionary": {"file": str(workdir / "dictionary.tsv")},
         "teacher": {"max_new_tokens": 6},
-        "logprobs": {"positions": 3, "dtype": "float16"},
+        "logprobs": {"positions": 3},
         "noise": {"behaviors": ["spanish"], "sigmas": [0, 0.5, 2.0], "seeds": [0, 1]},
         "training": {"behaviors": ["spanish", "pirate"], "seeds": [0, 1], "steps": 4, "length": 2, "positions": 3,
                      "batch_size": 4, "eval_every": 2, "checkpoint_every": 2, "frames": ["Be ___.", "___."],
@@ -56,7 +56,7 @@ def write_config(workdir, model_dir, **changes) -> dict:
 
 def snakemake(workdir, *args, check=True) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
+           "--configfile", str(workdir / "config.yaml"), "--cores", "2", "--benchmark-extended", *args]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     res = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env)
     if check and res.returncode != 0:

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from softlens.decompose import PathSettings, dictionary_atoms, noise_verdict, run_noise, run_fit
-from softlens.io import read_aligned, read_logprobs, write_logprobs
-from softlens.logprobs import run_sources, score
+from softlens.head import OutputHead, read_head
+from softlens.io import read_aligned, read_states, write_states
+from softlens.logprobs import run_head, run_sources, score
 from softlens.slot import HardPrompt, PromptSlot
 
 MESSAGES = ["What is the capital of France?", "Why is the sky blue?", "How do I boil an egg?", "Hi",
@@ -35,13 +36,16 @@ def test_cached_scoring_equals_a_plain_forward(tiny_lm, teacher):
     _, table = teacher
     slot = PromptSlot.for_model(tiny_lm)
     completions = [list(c) for c in table["completion_ids"]]
-    got, rows = score(tiny_lm, slot, HardPrompt("Be concise."), MESSAGES, completions, positions=4, batch_size=4)
+    states, lse, rows = score(tiny_lm, slot, HardPrompt("Be concise."), MESSAGES, completions, positions=4,
+                              batch_size=4)
+    got = OutputHead.from_model(tiny_lm.model).log_probs(torch.from_numpy(states), torch.from_numpy(lse))
     b = slot.batch(HardPrompt("Be concise."), MESSAGES, [c[:4] for c in completions])
     with torch.no_grad():
         lp = torch.log_softmax(tiny_lm.model(**b.model_inputs()).logits, -1)
     idx, mask = b.scored_positions(4)
     ref = torch.cat([lp[i, idx[i][mask[i]]] for i in range(len(MESSAGES))])
-    assert got.shape == ref.shape and np.abs(got - ref.numpy()).max() < 1e-5
+    assert got.shape == ref.shape and (got - ref.double()).abs().max() < 1e-5
+    assert states.shape == (len(rows), tiny_lm.model.config.hidden_size)  # d numbers a context, not V
     assert [tuple(r) for r in rows[:3]] == [(0, 0), (0, 1), (0, 2)]
 
 
@@ -54,54 +58,61 @@ def caches(tiny_dir, teacher, tmp_path_factory):
     sources |= {"target": {"kind": "hard", "text": spec["instruction"]}, "unprompted": {"kind": "unprompted"}}
     sources |= {f"noise-{s:g}-0": {"kind": "noisy", "text": spec["instruction"], "sigma": s, "seed": 0} for s in (0.5, 2.0)}
     run_sources(tiny_dir, path, sources, {n: str(d / f"{n}.parquet") for n in sources}, {"device": "cpu"},
-                positions=3, dtype="float32")
+                positions=3)
+    run_head(tiny_dir, {"device": "cpu"}, d / "head.safetensors")
     return d, spec
 
 
 def test_caches_align_and_the_instruction_atom_equals_the_target(caches):
     d, _ = caches
-    keys, L = read_aligned([d / "atom-spanish.parquet", d / "target.parquet", d / "unprompted.parquet"])
+    keys, X, C = read_aligned([d / "atom-spanish.parquet", d / "target.parquet", d / "unprompted.parquet"])
     assert list(keys.columns) == ["message_id", "split", "position"] and set(keys["split"]) == {"train", "test"}
-    assert np.array_equal(L[0], L[1]) and not np.array_equal(L[0], L[2])
-    assert np.allclose(np.exp(L).sum(-1), 1, atol=1e-4)
+    assert np.array_equal(X[0], X[1]) and np.array_equal(C[0], C[1]) and not np.array_equal(X[0], X[2])
+    head = read_head(d / "head.safetensors")
+    p = head.log_probs(torch.from_numpy(X[2]), torch.from_numpy(C[2])).exp()
+    assert torch.allclose(p.sum(-1), torch.ones(len(keys), dtype=torch.float64), atol=1e-5)
+
+
+def _rewrite(path, keys, states, lse):
+    teacher = pd.DataFrame({"message_id": keys["message_id"].to_numpy(), "split": keys["split"].to_numpy()})
+    rows = np.stack([np.arange(len(keys)), keys["position"].to_numpy()], 1)
+    write_states(path, teacher, states, lse, rows, {})
 
 
 def test_misaligned_caches_are_rejected(caches, tmp_path):
     d, _ = caches
-    keys, values = read_logprobs(d / "target.parquet")
-    teacher = pd.DataFrame({"message_id": keys["message_id"][::-1].to_numpy(), "split": keys["split"].to_numpy()})
-    rows = np.stack([np.arange(len(keys)), keys["position"].to_numpy()], 1)
-    write_logprobs(tmp_path / "shuffled.parquet", teacher, values, rows, "float32", {})
+    keys, states, lse = read_states(d / "target.parquet")
+    keys["message_id"] = keys["message_id"][::-1].to_numpy()
+    _rewrite(tmp_path / "shuffled.parquet", keys, states, lse)
     with pytest.raises(ValueError, match="shuffled.parquet' does not align with .*target.parquet"):
         read_aligned([d / "target.parquet", tmp_path / "shuffled.parquet"])
 
 
-def test_nan_in_a_cache_is_named(caches, tmp_path):
+def test_nan_states_are_refused_with_the_file_named(caches, tmp_path):
     d, _ = caches
-    keys, values = read_logprobs(d / "target.parquet")
-    values[0, 0] = np.nan
-    teacher = pd.DataFrame({"message_id": keys["message_id"].to_numpy(), "split": keys["split"].to_numpy()})
-    rows = np.stack([np.arange(len(keys)), keys["position"].to_numpy()], 1)
-    write_logprobs(tmp_path / "nan.parquet", teacher, values, rows, "float32", {})
-    with pytest.raises(ValueError, match="nan.parquet' contains NaN or inf"):
-        read_logprobs(tmp_path / "nan.parquet")
+    keys, states, lse = read_states(d / "target.parquet")
+    states[0, 0] = np.nan
+    with pytest.raises(ValueError, match="nan.parquet'.*NaN or inf"):
+        _rewrite(tmp_path / "nan.parquet", keys, states, lse)
+    assert not (tmp_path / "nan.parquet").exists()
 
 
-def test_float16_storage_roundtrips_within_half_precision(caches, tmp_path):
-    d, _ = caches
-    keys, values = read_logprobs(d / "target.parquet")
-    teacher = pd.DataFrame({"message_id": keys["message_id"].to_numpy(), "split": keys["split"].to_numpy()})
-    rows = np.stack([np.arange(len(keys)), keys["position"].to_numpy()], 1)
-    write_logprobs(tmp_path / "h.parquet", teacher, values, rows, "float16", {})
-    _, half = read_logprobs(tmp_path / "h.parquet")
-    assert np.abs(half - values).max() <= np.abs(values).max() * 2**-10
+def test_a_dense_cache_from_before_is_named_for_rebuilding(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"message_id": ["m0"], "split": ["train"], "position": [0],
+                             "logprobs": pa.FixedSizeListArray.from_arrays(pa.array([0.0, -1.0]), 2)}),
+                   tmp_path / "old.parquet")
+    with pytest.raises(ValueError, match="old.parquet' is not a factored log-prob cache"):
+        read_states(tmp_path / "old.parquet")
 
 
 def test_phase0_recovers_the_instruction_and_leave_one_out_cannot(caches, tmp_path):
     d, spec = caches
     atoms = dictionary_atoms(spec, DICTIONARY)
     assert atoms.loc[atoms["is_target"], "source"].tolist() == ["target"]
-    df = run_fit(str(d), atoms, "spanish", "target", PathSettings(), tmp_path / "fit.parquet")
+    df = run_fit(str(d), d / "head.safetensors", atoms, "spanish", "target", PathSettings(), tmp_path / "fit.parquet")
     sel = df[df["selected"]]
     full, loo = sel[~sel["leave_one_out"]], sel[sel["leave_one_out"]]
     top = full.loc[full["weight"].idxmax()]
@@ -109,15 +120,17 @@ def test_phase0_recovers_the_instruction_and_leave_one_out_cannot(caches, tmp_pa
     assert full["explained_kl_test"].iloc[0] >= 0.99
     assert "spanish" not in set(loo["atom"]) and loo["explained_kl_test"].iloc[0] < full["explained_kl_test"].iloc[0]
     assert df.groupby(["leave_one_out"])["lambda_index"].nunique().tolist() == [20, 20]
+    assert (df["status"] == "converged").all()
 
 
 def test_noise_fits_report_distances_and_sigma_zero_is_the_clean_target(caches, tmp_path):
     d, spec = caches
     noise = {"noise-0-0": {"sigma": 0.0, "seed": 0}, "noise-0.5-0": {"sigma": 0.5, "seed": 0},
              "noise-2-0": {"sigma": 2.0, "seed": 0}}
-    df = run_noise(str(d), dictionary_atoms(spec, DICTIONARY), "spanish", noise, PathSettings(), tmp_path / "n.parquet")
+    df = run_noise(str(d), d / "head.safetensors", dictionary_atoms(spec, DICTIONARY), "spanish", noise,
+                   PathSettings(), tmp_path / "n.parquet")
     per = df[df["selected"]].groupby("sigma")[["kl_noisy_clean", "kl_noisy_base", "explained_kl_test"]].first()
-    assert per.loc[0.0, "kl_noisy_clean"] == 0 and per.loc[2.0, "kl_noisy_clean"] > per.loc[0.5, "kl_noisy_clean"] > 0
+    assert abs(per.loc[0.0, "kl_noisy_clean"]) < 1e-8 and per.loc[2.0, "kl_noisy_clean"] > per.loc[0.5, "kl_noisy_clean"] > 0
     assert per.loc[0.0, "explained_kl_test"] >= 0.99
 
 

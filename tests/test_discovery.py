@@ -13,15 +13,16 @@ from softlens.decompose import PathSettings, dictionary_atoms, run_fit
 from softlens.discovery import (
     PursuitSettings,
     ScreenSettings,
-    mixture_logprobs,
+    Residual,
     pursue,
     run_pursuit,
     run_screen,
     screening_scores,
 )
+from softlens.head import OutputHead
 from softlens.io import write_table
-from softlens.logprobs import run_sources
-from softlens.poe import PoEProblem
+from softlens.logprobs import run_head, run_sources
+from softlens.poe import FactoredProblem
 from softlens.pool import build_pool, jaccard, proposal_requests, shard, templated
 from softlens.slot import HardPrompt, PromptSlot
 
@@ -73,33 +74,41 @@ def test_pool_removes_duplicates_near_duplicates_and_the_hidden_instruction_with
 
 # --- the screening gradient and pursuit ---------------------------------------------------------------
 
-def _random_problem(K=6, N=40, V=30, seed=0):
+def _random_problem(K=6, N=40, d=10, V=60, seed=0):
+    """Random head states whose target is exactly the signed product w1 = 1.2, w4 = -0.5 (a mixture of
+    factored distributions is itself one: its state is the weighted sum of the atoms' states)."""
     g = torch.Generator().manual_seed(seed)
-    L = torch.log_softmax(torch.randn(K, N, V, generator=g) * 2, -1).numpy()
+    head = OutputHead(torch.randn(V, d, generator=g))
+    X = 0.7 * torch.randn(K, N, d, generator=g)
+    C = torch.stack([head.lse(x) for x in X])
     w = np.zeros(K)
     w[1], w[4] = 1.2, -0.5
-    target = mixture_logprobs(L, w)
-    return L, target, w
+    xt = torch.einsum("k,knd->nd", torch.from_numpy(w), X.double()).float()
+    return head, X, C, xt, head.lse(xt), w
 
 
 def test_screening_gradient_equals_the_solvers_gradient_for_a_new_atom():
-    L, target, _ = _random_problem()
+    head, X, C, xt, ct, _ = _random_problem()
     current_w = np.array([0.7, 0, 0.3, 0, 0, 0])
-    current = mixture_logprobs(L, current_w)
-    full = PoEProblem(torch.from_numpy(L).double(), torch.from_numpy(target).double()).screen(current_w)
+    full = FactoredProblem(head, X, C, xt, ct).screen(current_w)
+    u = torch.einsum("k,knd->nd", torch.from_numpy(current_w), X.double()).float()
+    s = float(current_w.sum())
+    lse_q = head.lse(u, s)
+    P = head.moments(xt, ct)
+    residual = Residual(pd.DataFrame(), P, head.moments(u, lse_q, s), float(P.kl_to(u, lse_q, s).mean()), [])
     for j in (1, 3, 4):
-        g, kl_alone = screening_scores(L[j], target, current)
-        assert g == pytest.approx(full[j], rel=1e-6)  # the mixture is stored in float32
+        g, kl_alone = screening_scores(X[j].numpy(), C[j].numpy(), residual)
+        assert g == pytest.approx(full[j], rel=1e-5, abs=1e-7)
         assert kl_alone >= 0
 
 
 def test_pursuit_finds_the_two_true_atoms_first_and_stops_when_nothing_helps():
-    L, target, w = _random_problem(K=8, N=60)
-    base = L[0]
+    head, X, C, xt, ct, w = _random_problem(K=8, N=60)
     train = np.arange(60) < 40
     names = [f"a{i}" for i in range(8)]
-    path = pursue(L[:, train], target[train], base[train], L[:, ~train], target[~train], base[~train], names,
-                  PursuitSettings(max_atoms=8, lam=1e-6, min_gain=1e-3, patience=2))
+    problems = [FactoredProblem(head, X[:, r], C[:, r], xt[r], ct[r], names) for r in (train, ~train)]
+    kl_base = [float(p.P.kl_to(X[0, r], C[0, r]).mean()) for p, r in zip(problems, (train, ~train))]
+    path = pursue(*problems, *kl_base, PursuitSettings(max_atoms=8, lam=1e-6, min_gain=1e-3, patience=2))
     added = path.groupby("step")["added"].first()
     assert set(added.iloc[:2]) == {"a1", "a4"}
     final = path[path["step"] == 2].set_index("atom")["weight"]
@@ -143,8 +152,10 @@ def chain(sharp_dir, tmp_path_factory):
     sources = {s: {"kind": "hard", "text": t} for s, t in zip(atoms["source"], atoms["prompt"])}
     sources |= {"unprompted": {"kind": "unprompted"}}
     run_sources(sharp_dir, d / "teacher.parquet", sources, {n: str(d / f"{n}.parquet") for n in sources},
-                {"device": "cpu"}, positions=3, dtype="float32")
-    run_fit(str(d), atoms, "spanish", "target", PathSettings(path_length=5), d / "fit.parquet")
+                {"device": "cpu"}, positions=3)
+    run_head(sharp_dir, {"device": "cpu"}, d / "head.safetensors")
+    run_fit(str(d), d / "head.safetensors", atoms, "spanish", "target", PathSettings(path_length=5),
+            d / "fit.parquet")
     pool = build_pool(pd.DataFrame({"text": ["Talk like a pirate.", "Use many emojis.", "Respond in Spanish.",
                                              "Write a haiku.", "Be very formal."], "kind": "templated",
                                     "source": "t"}), [], 0.8)
@@ -157,8 +168,8 @@ def test_screen_ranks_the_missing_instruction_first_and_pursuit_recovers_it(shar
     screens = []
     for i in range(2):
         out = d / f"screen-{i}.parquet"
-        run_screen(sharp_dir, d / "teacher.parquet", d / "pool.parquet", {"target": d / "fit.parquet"}, str(d), atoms,
-                   i, 2, ScreenSettings(messages=4, top=2), {"device": "cpu"}, 3, 0, out)
+        run_screen(sharp_dir, d / "teacher.parquet", d / "pool.parquet", {"target": d / "fit.parquet"}, str(d),
+                   d / "head.safetensors", atoms, i, 2, ScreenSettings(messages=4, top=2), {"device": "cpu"}, 3, 0, out)
         screens.append(out)
     screened = pd.concat([pd.read_parquet(p) for p in screens], ignore_index=True)
     assert sorted(screened["candidate"]) == list(range(5))  # the shards partition the pool
@@ -166,7 +177,8 @@ def test_screen_ranks_the_missing_instruction_first_and_pursuit_recovers_it(shar
     assert best["text"] == "Respond in Spanish."
     assert screened.set_index("text")["kl_alone"].idxmin() == "Respond in Spanish."
 
-    table = run_pursuit(sharp_dir, d / "teacher.parquet", screens, str(d), atoms, "spanish", "target",
+    table = run_pursuit(sharp_dir, d / "teacher.parquet", screens, str(d), d / "head.safetensors", atoms, "spanish",
+                        "target",
                         ScreenSettings(messages=4, top=2), PursuitSettings(max_atoms=4), PathSettings(path_length=5),
                         {"device": "cpu"}, 3, d / "pursuit.parquet")
     found = table[(table["dictionary_kind"] == "discovered") & table["selected"]]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from softlens.poe import NotConverged, PoEProblem, lambda_path, solve, solve_cvxpy, solve_path
+from softlens.poe import FactoredProblem, NotConverged, PoEProblem, lambda_path, solve, solve_cvxpy, solve_path
 
 
 def problem(K=6, N=8, V=50, seed=0, w_true=(1.0, -0.5, 0.0, 0.0, 0.3, 0.0), noise=0.3, dtype=torch.float64):
@@ -85,3 +85,67 @@ def test_nan_or_inf_log_probs_are_rejected(bad):
     t[0, 0] = bad
     with pytest.raises(ValueError, match="target log-probs contain NaN or inf"):
         PoEProblem(p.L, t)
+
+
+# --- factored caches: the same fits from head states --------------------------------------------------
+
+def factored(K=6, N=30, d=12, V=400, seed=0, bias=True, w_true=(1.0, -0.5, 0.0, 0.0, 0.3, 0.0), noise=0.4):
+    """A random output head, atom states, and a target near a signed product of the atoms; with the dense
+    float64 log-probs of the same distributions as the reference."""
+    from softlens.head import OutputHead
+
+    g = torch.Generator().manual_seed(seed)
+    head = OutputHead(torch.randn(V, d, generator=g), torch.randn(V, generator=g) if bias else None)
+    X = torch.randn(K, N, d, generator=g)
+    C = torch.stack([head.lse(x) for x in X])
+    xt = torch.einsum("k,knd->nd", torch.tensor(w_true[:K]), X) + noise * torch.randn(N, d, generator=g)
+    ct = head.lse(xt)
+    dense = PoEProblem(torch.stack([head.log_probs(x, c) for x, c in zip(X, C)]), head.log_probs(xt, ct))
+    return FactoredProblem(head, X, C, xt, ct, head_tokens=16, rest_draws=16), dense
+
+
+def test_factored_objective_and_gradient_equal_the_dense_ones():
+    fp, dense = factored()
+    w = np.array([0.7, -0.2, 0.0, 0.1, 0.3, 0.0])
+    assert fp.kl(w) == pytest.approx(dense.kl(w), rel=1e-6)
+    assert np.abs(fp.screen(w) - dense.screen(w)).max() < 1e-5 * dense.lambda_max()
+
+
+def test_the_tangent_model_is_exact_at_its_point_in_value_and_gradient():
+    fp, _ = factored()
+    w = np.array([0.7, -0.2, 0.0, 0.1, 0.3, 0.0])
+    kl, g, tangent = fp._pass(w, 16)
+    assert tangent.kl(w) == pytest.approx(kl, rel=1e-6)  # float32 logits on both sides
+    assert np.abs(tangent.screen(w) - g).max() < 1e-6 * fp.lambda_max()
+    assert tangent.kl(w + 0.3) <= fp.kl(w + 0.3) + 1.0  # a model, not the objective, away from w
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_factored_path_matches_the_dense_path(bias):
+    fp, dense = factored(bias=bias)
+    lams = lambda_path(dense, 20, 1e-3)
+    f_fits, d_fits = solve_path(fp, lams), solve_path(dense, lams)
+    for f, d in zip(f_fits, d_fits):
+        assert f.converged and f.rounds <= 8
+        assert np.abs(f.weights - d.weights).max() < 2e-3
+        assert abs(dense.kl(f.weights) + f.lam * np.abs(f.weights).sum() - d.objective) <= 1e-6 * d.objective
+
+
+def test_a_fit_warm_started_at_its_optimum_reports_converged():
+    p = problem()
+    lam = 0.3 * p.lambda_max()
+    w = solve(p, lam).weights
+    again = solve(p, lam, w)
+    assert again.converged and again.status == "converged" and np.allclose(again.weights, w)
+    fp, _ = factored()
+    w = solve(fp, lam * 0 + 0.3 * fp.lambda_max()).weights
+    assert solve(fp, 0.3 * fp.lambda_max(), w).rounds == 0
+
+
+def test_fit_kkt_covers_the_atoms_at_zero():
+    p = problem()
+    lam = 0.5 * p.lambda_max()
+    fit = solve(p, lam)
+    assert fit.kkt <= 1e-9 and (fit.weights == 0).any()
+    wrong = np.zeros(p.K)  # zero everywhere is not optimal below lambda_max: the report must say so
+    assert np.maximum(np.abs(p.screen(wrong)) - lam, 0).max() > 0

@@ -244,9 +244,9 @@ def test_the_report_renders_every_figure_with_its_caption(built):
     snakemake(workdir, "--report", "report.html")
     html = (workdir / "report.html").read_text()
     figures = sorted(p.name for p in (workdir / "results" / "figures").glob("*.png"))
-    assert len(figures) == 14 and all(name in html for name in figures), figures
+    assert len(figures) == 15 and all(name in html for name in figures), figures
     captions = [rst.read_text().splitlines()[0][:40] for rst in (ROOT / "reports").glob("*.rst")]
-    assert len(captions) == 15 and all(c in html for c in captions), [c for c in captions if c not in html]
+    assert len(captions) == 16 and all(c in html for c in captions), [c for c in captions if c not in html]
 
 
 def test_adding_a_seed_trains_only_that_seed_and_reordering_keys_replans_nothing(built, tiny_dir):
@@ -262,3 +262,16 @@ def test_adding_a_seed_trains_only_that_seed_and_reordering_keys_replans_nothing
     finally:
         (workdir / "config.yaml").write_text(original)
     assert trained and all("-seed2." in p for p in trained), trained
+
+
+def test_the_costs_table_has_a_row_per_benchmarked_job(built):
+    workdir, _ = built
+    costs = pd.read_csv(workdir / "results/tables/costs.csv")
+    files = list((workdir / "logs").glob("*/benchmarks/**/*.tsv"))
+    assert list(costs.columns[:5]) == ["rule", "wildcards", "seconds", "max_rss_mb", "threads"]
+    assert len(costs) == len(files) > 0
+    assert {"logprobs", "fits", "softprompt", "teacher", "sae", "discovery", "reading"} <= set(costs["stage"])
+    assert (costs["seconds"] > 0).all() and (costs["max_rss_mb"] > 0).all()
+    per_rule = pd.read_csv(workdir / "results/tables/costs_rules.csv")
+    assert {"fit_phase0", "logprobs_dictionary", "train_softprompt"} <= set(per_rule["rule"])
+    assert (per_rule.set_index("rule").loc["logprobs_dictionary", "threads"] == 2).all()

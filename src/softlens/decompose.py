@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .io import check_aligned, read_aligned, read_logprobs, write_table
-from .poe import PoEProblem, lambda_path, solve_path
+from .head import OutputHead, mean_kl, read_head
+from .io import check_aligned, read_aligned, read_states, write_table
+from .poe import FactoredProblem, lambda_path, solve_path
 
 log = logging.getLogger(__name__)
 
@@ -49,28 +50,22 @@ def dictionary_atoms(spec: dict, dictionary: pd.DataFrame, include_unprompted: b
     return pd.DataFrame(rows)
 
 
-def mean_kl(p_logp: np.ndarray, q_logp: np.ndarray) -> float:
-    """mean over rows of KL(P || Q) from log-probs (R, V), float64 sums."""
-    p = torch.from_numpy(p_logp).double()
-    return float((p.exp() * (p - torch.from_numpy(q_logp).double())).sum(-1).mean())
+def fit_path(head: OutputHead, atoms_states: tuple, target: tuple, base: tuple, train: np.ndarray,
+             atoms: list[str], settings: PathSettings) -> pd.DataFrame:
+    """Fit on train rows along a lambda path; one long row per (lambda, atom) with train/test metrics.
 
+    `atoms_states` is (states (K, R, d), lse (K, R)); `target` and `base` (the unprompted model) are
+    (states (R, d), lse (R,)): factored caches (softlens.head), read with the model's output head.
+    """
+    (X, C), test = atoms_states, ~train
 
-def fit_path(L: np.ndarray, target: np.ndarray, base: np.ndarray, train: np.ndarray, atoms: list[str],
-             settings: PathSettings) -> pd.DataFrame:
-    """Fit on train rows along a lambda path; one long row per (lambda, atom) with train/test metrics."""
-    test = ~train
-    return fit_path_split(L[:, train], target[train], base[train], L[:, test], target[test], base[test], atoms,
-                          settings)
+    def problem(rows):
+        return FactoredProblem(head, X[:, rows], C[:, rows], target[0][rows], target[1][rows], atoms)
 
-
-def fit_path_split(L_train: np.ndarray, target_train: np.ndarray, base_train: np.ndarray, L_test: np.ndarray,
-                   target_test: np.ndarray, base_test: np.ndarray, atoms: list[str],
-                   settings: PathSettings) -> pd.DataFrame:
-    """fit_path on rows already split into train and test arrays (contiguous ones are used without a copy)."""
-    problem = PoEProblem(torch.from_numpy(L_train), torch.from_numpy(target_train), atoms)
-    held_out = PoEProblem(torch.from_numpy(L_test), torch.from_numpy(target_test), atoms)
-    fits = solve_path(problem, lambda_path(problem, settings.path_length, settings.lambda_ratio), tol=settings.tol)
-    kl_base_train, kl_base_test = mean_kl(target_train, base_train), mean_kl(target_test, base_test)
+    fitting, held_out = problem(train), problem(test)
+    fits = solve_path(fitting, lambda_path(fitting, settings.path_length, settings.lambda_ratio), tol=settings.tol)
+    kl_base_train = float(fitting.P.kl_to(torch.from_numpy(base[0][train]), torch.from_numpy(base[1][train])).mean())
+    kl_base_test = float(held_out.P.kl_to(torch.from_numpy(base[0][test]), torch.from_numpy(base[1][test])).mean())
     rows = []
     for i, f in enumerate(fits):
         kl_test = held_out.kl(f.weights)
@@ -79,7 +74,7 @@ def fit_path_split(L_train: np.ndarray, target_train: np.ndarray, base_train: np
                          "kl_train": f.kl, "kl_test": kl_test, "kl_base_train": kl_base_train,
                          "kl_base_test": kl_base_test, "explained_kl_train": 1 - f.kl / kl_base_train,
                          "explained_kl_test": 1 - kl_test / kl_base_test, "iterations": f.iterations,
-                         "kkt": f.kkt, "status": f.status})
+                         "rounds": f.rounds, "kkt": f.kkt, "status": f.status})
     df = pd.DataFrame(rows)
     df["selected"] = df["lambda_index"] == select_lambda(df, settings.selection_tolerance)
     return df
@@ -92,17 +87,19 @@ def select_lambda(path: pd.DataFrame, tolerance: float) -> int:
     return int(ok["lambda"].idxmax())
 
 
-def run_fit(cache_dir: str, atoms: pd.DataFrame, behavior: str, target: str, settings: PathSettings, out) -> pd.DataFrame:
+def run_fit(cache_dir: str, head_path, atoms: pd.DataFrame, behavior: str, target: str, settings: PathSettings,
+            out) -> pd.DataFrame:
     """Decompose the cached source `target` (Phase 0: the behaviour's hard prompt, "target"; Phase 1: a
     soft prompt) over the full dictionary and, when the behaviour's own instruction is an atom, with it
     left out. Both fits come from one read of the caches."""
     paths = [f"{cache_dir}/{s}.parquet" for s in atoms["source"]]
-    keys, L = read_aligned(paths + [f"{cache_dir}/{target}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet"])
-    train, K = (keys["split"] == "train").to_numpy(), len(paths)
+    keys, X, C = read_aligned(paths + [f"{cache_dir}/{target}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet"])
+    train, K, head = (keys["split"] == "train").to_numpy(), len(paths), read_head(head_path)
     frames = []
     for loo in (False, True) if atoms["is_target"].any() else (False,):
         use = np.flatnonzero(~atoms["is_target"].to_numpy()) if loo else np.arange(K)
-        df = fit_path(L[use], L[K], L[K + 1], train, list(atoms["atom"].iloc[use]), settings)
+        df = fit_path(head, (X[use], C[use]), (X[K], C[K]), (X[K + 1], C[K + 1]), train,
+                      list(atoms["atom"].iloc[use]), settings)
         df["is_target"] = df["atom"].isin(atoms.loc[atoms["is_target"], "atom"])
         df["leave_one_out"] = loo
         df["target"] = target
@@ -113,32 +110,33 @@ def run_fit(cache_dir: str, atoms: pd.DataFrame, behavior: str, target: str, set
     return df
 
 
-def run_noise(cache_dir: str, atoms: pd.DataFrame, behavior: str, noise_sources: dict[str, dict],
+def run_noise(cache_dir: str, head_path, atoms: pd.DataFrame, behavior: str, noise_sources: dict[str, dict],
               settings: PathSettings, out) -> pd.DataFrame:
     """Phase 0.5: each noisy copy of the target fitted over the full dictionary, plus its distance
     from the clean target and from the unprompted model (test rows)."""
     paths = [f"{cache_dir}/{s}.parquet" for s in atoms["source"]]
-    keys, L = read_aligned(paths + [f"{cache_dir}/{TARGET}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet"])
-    K, train = len(paths), (keys["split"] == "train").to_numpy()
-    clean, base = L[K], L[K + 1]
+    keys, X, C = read_aligned(paths + [f"{cache_dir}/{TARGET}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet"])
+    K, train, head = len(paths), (keys["split"] == "train").to_numpy(), read_head(head_path)
+    clean, base, dictionary = (X[K], C[K]), (X[K + 1], C[K + 1]), (X[:K], C[:K])
     frames, clean_fit = [], None
+    test = ~train
     for name, spec in noise_sources.items():
         if spec["sigma"] == 0:  # no noise: the clean target itself, the same for every seed
             noisy = clean
             if clean_fit is None:
-                clean_fit = fit_path(L[:K], noisy, base, train, list(atoms["atom"]), settings)
+                clean_fit = fit_path(head, dictionary, noisy, base, train, list(atoms["atom"]), settings)
             df = clean_fit.copy()
-        else:  # one noisy target in memory at a time
+        else:
             path = f"{cache_dir}/{name}.parquet"
-            k, noisy = read_logprobs(path)
+            k, *noisy = read_states(path)
             check_aligned(keys, k, path, paths[0])
-            df = fit_path(L[:K], noisy, base, train, list(atoms["atom"]), settings)
+            df = fit_path(head, dictionary, noisy, base, train, list(atoms["atom"]), settings)
         df["is_target"] = df["atom"].isin(atoms.loc[atoms["is_target"], "atom"])
         df["target"] = name
         df["sigma"] = spec["sigma"]
         df["seed"] = spec["seed"]
-        df["kl_noisy_clean"] = mean_kl(noisy[~train], clean[~train])
-        df["kl_noisy_base"] = mean_kl(noisy[~train], base[~train])
+        df["kl_noisy_clean"] = mean_kl(head, [t[test] for t in noisy], [t[test] for t in clean])
+        df["kl_noisy_base"] = mean_kl(head, [t[test] for t in noisy], [t[test] for t in base])
         frames.append(df)
     df = pd.concat(frames)
     df.insert(0, "behavior", behavior)

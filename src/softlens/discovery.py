@@ -5,8 +5,8 @@ selected lambda), the KL gradient for adding candidate j at weight 0 is
 
     g_j = mean_n ( E_{q_w}[L_j] - E_P[L_j] ),
 
-which needs only that candidate's log-probs on the contexts: one forward per candidate, no cache
-kept. |g_j| is how fast the objective falls as j enters, either sign (weights may be negative).
+which needs only that candidate's head states on the contexts (softlens.head: E_q[L_j] is one dot
+product with E_q[W_v] per context): one forward per candidate, no cache kept. |g_j| is how fast the objective falls as j enters, either sign (weights may be negative).
 Shards of the pool are independent jobs; only the best `top` are scored on every context.
 
 Pursuit. From the empty dictionary (q uniform), add the atom with the largest |gradient| among the
@@ -25,9 +25,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import ConfigError
-from .decompose import UNPROMPTED_SOURCE, PathSettings, fit_path_split, mean_kl
+from .decompose import UNPROMPTED_SOURCE, PathSettings, fit_path
+from .head import Moments, OutputHead, read_head
 from .io import check_aligned
-from .poe import PoEProblem, solve
+from .poe import FactoredProblem, solve
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +66,22 @@ def selected_weights(fit: pd.DataFrame, leave_one_out: bool = True) -> pd.Series
     return part.set_index("atom")["weight"]
 
 
-def mixture_logprobs(L: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """log q_w = log_softmax(sum_i w_i L_i) over (K, R, V) atom log-probs, float64 sums."""
-    z = torch.zeros(L.shape[1:], dtype=torch.float64)
-    for i in np.flatnonzero(weights):
-        z.add_(torch.from_numpy(L[i]).double(), alpha=float(weights[i]))
-    return torch.log_softmax(z, -1).float().numpy()
+@dataclass
+class Residual:
+    """One target on the screening rows: its distribution's moments and the current fit's (softlens.head)."""
+
+    keys: pd.DataFrame
+    target: Moments
+    current: Moments
+    kl_current: float
+    support: list[str]
 
 
-def screening_scores(L_j: np.ndarray, target: np.ndarray, current: np.ndarray) -> tuple[float, float]:
-    """(gradient g_j = mean_n sum_v (q - P) L_j, and KL(P || p_j) alone) from log-probs (R, V)."""
-    lj = torch.from_numpy(L_j).double()
-    p, q = torch.from_numpy(target).double().exp(), torch.from_numpy(current).double().exp()
-    g = float(((q - p) * lj).sum(-1).mean())
-    return g, mean_kl(target, L_j)
+def screening_scores(states: np.ndarray, lse: np.ndarray, residual: Residual) -> tuple[float, float]:
+    """(gradient g_j = mean_n E_q[L_j] - E_P[L_j], and KL(P || p_j) alone) for candidate j's cached rows."""
+    x, c = torch.from_numpy(np.asarray(states)), torch.from_numpy(np.asarray(lse))
+    g = float((residual.current.cross(x, c) - residual.target.cross(x, c)).mean())
+    return g, float(residual.target.kl_to(x, c).mean())
 
 
 def screening_rows(keys: pd.DataFrame, seed: int, messages: int) -> np.ndarray:
@@ -92,36 +95,44 @@ def screening_rows(keys: pd.DataFrame, seed: int, messages: int) -> np.ndarray:
 
 
 def score_texts(lm, slot, teacher: pd.DataFrame, texts, positions: int, batch_size: int, message_ids=None):
-    """Log-probs (R, V) of each text as a hard prompt on the teacher's contexts (all, or `message_ids`),
-    with the cache's keys (message_id, split, position) for the rows; yields (text, keys, logprobs)."""
+    """Each text as a hard prompt on the teacher's contexts (all, or `message_ids`), in factored form:
+    yields (text, keys (message_id, split, position), states, lse)."""
     from .logprobs import score
     from .slot import HardPrompt
 
+    head = OutputHead.from_model(lm.model)
     t = teacher if message_ids is None else teacher[teacher["message_id"].isin(message_ids)]
     messages, completions = list(t["user_message"]), [list(c) for c in t["completion_ids"]]
     for text in texts:
-        logp, rows = score(lm, slot, HardPrompt(text), messages, completions, positions, batch_size, desc=None)
+        states, lse, rows = score(lm, slot, HardPrompt(text), messages, completions, positions, batch_size,
+                                  desc=None, head=head)
         keys = pd.DataFrame({"message_id": t["message_id"].to_numpy()[rows[:, 0]],
                              "split": t["split"].to_numpy()[rows[:, 0]], "position": rows[:, 1]})
-        yield text, keys, logp
+        yield text, keys, states, lse
 
 
-def residual(cache_dir, atoms: pd.DataFrame, target: str, fit_file, rows_seed: int, messages: int):
-    """(keys of the screening rows, target log-probs P, current mixture log q_w, the hand-written support)
-    on `messages` train messages: q_w is the hand-written leave-one-out fit at its selected lambda."""
+def residual(cache_dir, head: OutputHead, atoms: pd.DataFrame, target: str, fit_file, rows_seed: int,
+             messages: int) -> Residual:
+    """The target and the hand-written leave-one-out fit at its selected lambda (q_w) on `messages` train
+    messages."""
     from .io import read_aligned
 
     w = selected_weights(pd.read_parquet(fit_file))
     use = atoms[atoms["atom"].isin(w[w != 0].index)]
-    keys, L = read_aligned([f"{cache_dir}/{s}.parquet" for s in use["source"]] + [f"{cache_dir}/{target}.parquet"])
+    keys, X, C = read_aligned([f"{cache_dir}/{s}.parquet" for s in use["source"]] + [f"{cache_dir}/{target}.parquet"])
     rows = screening_rows(keys, rows_seed, messages)
-    current = mixture_logprobs(L[:-1][:, rows], w.loc[use["atom"]].to_numpy())
-    return keys[rows].reset_index(drop=True), L[-1][rows], current, list(use["atom"])
+    weights = np.array(w.loc[use["atom"]], dtype=np.float64)
+    u = torch.einsum("k,knd->nd", torch.from_numpy(weights), torch.from_numpy(X[:-1][:, rows]).double()).float()
+    s = float(weights.sum())
+    lse_q = head.lse(u, s)
+    P = head.moments(torch.from_numpy(X[-1][rows]), torch.from_numpy(C[-1][rows]))
+    return Residual(keys[rows].reset_index(drop=True), P, head.moments(u, lse_q, s),
+                    float(P.kl_to(u, lse_q, s).mean()), list(use["atom"]))
 
 
-def run_screen(manifest, teacher_path, pool_path, targets: dict, cache_dir, atoms: pd.DataFrame, shard_index: int,
-               shards: int, settings: ScreenSettings, model_settings: dict, positions: int, seed: int,
-               out) -> pd.DataFrame:
+def run_screen(manifest, teacher_path, pool_path, targets: dict, cache_dir, head_path, atoms: pd.DataFrame,
+               shard_index: int, shards: int, settings: ScreenSettings, model_settings: dict, positions: int,
+               seed: int, out) -> pd.DataFrame:
     """Score one shard of a pool against every target's residual (`targets`: name -> its hand-written
     fit file). A candidate's log-probs do not depend on the target, so each costs one forward for all."""
     from .io import read_teacher, write_table
@@ -129,12 +140,13 @@ def run_screen(manifest, teacher_path, pool_path, targets: dict, cache_dir, atom
     from .pool import shard
     from .slot import PromptSlot
 
+    head = read_head(head_path)
     pool = shard(pd.read_parquet(pool_path), shard_index, shards)
-    residuals = {name: residual(cache_dir, atoms, name, fit, seed, settings.messages) for name, fit in targets.items()}
-    keys = next(iter(residuals.values()))[0]
-    for name, (k, *_) in residuals.items():
-        check_aligned(keys, k, f"the cache of {name}", "the first target's cache")
-    kl_current = {name: mean_kl(P, current) for name, (_, P, current, _) in residuals.items()}
+    residuals = {name: residual(cache_dir, head, atoms, name, fit, seed, settings.messages)
+                 for name, fit in targets.items()}
+    keys = next(iter(residuals.values())).keys
+    for name, r in residuals.items():
+        check_aligned(keys, r.keys, f"the cache of {name}", "the first target's cache")
 
     teacher = read_teacher(teacher_path)
     lm = load_model(manifest, model_settings)
@@ -142,44 +154,41 @@ def run_screen(manifest, teacher_path, pool_path, targets: dict, cache_dir, atom
     out_rows = []
     scored = score_texts(lm, slot, teacher, list(pool["text"]), positions, model_settings.get("batch_size", 16),
                          message_ids=keys["message_id"].unique())
-    for (_, cand), (_, k, logp) in tqdm(zip(pool.iterrows(), scored), total=len(pool), desc="screen", unit="cand"):
+    for (_, cand), (_, k, states, lse) in tqdm(zip(pool.iterrows(), scored), total=len(pool), desc="screen",
+                                               unit="cand"):
         check_aligned(keys, k, f"candidate {cand['candidate']}", "the target's cache")
-        for name, (_, P, current, _) in residuals.items():
-            g, kl_alone = screening_scores(logp, P, current)
+        for name, r in residuals.items():
+            g, kl_alone = screening_scores(states, lse, r)
             out_rows.append({"target": name, "candidate": int(cand["candidate"]), "text": cand["text"],
                              "kind": cand["kind"], "gradient": g, "kl_alone": kl_alone,
-                             "kl_current": kl_current[name]})
+                             "kl_current": r.kl_current})
     table = pd.DataFrame(out_rows, columns=["target", "candidate", "text", "kind", "gradient", "kl_alone",
                                             "kl_current"])
     table["shard"] = shard_index
     write_table(table, out, metadata={"settings": settings.__dict__, "rows": len(keys),
-                                      "hand_written_support": {n: r[3] for n, r in residuals.items()}})
+                                      "hand_written_support": {n: r.support for n, r in residuals.items()}})
     for name, part in table.groupby("target"):
         log.info("%s shard %d/%d: %d candidates; current KL %.4f; best |g| %.4f", name, shard_index, shards,
                  len(part), part["kl_current"].iloc[0], part["gradient"].abs().max())
     return table
 
 
-def pursue(L_train: np.ndarray, target_train: np.ndarray, base_train: np.ndarray, L_test: np.ndarray,
-           target_test: np.ndarray, base_test: np.ndarray, names: list[str], settings: PursuitSettings) -> pd.DataFrame:
-    """Greedy pursuit over atoms (K, R, V), rows split into train and test (contiguous arrays are used
-    without a copy): one row per (step, active atom) with the held-out score."""
-    train_p = PoEProblem(torch.from_numpy(L_train), torch.from_numpy(target_train), names)
-    test_p = PoEProblem(torch.from_numpy(L_test), torch.from_numpy(target_test), names)
-    kl_base_test = mean_kl(target_test, base_test)
-    kl_base_train = mean_kl(target_train, base_train)
+def pursue(train: FactoredProblem, test: FactoredProblem, kl_base_train: float, kl_base_test: float,
+           settings: PursuitSettings) -> pd.DataFrame:
+    """Greedy pursuit over the atoms of a fitting problem (`test` holds the same atoms on held-out rows):
+    one row per (step, active atom) with the held-out score."""
+    names = train.atoms
     w, active, rows = np.zeros(len(names)), [], []
     best, stall = -np.inf, 0
     for step in tqdm(range(1, min(settings.max_atoms, len(names)) + 1), desc="pursuit", unit="atom"):
-        g = train_p.screen(w)
+        g = train.screen(w)
         g[active] = 0.0
         j = int(np.abs(g).argmax())
         active.append(j)
-        sub = PoEProblem(train_p.L[active], train_p.target, [names[i] for i in active])
-        fit = solve(sub, settings.lam, w[active])
+        fit = solve(train.subset(active), settings.lam, w[active])
         w = np.zeros(len(names))
         w[active] = fit.weights
-        e_test = 1 - test_p.kl(w) / kl_base_test
+        e_test = 1 - test.kl(w) / kl_base_test
         for i in active:
             rows.append({"step": step, "added": names[j], "gradient": float(g[j]), "atom": names[i],
                          "weight": float(w[i]), "nnz": int(np.count_nonzero(w)),
@@ -197,13 +206,13 @@ def pursue(L_train: np.ndarray, target_train: np.ndarray, base_train: np.ndarray
     return path
 
 
-def run_pursuit(manifest, teacher_path, screen_paths, cache_dir, atoms: pd.DataFrame, behavior: str, target: str,
-                screen: ScreenSettings, pursuit: PursuitSettings, path_settings: PathSettings, model_settings: dict,
-                positions: int, out) -> pd.DataFrame:
+def run_pursuit(manifest, teacher_path, screen_paths, cache_dir, head_path, atoms: pd.DataFrame, behavior: str,
+                target: str, screen: ScreenSettings, pursuit: PursuitSettings, path_settings: PathSettings,
+                model_settings: dict, positions: int, out) -> pd.DataFrame:
     """Gather the screen, score its best `top` candidates on every context, then fit two dictionaries:
     `generated` (those candidates alone, along the lambda path) and `discovered` (pursuit over them
     together with the hand-written atoms). The behaviour's instruction is in neither."""
-    from .io import read_logprobs, read_teacher, write_table
+    from .io import read_aligned, read_teacher, write_table
     from .models import load_model
     from .slot import PromptSlot
 
@@ -215,25 +224,20 @@ def run_pursuit(manifest, teacher_path, screen_paths, cache_dir, atoms: pd.DataF
 
     hand = atoms[~atoms["is_target"]]
     K0 = len(hand)
+    head = read_head(head_path)
+    keys, X, C = read_aligned([f"{cache_dir}/{s}.parquet" for s in hand["source"]]
+                              + [f"{cache_dir}/{target}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet"])
+    P, base = (X[K0], C[K0]), (X[K0 + 1], C[K0 + 1])
+    X, C = np.concatenate([X[:K0], np.empty((len(best), *X.shape[1:]), np.float32)]), \
+        np.concatenate([C[:K0], np.empty((len(best), C.shape[1]))])
     teacher = read_teacher(teacher_path)
     lm = load_model(manifest, model_settings)
     slot = PromptSlot.for_model(lm, model_settings.get("slot"))
-    # Every atom's rows go straight into train and test arrays, one source at a time: the solver then
-    # uses them without a copy, so the job holds the dictionary's log-probs once (~4 GB for 56 atoms).
-    keys, P = read_logprobs(f"{cache_dir}/{target}.parquet")
-    _, base = read_logprobs(f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet")
-    train = (keys["split"] == "train").to_numpy()
-    L_train = np.empty((K0 + len(best), int(train.sum()), P.shape[1]), dtype=np.float32)
-    L_test = np.empty((K0 + len(best), int((~train).sum()), P.shape[1]), dtype=np.float32)
-    for i, source in enumerate(hand["source"]):
-        k, logp = read_logprobs(f"{cache_dir}/{source}.parquet")
-        check_aligned(keys, k, f"{cache_dir}/{source}.parquet", f"{cache_dir}/{target}.parquet")
-        L_train[i], L_test[i] = logp[train], logp[~train]
-    for n, (text, k, logp) in enumerate(score_texts(lm, slot, teacher, list(best["text"]), positions,
-                                                    model_settings.get("batch_size", 16))):
+    for n, (text, k, states, lse) in enumerate(score_texts(lm, slot, teacher, list(best["text"]), positions,
+                                                           model_settings.get("batch_size", 16))):
         check_aligned(keys, k, f"pool candidate {text!r}", f"{cache_dir}/{target}.parquet")
-        L_train[K0 + n], L_test[K0 + n] = logp[train], logp[~train]
-    P_train, base_train, P_test, base_test = P[train], base[train], P[~train], base[~train]
+        X[K0 + n], C[K0 + n] = states, lse
+    train = (keys["split"] == "train").to_numpy()
 
     pool_names = [f"pool-{c}" for c in best["candidate"]]
     info = pd.concat([
@@ -241,11 +245,13 @@ def run_pursuit(manifest, teacher_path, screen_paths, cache_dir, atoms: pd.DataF
         pd.DataFrame({"atom": pool_names, "text": best["text"].to_numpy(), "kind": best["kind"].to_numpy()}),
     ], ignore_index=True)
 
-    generated = fit_path_split(L_train[K0:], P_train, base_train, L_test[K0:], P_test, base_test, pool_names,
-                               path_settings)
+    generated = fit_path(head, (X[K0:], C[K0:]), P, base, train, pool_names, path_settings)
     generated = generated.assign(dictionary_kind="generated", step=generated["lambda_index"])
-    discovered = pursue(L_train, P_train, base_train, L_test, P_test, base_test, list(info["atom"]), pursuit)
-    discovered = discovered.assign(dictionary_kind="discovered")
+    problems = [FactoredProblem(head, X[:, rows], C[:, rows], P[0][rows], P[1][rows], list(info["atom"]))
+                for rows in (train, ~train)]
+    kl_base = [float(p.P.kl_to(torch.from_numpy(base[0][rows]), torch.from_numpy(base[1][rows])).mean())
+               for p, rows in zip(problems, (train, ~train))]
+    discovered = pursue(*problems, *kl_base, pursuit).assign(dictionary_kind="discovered")
     cols = ["dictionary_kind", "step", "atom", "weight", "nnz", "explained_kl_train", "explained_kl_test",
             "selected"]
     table = pd.concat([generated[cols + ["lambda"]], discovered[cols + ["added", "gradient"]]], ignore_index=True)

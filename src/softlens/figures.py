@@ -302,3 +302,23 @@ def sae_jaccard(table: pd.DataFrame, out) -> None:
     fig.suptitle("Active SAE features shared with the ground-truth instruction", y=1.02)
     fig.tight_layout()
     _save(fig, out)
+
+
+def costs(table: pd.DataFrame, out) -> None:
+    """Job-seconds (core time) and peak memory per stage, one dot per job for the memory."""
+    from .costs import by_stage
+
+    stages = by_stage(table)
+    order = list(stages["stage"])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 0.45 * len(order) + 1.5), sharey=True)
+    a.barh(stages["stage"], stages["job_seconds"], color="tab:blue")
+    for y, (s, n) in enumerate(zip(stages["job_seconds"], stages["jobs"])):
+        a.text(s, y, f" {s:,.0f} s, {n} jobs", va="center", fontsize=8)
+    a.set_xlabel("job-seconds (seconds x threads)")
+    a.set_title(f"total {stages['job_seconds'].sum():,.0f} job-seconds in {int(stages['jobs'].sum())} jobs")
+    sns.stripplot(data=table, x="max_rss_mb", y="stage", order=order, ax=b, size=4, color="tab:orange", jitter=0.2)
+    b.set_xlabel("peak memory per job (MB)")
+    b.set_ylabel("")
+    b.set_title("peak RSS")
+    a.invert_yaxis()
+    _save(fig, out)

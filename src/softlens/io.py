@@ -182,35 +182,40 @@ def export_peft(prompt_path, manifest, adapter_dir) -> None:
     write_peft_prompt(adapter_dir, vectors, model_path, model_config)
 
 
-# --- log-prob caches: one row per (message_id, position), a fixed-size list of V log-probs ---------
+# --- log-prob caches: one row per (message_id, position): the head input and its log-normaliser ---
 
-def write_logprobs(path, teacher: pd.DataFrame, logprobs, rows, dtype: str, metadata: dict) -> None:
-    values = np.ascontiguousarray(logprobs, dtype=np.float16 if dtype == "float16" else np.float32)
+def write_states(path, teacher: pd.DataFrame, states, lse, rows, metadata: dict) -> None:
+    """A factored log-prob cache (softlens.head): states (R, d) float32 and lse (R,) float64."""
+    states = np.ascontiguousarray(states, dtype=np.float32)
+    lse = np.asarray(lse, dtype=np.float64)
+    if not (np.isfinite(states).all() and np.isfinite(lse).all()):
+        raise ValueError(f"log-prob cache {str(path)!r}: the states to write contain NaN or inf")
     table = pa.table({
         "message_id": pa.array(teacher["message_id"].to_numpy()[rows[:, 0]]),
         "split": pa.array(teacher["split"].to_numpy()[rows[:, 0]]),
         "position": pa.array(rows[:, 1].astype(np.int16)),
-        "logprobs": pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1]),
+        "lse": pa.array(lse),
+        "state": pa.FixedSizeListArray.from_arrays(pa.array(states.reshape(-1)), states.shape[1]),
     })
     table = table.replace_schema_metadata({b"softlens": json.dumps(metadata, sort_keys=True).encode()})
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", use_dictionary=False)  # 3x faster reads, smaller
+        pq.write_table(table, tmp, compression="zstd", use_dictionary=False)
 
 
-def read_logprobs(path) -> tuple[pd.DataFrame, np.ndarray]:
-    """(keys: message_id, split, position; log-probs (R, V) float32), checked finite and normalised."""
-    table = pq.read_table(path)
-    col = table.column("logprobs").combine_chunks()
-    values = col.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(table), -1)
-    if not np.isfinite(values).all():
+def read_states(path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """(keys: message_id, split, position; states (R, d) float32; lse (R,) float64), checked finite."""
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise ValueError(f"log-prob cache {str(path)!r} is unreadable: {e}") from None
+    if "state" not in table.column_names:
+        raise ValueError(f"{str(path)!r} is not a factored log-prob cache (no 'state' column): rebuild it")
+    col = table.column("state").combine_chunks()
+    states = col.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(table), -1)
+    lse = table.column("lse").to_numpy().astype(np.float64)
+    if not (np.isfinite(states).all() and np.isfinite(lse).all()):
         raise ValueError(f"log-prob cache {str(path)!r} contains NaN or inf")
-    # float16 storage leaves each row's probabilities summing to 1 +- 1e-3: renormalise, since a KL
-    # against a distribution that does not sum to one is biased by that much.
-    import torch
-
-    t = torch.from_numpy(values)
-    t -= torch.logsumexp(t.double(), -1, keepdim=True).float()
-    return table.select(["message_id", "split", "position"]).to_pandas(), values
+    return table.select(["message_id", "split", "position"]).to_pandas(), states, lse
 
 
 def check_aligned(keys: pd.DataFrame, other: pd.DataFrame, path, reference) -> None:
@@ -222,17 +227,18 @@ def check_aligned(keys: pd.DataFrame, other: pd.DataFrame, path, reference) -> N
                          f"rows must match by (message_id, position)")
 
 
-def read_aligned(paths: list) -> tuple[pd.DataFrame, np.ndarray]:
-    """Stack caches that score the same contexts into (K, R, V); rows must align by (message_id, position)."""
-    keys, out = None, None
+def read_aligned(paths: list) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Stack caches that score the same contexts: (keys, states (K, R, d), lse (K, R)); rows must align
+    by (message_id, position)."""
+    keys, X, C = None, None, None
     for i, p in enumerate(paths):
-        k, v = read_logprobs(p)
+        k, x, lse = read_states(p)
         if keys is None:
             keys = k
-            out = np.empty((len(paths), *v.shape), dtype=np.float32)
+            X, C = np.empty((len(paths), *x.shape), dtype=np.float32), np.empty((len(paths), len(x)))
         else:
             check_aligned(keys, k, p, paths[0])
-        if v.shape[1] != out.shape[2]:
-            raise ValueError(f"log-prob cache {str(p)!r} has vocabulary {v.shape[1]}, expected {out.shape[2]}")
-        out[i] = v
-    return keys, out
+        if x.shape[1] != X.shape[2]:
+            raise ValueError(f"log-prob cache {str(p)!r} has width {x.shape[1]}, expected {X.shape[2]}")
+        X[i], C[i] = x, lse
+    return keys, X, C

@@ -1,5 +1,8 @@
 """Next-token log-prob caches: one source (slot content) scored on a behaviour's teacher contexts.
 
+A cache holds each context's distribution in factored form (softlens.head): the output head's input
+and the log-normaliser, from which every log-prob is one dot product.
+
 A context is (user message, teacher completion prefix y_<t) for t < T. Every source is scored on the
 same contexts, so cache rows align by (message_id, position) across sources.
 
@@ -18,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .head import OutputHead
 from .slot import PromptSlot, SlotContent
 
 log = logging.getLogger(__name__)
@@ -64,16 +68,30 @@ def fed_completions(completions: Sequence[Sequence[int]], positions: int, pad_id
     return [list(c[:positions - 1]) + [pad_id] * (positions - 1 - len(c[:positions - 1])) for c in completions]
 
 
+def forward_states(lm, batch, positions: int, prefix=None, start: int = 0) -> torch.Tensor:
+    """The output head's input (B, T, d) float32 at the last `positions` positions of an "inner"-padded
+    batch: the states a factored cache stores (softlens.head)."""
+    captured = []
+    handle = lm.model.get_output_embeddings().register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+    try:
+        forward_scored(lm, batch, positions, prefix, start)
+    finally:
+        handle.remove()
+    return captured[0][:, -positions:].float()
+
+
 @torch.no_grad()
 def score(lm, slot: PromptSlot, content: SlotContent, messages: Sequence[str],
           completions: Sequence[Sequence[int]], positions: int, batch_size: int = 16,
-          desc: str | None = "score") -> tuple[np.ndarray, np.ndarray]:
-    """Log-probs (R, V) float32 at the first `positions` completion positions of every message.
+          desc: str | None = "score", head: OutputHead | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Factored next-token distributions at the first `positions` completion positions of every message.
 
-    Returns (logprobs, rows) where rows[r] = (message index, position). Position t is the
-    distribution of completion token t given the message and y_<t (t < len(completion)).
+    Returns (states (R, d) float32, lse (R,) float64, rows) where rows[r] = (message index, position) and
+    log p(v) = states[r] . W_v + b_v - lse[r] for the model's output head (softlens.head). Position t is
+    the distribution of completion token t given the message and y_<t (t < len(completion)).
     `desc=None` hides the progress bar (a caller scoring many sources shows its own).
     """
+    head = head or OutputHead.from_model(lm.model)
     fed = fed_completions(completions, positions, slot.pad_id)
     out, rows, prefix = [], [], None
     for i in tqdm(range(0, len(messages), batch_size), desc=desc, unit="batch", leave=False, disable=desc is None):
@@ -81,29 +99,40 @@ def score(lm, slot: PromptSlot, content: SlotContent, messages: Sequence[str],
         if prefix is None:  # the shared prefix (text before and in the slot), once per source
             P = batch.prefix_len
             prefix = lm.model(inputs_embeds=batch.inputs_embeds[:1, :P], use_cache=True).past_key_values if P else False
-        logp, _ = forward_scored(lm, batch, positions, prefix, batch.prefix_len if prefix else 0)
-        for b in range(logp.shape[0]):
+        x = forward_states(lm, batch, positions, prefix, batch.prefix_len if prefix else 0).cpu()
+        for b in range(x.shape[0]):
             n = min(positions, len(completions[i + b]))
-            out.append(logp[b, :n].cpu())
+            out.append(x[b, :n])
             rows += [(i + b, t) for t in range(n)]
-    return torch.cat(out).numpy(), np.array(rows, dtype=np.int64).reshape(-1, 2)
+    states = torch.cat(out)
+    return states.numpy(), head.lse(states).numpy(), np.array(rows, dtype=np.int64).reshape(-1, 2)
 
 
 def run_sources(manifest, teacher_path, sources: dict[str, dict], outputs: dict[str, str], model_settings: dict,
-                positions: int, dtype: str, steering_file=None) -> None:
+                positions: int, steering_file=None) -> None:
     """Score each named source on the behaviour's teacher contexts and write one cache per source."""
-    from .io import read_teacher, write_logprobs
+    from .io import read_teacher, write_states
     from .models import load_model
     from .sources import activate
 
     lm = load_model(manifest, model_settings)
     run_slot = PromptSlot.for_model(lm, model_settings.get("slot"))
+    head = OutputHead.from_model(lm.model)
     teacher = read_teacher(teacher_path)
     messages, completions = list(teacher["user_message"]), [list(c) for c in teacher["completion_ids"]]
     for name, source in tqdm(sources.items(), desc="sources", unit="source"):
         with activate(lm, run_slot, source, steering_file) as (slot, content):
-            logp, rows = score(lm, slot, content, messages, completions, positions,
-                               model_settings.get("batch_size", 16), desc=name)
-        write_logprobs(outputs[name], teacher, logp, rows, dtype,
-                       metadata={"source": name, "spec": source, "behavior": str(teacher["behavior"].iloc[0]),
-                                 "positions": positions, "slot": slot.position})
+            states, lse, rows = score(lm, slot, content, messages, completions, positions,
+                                      model_settings.get("batch_size", 16), desc=name, head=head)
+        write_states(outputs[name], teacher, states, lse, rows,
+                     metadata={"source": name, "spec": source, "behavior": str(teacher["behavior"].iloc[0]),
+                               "positions": positions, "slot": slot.position})
+
+
+def run_head(manifest, model_settings: dict, out) -> None:
+    """Write the model's output head (the decoder every factored cache is read with)."""
+    from .head import save_head
+    from .models import load_model
+
+    lm = load_model(manifest, {**model_settings, "device": "cpu", "dtype": "float32"})
+    save_head(OutputHead.from_model(lm.model), out, {"model": str(manifest)})

@@ -15,11 +15,16 @@ contexts and the mixture logits accumulate in float64.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .head import OutputHead
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +43,25 @@ class Fit:
     kkt: float                   # max KKT violation at the returned weights
     converged: bool
     status: str = ""
+    rounds: int = 0              # full-vocabulary rounds (factored caches)
 
     @property
     def nnz(self) -> int:
         return int(np.count_nonzero(self.weights))
 
 
+class _Screened:
+    """lambda_max from a problem's all-atom gradient (`screen`), computed once."""
+
+    def lambda_max(self) -> float:
+        """The smallest lam at which w = 0 is optimal."""
+        if "_lambda_max" not in self.__dict__:
+            self._lambda_max = float(np.abs(self.screen(np.zeros(self.K))).max())
+        return self._lambda_max
+
+
 @dataclass
-class PoEProblem:
+class PoEProblem(_Screened):
     """Atom log-probs L (K, N, V), atom-major, and target log-probs (N, V) on the same contexts.
 
     Atom-major layout makes the all-atom gradient one matrix-vector product over (K, N*V), several
@@ -162,11 +178,254 @@ class PoEProblem:
             g += torch.mv(self.L[:, c].reshape(self.K, -1), r.view(-1)).double()
         return g.numpy() / self.N
 
-    def lambda_max(self) -> float:
-        """The smallest lam at which w = 0 is optimal."""
-        if "_lambda_max" not in self.__dict__:
-            self._lambda_max = float(np.abs(self.screen(np.zeros(self.K))).max())
-        return self._lambda_max
+
+@dataclass
+class TangentProblem(_Screened):
+    """A model of the PoE objective around a point w0, on a few tokens per context (FactoredProblem.solve).
+
+    Columns of L (K, N, k + M) are the atoms' log-probs on each context's k most probable tokens and on
+    M tokens drawn from the rest r (q_{w0} renormalised outside them), each draw weighted by
+    `offset` = -log(M r_v) so the rest's sum of exp(z) is estimated without bias and exactly at w0. The
+    target enters only through E_P[L] per context (`ep`, with a linear correction that makes the
+    draws' mean log-prob the rest's exact mean) and a constant: the model equals the full-vocabulary
+    objective at w0 in value and gradient, and its curvature is the head's plus the draws'.
+    Everything is float64 and small, so passes over it cost next to nothing.
+    """
+
+    L: torch.Tensor        # (K, N, k + M)
+    offset: torch.Tensor   # (N, k + M): 0 on the k tokens, the draws' log-weights (-inf with nothing left over)
+    ep: torch.Tensor       # (K, N)
+    const: float
+
+    def __post_init__(self):
+        self.K, self.N, _ = self.L.shape
+        self.ep_mean = self.ep.mean(1)
+
+    screen_tol = property(lambda self: 1e-12 * self.lambda_max())
+
+    def _q(self, w: np.ndarray):
+        nz = np.flatnonzero(w)
+        z = self.offset + torch.einsum("k,knv->nv", torch.from_numpy(w[nz]), self.L[nz])
+        lse = torch.logsumexp(z, -1, keepdim=True)
+        return (z - lse).exp(), float(lse.mean())
+
+    def kl(self, w: np.ndarray) -> float:
+        return self.const - float(self.ep_mean.numpy() @ w) + self._q(w)[1]
+
+    def derivatives(self, w: np.ndarray, atoms: np.ndarray, hessian: bool = False):
+        q, lse = self._q(w)
+        La = self.L[np.asarray(atoms, dtype=np.int64)]
+        eq = torch.einsum("snv,nv->sn", La, q)
+        g = eq.mean(1) - self.ep_mean[atoms]
+        H = None
+        if hessian:
+            H = ((torch.einsum("snv,tnv,nv->st", La, La, q) - eq @ eq.T) / self.N).numpy()
+        return self.const - float(self.ep_mean.numpy() @ w) + lse, g.numpy(), H
+
+    def screen(self, w: np.ndarray) -> np.ndarray:
+        q, _ = self._q(w)
+        return (torch.einsum("knv,nv->k", self.L, q) / self.N - self.ep_mean).numpy()
+
+
+
+@dataclass
+class FactoredProblem(_Screened):
+    """The PoE fit on cached states (see softlens.head): atoms' states X (K, N, d) and log-normalisers
+    C (K, N), the target's (N, d) and (N,), and the output head. Exact at full vocabulary.
+
+    The objective, its gradient for every atom and its value on held-out rows each cost one or two
+    (N, d) x (d, V) products, whatever K is. `solve` runs outer rounds: one full-vocabulary pass
+    builds a TangentProblem on each context's `head_tokens` most probable tokens (under the current
+    mixture and the target) plus a rest bucket, proximal Newton solves that small problem, and the next
+    pass checks every atom's optimality conditions on the full vocabulary. A fixed point of these
+    rounds meets the full problem's conditions, and they are what `converged` reports.
+    """
+
+    head: "OutputHead"
+    X: torch.Tensor
+    C: torch.Tensor
+    target_x: torch.Tensor
+    target_lse: torch.Tensor
+    atoms: list[str] = field(default_factory=list)
+    head_tokens: int = 128
+    rest_draws: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        self._rng = torch.Generator().manual_seed(self.seed)
+        self.X = torch.as_tensor(self.X).float().contiguous()
+        self.C = torch.as_tensor(self.C).double()
+        self.target_x = torch.as_tensor(self.target_x).float()
+        self.target_lse = torch.as_tensor(self.target_lse).double()
+        if self.X.ndim != 3 or self.C.shape != self.X.shape[:2] or self.target_x.shape != self.X.shape[1:] \
+                or self.target_lse.shape != self.X.shape[1:2]:
+            raise ValueError(f"states must be X (K, N, d), C (K, N), target (N, d) and (N,); got "
+                             f"{tuple(self.X.shape)}, {tuple(self.C.shape)}, {tuple(self.target_x.shape)}, "
+                             f"{tuple(self.target_lse.shape)}")
+        if self.X.shape[2] != self.head.d:
+            raise ValueError(f"states have width {self.X.shape[2]} but the output head {self.head.d}")
+        for name, t in (("atom states", self.X), ("atom log-normalisers", self.C), ("target states", self.target_x),
+                        ("target log-normalisers", self.target_lse)):
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{name} contain NaN or inf")
+        self.K, self.N, _ = self.X.shape
+        self.atoms = list(self.atoms) or [f"atom{i}" for i in range(self.K)]
+        if len(self.atoms) != self.K:
+            raise ValueError(f"{len(self.atoms)} atom names for {self.K} atoms")
+        self.P = self.head.moments(self.target_x, self.target_lse)
+        self.ep = (self.X.double() * self.P.mean).sum(-1) + self.P.bias - self.C   # E_P[L_i] per context
+        self.ep_mean = self.ep.mean(1)
+        self.const = float(self.P.plogp.mean())
+        self._target_top = self._top(self.target_x, self.target_lse)
+        self._chunks = [slice(a, min(a + self.head.rows_per_chunk(), self.N))
+                        for a in range(0, self.N, self.head.rows_per_chunk())]
+
+    def subset(self, idx) -> FactoredProblem:
+        """The same target and contexts over the atoms `idx` (no pass over the vocabulary)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        sub = copy.copy(self)
+        sub.X, sub.C, sub.ep = self.X[idx], self.C[idx], self.ep[idx]
+        sub.ep_mean, sub.K, sub.atoms = sub.ep.mean(1), len(idx), [self.atoms[i] for i in idx]
+        sub.__dict__.pop("_lambda_max", None)
+        return sub
+
+    def _top(self, x, lse):
+        """The target's most probable tokens per context (always in the token sets) and their probabilities."""
+        k = min(self.head_tokens // 4, self.head.V)
+        step, idx, prob = self.head.rows_per_chunk(), [], []
+        for a in range(0, len(x), step):
+            top = self.head.log_probs(x[a:a + step], lse[a:a + step]).topk(k, -1)
+            idx.append(top.indices)
+            prob.append(top.values.exp())
+        return torch.cat(idx), torch.cat(prob)
+
+    @property
+    def screen_tol(self) -> float:
+        """Resolution of the full-vocabulary gradient, as for float32 dense log-probs: conditions are checked
+        to 1e-5 of the gradient scale at w = 0 (benchmarks/poe_solver.py measures what that leaves)."""
+        return 1e-5 * self.lambda_max()
+
+
+    def _mix(self, w: np.ndarray, c: slice):
+        nz = np.flatnonzero(w)
+        u = torch.einsum("k,knd->nd", torch.from_numpy(w[nz]), self.X[nz, c].double())
+        return u, float(w.sum())
+
+    def _pass(self, w: np.ndarray, tokens: int = 0):
+        """One pass over the vocabulary at w: (mean KL, exact gradient (K,), TangentProblem on `tokens`
+        tokens per context), or the KL alone when `tokens` is 0.
+
+        The (rows, V) arrays are float32, as the cached states are (their logits carry ~1e-7 relative
+        rounding whatever the later precision); per-context sums are float64.
+        """
+        key = (w.tobytes(), tokens)
+        if self.__dict__.get("_last", (None,))[0] == key:
+            return self._last[1]
+        kl, g = 0.0, torch.zeros(self.K, dtype=torch.float64)
+        parts = []
+        W, b = self.head.weight, self.head.bias
+        tangent, k = tokens > 0, min(tokens, self.head.V)
+        for c in self._chunks:
+            u, s = self._mix(w, c)
+            z = u.float() @ W.T
+            if b is not None:
+                z += s * b
+            lse = torch.logsumexp(z, -1)
+            kl += float((self.P.plogp[c] - (u * self.P.mean[c]).sum(-1) - s * self.P.bias[c] + lse.double()).sum())
+            if not tangent:
+                continue
+            logq = z.sub_(lse[:, None])
+            q = logq.exp()
+            # token sets: the mixture's most probable tokens, with the target's top tokens always in
+            T = q.scatter_add(1, self._target_top[0][c], self._target_top[1][c].float()).topk(k, -1).indices
+            qT = q.gather(1, T)
+            q_rest = q.scatter_(1, T, 0.0)                                  # q outside T (q is spent)
+            mass = q_rest.sum(-1, dtype=torch.float64)
+            has_rest = mass > 0
+            draws = torch.multinomial(torch.where(has_rest[:, None], q_rest, 1.0), self.rest_draws,
+                                      replacement=True, generator=self._rng)
+            cols = torch.cat([T, draws], 1)
+            Wc = W[cols]                                                    # (rows, k + M, d)
+            m_rest = (q_rest @ W).double()                                  # sum_rest q_v W_v
+            m_q = torch.einsum("rk,rkd->rd", qT, Wc[:, :k]).double() + m_rest   # E_q[W_v]
+            rest_bias = torch.zeros_like(mass) if b is None else (q_rest @ b).double()
+            beta_q = rest_bias if b is None else rest_bias + (qT * b[T]).sum(-1).double()
+            X = self.X[:, c].double()                                       # (K, rows, d)
+            g += torch.einsum("krd,rd->k", X, m_q - self.P.mean[c]) + float((beta_q - self.P.bias[c]).sum())
+            # restricted data: the atoms' log-probs on T, and on `rest_draws` tokens drawn from the rest
+            # r = q_rest / mass, each standing for mass / M of it (offset -log(M r_v)): exact at w in value,
+            # and a sample of the rest's curvature, which a single bucket would miss where q is flat.
+            Lc = torch.einsum("krd,rtd->krt", self.X[:, c], Wc).double() - self.C[:, c, None]
+            if b is not None:
+                Lc += b[cols].double()
+            log_weight = (mass.clamp_min(1e-300).log()[:, None] - np.log(self.rest_draws)
+                          - logq.gather(1, draws).double())
+            offset = torch.cat([torch.zeros(len(T), k, dtype=torch.float64),
+                                torch.where(has_rest[:, None], log_weight, -np.inf)], 1)
+            # ... and a linear correction, so the gradient at w is exact too: the draws' mean log-prob
+            # replaced by the rest's exact mean (E_r[L_i] = x_i . E_r[W_v] + E_r[b_v] - lse_i)
+            safe = mass.clamp_min(1e-300)
+            tau = torch.einsum("krd,rd->kr", X, m_rest / safe[:, None]) + rest_bias / safe - self.C[:, c]
+            delta = torch.where(has_rest, mass * (tau - Lc[:, :, k:].mean(-1)), 0.0)
+            parts.append((Lc, offset, delta))
+        kl /= self.N
+        if not tangent:
+            return kl, None, None
+        g = (g / self.N).numpy()
+        L, offset, delta = (torch.cat(t, d) for t, d in zip(zip(*parts), (1, 0, 1)))
+        const = self.const - float((delta.mean(1) * torch.from_numpy(w)).sum())
+        self._last = (key, (kl, g, TangentProblem(L, offset, self.ep - delta, const)))
+        return self._last[1]
+
+    def kl(self, w: np.ndarray) -> float:
+        """mean_n KL(P_n || q_w(. | n)), full vocabulary."""
+        return self._pass(np.asarray(w, dtype=np.float64))[0]
+
+    def screen(self, w: np.ndarray) -> np.ndarray:
+        """The exact gradient over all K atoms."""
+        return self._pass(np.asarray(w, dtype=np.float64), self.head_tokens)[1]
+
+    def solve(self, lam: float, w0: np.ndarray | None = None, *, tol: float = 1e-9, max_iter: int = 100,
+              max_rounds: int = 50) -> Fit:
+        tol = max(tol, self.screen_tol)
+        w = np.zeros(self.K) if w0 is None else np.asarray(w0, dtype=np.float64).copy()
+        k = self.head_tokens
+        kl, g, tangent = self._pass(w, k)
+        status, rounds, inner = "max_rounds", 0, 0
+        for rounds in range(max_rounds):
+            if _kkt(w, g, lam).max() <= tol:
+                status = "converged"
+                break
+            fit = _proximal_newton(tangent, lam, w, tol=0.1 * tol, max_iter=max_iter)
+            inner += fit.iterations
+            # The tangent model agrees with the objective at w in value and gradient, so its minimiser is a
+            # descent direction: backtrack on the true objective (Armijo). Near the optimum the objective's
+            # float32 resolution (~1e-7 relative) hides the decrease; there a step that brings the exact
+            # optimality conditions closer is kept. A rejected full step means the model was poor (much
+            # mass outside the token sets): widen them from then on.
+            d, t = fit.weights - w, 1.0
+            F, kkt = kl + lam * np.abs(w).sum(), _kkt(w, g, lam).max()
+            delta = float(g @ d) + lam * (np.abs(fit.weights).sum() - np.abs(w).sum())
+            while True:
+                cand = w + t * d
+                kl_c, g_c, tangent_c = self._pass(cand, k)
+                F_c = kl_c + lam * np.abs(cand).sum()
+                if F_c <= F + 1e-4 * t * delta or (F_c <= F + 1e-7 * max(1.0, abs(F))
+                                                   and _kkt(cand, g_c, lam).max() < kkt):
+                    break
+                if t == 1.0:
+                    k = min(2 * k, 8 * self.head_tokens, self.head.V)
+                t *= 0.5
+                if t < 1e-3:
+                    status = "line_search_failed"
+                    break
+            if status == "line_search_failed":
+                break
+            w, kl, g, tangent = cand, kl_c, g_c, tangent_c
+        kkt = float(_kkt(w, g, lam).max())
+        converged = status == "converged"
+        return Fit(lam=lam, weights=w, objective=kl + lam * np.abs(w).sum(), kl=kl, iterations=inner, kkt=kkt,
+                   converged=converged, status=status, rounds=rounds)
 
 
 # --- the solver ---------------------------------------------------------------------------------
@@ -198,8 +457,18 @@ def _cd_quadratic(g: np.ndarray, H: np.ndarray, w: np.ndarray, lam: float, sweep
     return x
 
 
-def solve(problem: PoEProblem, lam: float, w0: np.ndarray | None = None, *, tol: float = 1e-9,
-          max_iter: int = 100) -> Fit:
+def solve(problem, lam: float, w0: np.ndarray | None = None, *, tol: float = 1e-9, max_iter: int = 100) -> Fit:
+    """Minimise mean KL + lam ||w||_1: outer rounds on factored caches (FactoredProblem.solve), else
+    proximal Newton directly on the dense log-probs."""
+    if lam < 0:
+        raise ValueError(f"lambda must be >= 0, got {lam}")
+    if isinstance(problem, FactoredProblem):
+        return problem.solve(lam, w0, tol=tol, max_iter=max_iter)
+    return _proximal_newton(problem, lam, w0, tol=tol, max_iter=max_iter)
+
+
+def _proximal_newton(problem, lam: float, w0: np.ndarray | None = None, *, tol: float = 1e-9,
+                     max_iter: int = 100) -> Fit:
     """Minimise mean KL + lam ||w||_1 by active-set proximal Newton.
 
     Inner loop: Newton steps on the working set S (support plus the worst violators) with the exact
@@ -207,19 +476,18 @@ def solve(problem: PoEProblem, lam: float, w0: np.ndarray | None = None, *, tol:
     all atoms; violators (beyond the problem's screen_tol) join S. Never raises on non-convergence:
     the Fit says so (`solve_path` raises).
     """
-    if lam < 0:
-        raise ValueError(f"lambda must be >= 0, got {lam}")
     tol = max(tol, problem.screen_tol)  # no finer than the data resolve
     w = np.zeros(problem.K) if w0 is None else np.asarray(w0, dtype=np.float64).copy()
     total, status = 0, "max_iter"
     verified = np.zeros(problem.K, dtype=bool)  # atoms whose KKT conditions the exact pass confirmed
+    checked = False  # the support's own conditions met at least once (a warm start may already be optimal)
     for _ in range(50):
         g = problem.screen(w)
         viol = np.where((w != 0) | verified, 0.0, np.maximum(np.abs(g) - lam - problem.screen_tol, 0.0))
         support = np.flatnonzero(w)
         new = np.argsort(-viol)[: max(5, len(support))]
         new = new[viol[new] > 0]
-        if len(new) == 0 and (total > 0 or len(support) == 0):
+        if len(new) == 0 and (checked or len(support) == 0):
             status = "converged"
             break
         S = np.union1d(support, new)
@@ -251,11 +519,14 @@ def solve(problem: PoEProblem, lam: float, w0: np.ndarray | None = None, *, tol:
             w = cand
         if not inner_ok:
             break
+        checked = True
         verified[:] = False
         verified[S] = True
     kl, gS, _ = problem.derivatives(w, np.flatnonzero(w))
     support = np.flatnonzero(w)
     kkt = float(_kkt(w[support], gS, lam).max()) if len(support) else 0.0
+    zero = w == 0  # every atom's conditions, the zero ones to the resolution of the screening pass
+    kkt = max(kkt, float(np.maximum(np.abs(problem.screen(w)[zero]) - lam - problem.screen_tol, 0).max(initial=0)))
     converged = status == "converged" and kkt <= tol
     return Fit(lam=lam, weights=w, objective=kl + lam * np.abs(w).sum(), kl=kl, iterations=total, kkt=kkt,
                converged=converged, status="converged" if converged else status)
@@ -284,7 +555,8 @@ def solve_path(problem: PoEProblem, lambdas: np.ndarray, *, tol: float = 1e-9, m
                                f"{fit.iterations} iterations, KKT violation {fit.kkt:.2e} (tol {tol:.0e})")
         w = fit.weights
         fits.append(fit)
-        log.info("lambda %.3g: kl %.5f, nnz %d, %d iterations", lam, fit.kl, fit.nnz, fit.iterations)
+        log.info("lambda %.3g: kl %.5f, nnz %d, %d iterations, %d rounds", lam, fit.kl, fit.nnz, fit.iterations,
+                 fit.rounds)
     return fits
 
 

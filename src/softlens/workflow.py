@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 
@@ -23,3 +24,8 @@ def soft_prompt_job(snakemake) -> tuple:
     w = snakemake.wildcards
     return (snakemake.input.model, snakemake.input.teacher, snakemake.input.prompt, snakemake.params.behavior,
             w.variant, int(w.seed), snakemake.params.training)
+
+
+def machine_memory_mb(share: float = 0.9) -> int:
+    """This machine's physical memory in MB, less a margin for the OS and Snakemake itself."""
+    return int(share * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20)
