@@ -4,6 +4,7 @@ rule costs_table:
     output:
         costs="results/tables/costs.csv",
         rules="results/tables/costs_rules.csv",
+        profile="results/tables/costs_profile.yaml",
     log:
         "logs/tables/costs.log",
     localrule: True

