@@ -172,6 +172,7 @@ def fit_inputs(wildcards):
     d = cache_dir(wildcards)
     return {
         "head": head_file(wildcards),
+        "exclusions": f"results/{wildcards.model}/exclusion/{wildcards.behavior}.parquet",
         "caches": [f"{d}/atom-{a}.parquet" for a in ATOMS]
         + [f"{d}/target.parquet", f"{d}/unprompted.parquet"],
     }
@@ -228,6 +229,7 @@ def all_but_costs(wildcards=None):
             "results/figures/verbalisation.png",
             "results/figures/dictionary.png",
             "results/figures/dictionary_atoms.png",
+            "results/figures/recovery.png",
             "results/figures/sae.png",
             "results/figures/sae_jaccard.png",
         ]
@@ -301,6 +303,7 @@ def pursuit_inputs(wildcards):
     return {
         **model_and_teacher(wildcards),
         **phase1_fit_inputs(wildcards),
+        "pool": f"results/{wildcards.model}/discovery/{wildcards.behavior}/pool.parquet",
         "screens": expand(
             "results/{model}/discovery/{behavior}/screen-{shard}.parquet",
             shard=SHARDS,

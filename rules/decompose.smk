@@ -14,7 +14,7 @@ rule logprobs_dictionary:
         "../envs/model.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=2000,
         gpu=GPU,
     params:
         sources=dictionary_sources,
@@ -38,7 +38,7 @@ rule logprobs_reference:
         "../envs/model.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=2000,
         gpu=GPU,
     params:
         sources=reference_sources,
@@ -61,7 +61,7 @@ rule logprobs_noise:
         "../envs/model.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=2000,
         gpu=GPU,
     params:
         sources=noisy_sources,
@@ -69,6 +69,25 @@ rule logprobs_noise:
         logprobs=config["logprobs"],
     script:
         "../scripts/logprobs.py"
+
+
+rule atom_exclusions:
+    input:
+        dictionary=config["dictionary"]["file"],
+    output:
+        "results/{model}/exclusion/{behavior}.parquet",
+    log:
+        "logs/{model}/exclusion/{behavior}.log",
+    conda:
+        "../envs/fit.yaml"
+    resources:
+        mem_mb=1500,
+    params:
+        behavior=get_behavior,
+        atoms=fit_atoms,
+        exclusion=config["exclusion"],
+    script:
+        "../scripts/atom_exclusions.py"
 
 
 rule fit_phase0:
@@ -88,6 +107,7 @@ rule fit_phase0:
     params:
         atoms=fit_atoms,
         poe=config["poe"],
+        exclusion=config["exclusion"],
         cache_dir=cache_dir,
         target="target",
     script:
@@ -122,7 +142,7 @@ rule phase0_table:
         expand(
             "results/{model}/fits/{behavior}/target.parquet",
             model=MODEL,
-            behavior=INSTRUCTED,
+            behavior=BEHAVIORS,
         ),
     output:
         table="results/tables/phase0.csv",
@@ -230,6 +250,7 @@ rule fit_phase1:
     params:
         atoms=fit_atoms,
         poe=config["poe"],
+        exclusion=config["exclusion"],
         cache_dir=cache_dir,
         target=lambda wc: f"soft-{wc.variant}-seed{wc.seed}",
     script:

@@ -37,6 +37,7 @@ rule candidate_pool:
     params:
         behavior=get_behavior,
         pool=config["discovery"]["pool"],
+        exclusion=config["exclusion"],
     script:
         "../scripts/candidate_pool.py"
 
@@ -90,6 +91,7 @@ rule pursue_dictionary:
         screen=config["discovery"]["screen"],
         pursuit=config["discovery"]["pursuit"],
         poe=config["poe"],
+        exclusion=config["exclusion"],
         model_settings=config["model_settings"],
         positions=config["logprobs"]["positions"],
     script:
@@ -148,3 +150,57 @@ rule figure_dictionary:
         "../envs/figures.yaml"
     script:
         "../scripts/figure_dictionary.py"
+
+
+rule recovery_table:
+    input:
+        fits=trained_outputs(
+            "results/{model}/fits/{behavior}/soft-{variant}-seed{seed}.parquet",
+            seeds=PHASE1_SEEDS,
+        ),
+        pursuits=discovery_outputs(
+            "results/{model}/discovery/{behavior}/soft-{variant}-seed{seed}.parquet"
+        ),
+        stages=read_outputs(
+            "results/{model}/reading/{behavior}/{variant}-seed{seed}.stages.parquet"
+        ),
+        verbalise=read_outputs(
+            "results/{model}/reading/{behavior}/{variant}-seed{seed}.verbalise.parquet"
+        ),
+        scores=trained_outputs(
+            "results/{model}/softprompt/{behavior}/{variant}-seed{seed}.eval.parquet"
+        ),
+        pools=expand(
+            "results/{model}/discovery/{behavior}/pool.parquet",
+            model=MODEL,
+            behavior=DISCOVER,
+        ),
+    output:
+        "results/tables/recovery.csv",
+    log:
+        "logs/tables/recovery.log",
+    conda:
+        "../envs/fit.yaml"
+    params:
+        behaviors={b: behavior(config, b) for b in BEHAVIORS},
+        dictionary=DICTIONARY.to_dict(orient="records"),
+    script:
+        "../scripts/recovery_table.py"
+
+
+rule figure_recovery:
+    input:
+        "results/tables/recovery.csv",
+    output:
+        report(
+            "results/figures/recovery.png",
+            caption="../reports/recovery.rst",
+            category="Discovering dictionaries",
+            labels={"figure": "plug-in recovery"},
+        ),
+    log:
+        "logs/figures/recovery.log",
+    conda:
+        "../envs/figures.yaml"
+    script:
+        "../scripts/figure_recovery.py"

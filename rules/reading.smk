@@ -18,7 +18,7 @@ rule read_softprompt:
         "../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=3000,
         gpu=GPU,
     params:
         behavior=get_behavior,

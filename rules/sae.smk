@@ -19,7 +19,7 @@ rule sae_activations:
         "../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
+        mem_mb=4000,
         gpu=GPU,
     params:
         layers=config["sae"]["layers"],

@@ -43,7 +43,7 @@ def write_config(workdir, model_dir, **changes) -> dict:
                 "train": {"epochs": 1, "batch_size": 64, "dead_after": 200, "checkpoint_every": 2},
                 "random_draws": 2, "contexts": 2},
         "behaviors": [
-            {"name": "spanish", "instruction": "Respond in Spanish."},
+            {"name": "spanish", "instruction": "Respond in Spanish.", "giveaways": ["spanish"]},
             {"name": "concise", "instruction": "Be concise."},
             {"name": "pirate", "steering": {"layer": 1, "scale": 2.0, "positive": ["Arr matey!"],
                                              "negative": ["Hello there."]}},

@@ -112,15 +112,48 @@ def test_phase0_recovers_the_instruction_and_leave_one_out_cannot(caches, tmp_pa
     d, spec = caches
     atoms = dictionary_atoms(spec, DICTIONARY)
     assert atoms.loc[atoms["is_target"], "source"].tolist() == ["target"]
-    df = run_fit(str(d), d / "head.safetensors", atoms, "spanish", "target", PathSettings(), tmp_path / "fit.parquet")
+    atoms["excluded_at"] = np.where(atoms["is_target"], "lexical", np.where(atoms["atom"] == "pirate", "reveal", ""))
+    df = run_fit(str(d), d / "head.safetensors", atoms, "spanish", "target", PathSettings(), tmp_path / "fit.parquet",
+                 levels=("none", "lexical", "reveal"))
     sel = df[df["selected"]]
-    full, loo = sel[~sel["leave_one_out"]], sel[sel["leave_one_out"]]
+    full, loo, reveal = (sel[sel["exclusion"] == x] for x in ("none", "lexical", "reveal"))
     top = full.loc[full["weight"].idxmax()]
     assert top["atom"] == "spanish" and top["is_target"] and top["weight"] >= 0.9
     assert full["explained_kl_test"].iloc[0] >= 0.99
     assert "spanish" not in set(loo["atom"]) and loo["explained_kl_test"].iloc[0] < full["explained_kl_test"].iloc[0]
-    assert df.groupby(["leave_one_out"])["lambda_index"].nunique().tolist() == [20, 20]
+    assert set(reveal["atom"]) == {"concise", "cats"} and set(reveal["excluded_atoms"]) == {"spanish, pirate"}
+    assert df.groupby(["exclusion"])["lambda_index"].nunique().tolist() == [20, 20, 20]
     assert (df["status"] == "converged").all()
+    plugin = df.groupby("atom")["plugin_closure_test"].first()  # each atom alone against the teacher
+    assert plugin["spanish"] == pytest.approx(1.0, abs=1e-4) and (plugin.drop("spanish") < 0.999).all()
+    for part in (full, loo, reveal):  # the test score carries its interval; lambda came from the folds
+        r = part.iloc[0]
+        assert r["ci_low"] <= r["explained_kl_test"] <= r["ci_high"]
+        assert np.isfinite(r["explained_kl_cv"])
+
+
+def test_lambda_is_chosen_by_cross_validation_not_by_the_test_messages(caches):
+    """Scrambling the test rows' target changes every test score and not the selected lambda."""
+    import softlens.decompose as decompose
+
+    d, spec = caches
+    atoms = dictionary_atoms(spec, DICTIONARY)
+    keys, X, C = read_aligned([f"{d}/{s}.parquet" for s in atoms["source"]] + [f"{d}/target.parquet",
+                                                                               f"{d}/unprompted.parquet"])
+    head, K = read_head(d / "head.safetensors"), len(atoms)
+    settings = PathSettings(path_length=20)
+    honest = decompose.fit_path(head, (X[:K], C[:K]), (X[K], C[K]), (X[K + 1], C[K + 1]), keys,
+                                list(atoms["atom"]), settings)
+    test = (keys["split"] == "test").to_numpy()
+    cats = list(atoms["atom"]).index("cats")
+    scrambled_x, scrambled_c = X[K].copy(), C[K].copy()
+    scrambled_x[test], scrambled_c[test] = X[cats][test], C[cats][test]  # the test rows' target: another prompt
+    scrambled = decompose.fit_path(head, (X[:K], C[:K]), (scrambled_x, scrambled_c), (X[K + 1], C[K + 1]), keys,
+                                   list(atoms["atom"]), settings)
+    pick = lambda df: int(df.loc[df["selected"], "lambda_index"].iloc[0])  # noqa: E731
+    assert pick(honest) == pick(scrambled)
+    assert not np.allclose(honest["explained_kl_test"], scrambled["explained_kl_test"])
+    assert np.allclose(honest["explained_kl_cv"], scrambled["explained_kl_cv"])
 
 
 def test_noise_fits_report_distances_and_sigma_zero_is_the_clean_target(caches, tmp_path):

@@ -1,4 +1,4 @@
-"""Dictionary discovery: pools (templates, deduplication, the hidden instruction), the screening
+"""Dictionary discovery: pools (templates, deduplication), exclusion levels, the screening
 gradient, pursuit, and the whole screen -> pursuit chain on the tiny model."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from softlens.head import OutputHead
 from softlens.io import write_table
 from softlens.logprobs import run_head, run_sources
 from softlens.poe import FactoredProblem
+from softlens.exclusion import ExclusionSettings, atom_levels, exclusions, kept_at
 from softlens.pool import build_pool, jaccard, proposal_requests, shard, templated
 from softlens.slot import HardPrompt, PromptSlot
 
@@ -56,20 +57,60 @@ def test_jaccard_is_the_word_set_overlap():
     assert s[0, 0] == pytest.approx(3 / 4) and s[1, 0] == 0
 
 
-def test_pool_removes_duplicates_near_duplicates_and_the_hidden_instruction_with_reasons():
+def test_pool_removes_duplicates_and_near_duplicates_with_reasons():
     cands = pd.DataFrame({"text": ["Respond in Spanish!", "Answer briefly.", "answer, briefly", "Talk like a pirate.",
                                    "Talk like a pirate please.", "", "Respond in Spanish briefly for a child now."],
                           "kind": "templated", "source": "t"})
-    pool = build_pool(cands, ["Respond in Spanish."], near_duplicate=0.8)
+    pool = build_pool(cands, near_duplicate=0.8)
     reason = dict(zip(pool["text"], pool["removed"]))
-    assert reason["Respond in Spanish!"] == "hidden instruction"
+    assert reason["Respond in Spanish!"] == ""  # the hidden instruction is an exclusion level's business
     assert reason["Answer briefly."] == "" and reason["answer, briefly"] == "duplicate of 1"
     assert reason["Talk like a pirate."] == "" and reason["Talk like a pirate please."] == "near-duplicate of 3"
     assert reason[""] == "empty"
-    assert reason["Respond in Spanish briefly for a child now."] == ""  # shares 3 of 9 words: kept
     assert list(pool["candidate"]) == list(range(len(cands)))
     shards = [shard(pool, i, 2) for i in range(2)]
     assert sorted(pd.concat(shards)["candidate"]) == sorted(pool.loc[pool["removed"] == "", "candidate"])
+
+
+class _Embed:
+    """Sentence embeddings by table: unit vectors whose cosine to the first is set per text."""
+
+    def __init__(self, cosines: dict[str, float]):
+        self.cosines = cosines
+
+    def __call__(self, texts):
+        c = np.array([self.cosines.get(t, 0.0) for t in texts])
+        return np.stack([c, np.sqrt(1 - c ** 2)], 1)
+
+
+def test_exclusion_levels_are_cumulative_and_say_why():
+    texts = ["Respond in Spanish!", "Respond in Spanish briefly for a child now.", "Spanish", "Reply in Spanish.",
+             "Please answer en español.", "Answer in the language of Madrid.", "Talk like a pirate.",
+             "Respond in French."]
+    embed = _Embed({"Respond in Spanish.": 1.0, "Answer in the language of Madrid.": 0.8, "Reply in Spanish.": 0.9,
+                    "Respond in French.": 0.65})
+    ex = exclusions(texts, "Respond in Spanish.", ["spanish", "español"], ExclusionSettings(), embed)
+    level = dict(zip(texts, ex["excluded_at"]))
+    reason = dict(zip(texts, ex["exclusion_reason"]))
+    assert level["Respond in Spanish!"] == level["Respond in Spanish briefly for a child now."] == "lexical"
+    assert reason["Respond in Spanish briefly for a child now."] == "contains the instruction"
+    assert level["Spanish"] == "lexical" and reason["Spanish"] == "contained in the instruction"
+    assert level["Reply in Spanish."] == "semantic"  # word Jaccard 0.5 < 0.6, cosine 0.9
+    assert level["Answer in the language of Madrid."] == "semantic" and reason["Answer in the language of Madrid."] == "cosine 0.80"
+    assert level["Please answer en español."] == "reveal" and "español" in reason["Please answer en español."]
+    assert level["Talk like a pirate."] == level["Respond in French."] == ""  # cosine 0.65 < 0.7
+    assert kept_at(ex["excluded_at"], "none").all()
+    assert kept_at(ex["excluded_at"], "lexical").sum() == 5
+    assert kept_at(ex["excluded_at"], "semantic").sum() == 3
+    assert list(np.array(texts)[kept_at(ex["excluded_at"], "reveal")]) == ["Talk like a pirate.", "Respond in French."]
+    assert (exclusions(texts, None, [], ExclusionSettings())["excluded_at"] == "").all()  # no instruction, nothing
+    with pytest.raises(ValueError, match="embedder"):
+        exclusions(texts, "Respond in Spanish.", [], ExclusionSettings())
+    with pytest.raises(ConfigError, match="exclusion.levels"):
+        ExclusionSettings(levels=("none", "lexicon"))
+    # without computed exclusions a dictionary still never hands over its own instruction
+    atoms = pd.DataFrame({"atom": ["a", "b"], "is_target": [True, False]})
+    assert list(atom_levels(atoms)) == ["lexical", ""]
 
 
 # --- the screening gradient and pursuit ---------------------------------------------------------------
@@ -104,17 +145,25 @@ def test_screening_gradient_equals_the_solvers_gradient_for_a_new_atom():
 
 def test_pursuit_finds_the_two_true_atoms_first_and_stops_when_nothing_helps():
     head, X, C, xt, ct, w = _random_problem(K=8, N=60)
-    train = np.arange(60) < 40
+    keys = pd.DataFrame({"message_id": np.arange(60) // 3, "split": np.where(np.arange(60) < 42, "train", "test")})
     names = [f"a{i}" for i in range(8)]
-    problems = [FactoredProblem(head, X[:, r], C[:, r], xt[r], ct[r], names) for r in (train, ~train)]
-    kl_base = [float(p.P.kl_to(X[0, r], C[0, r]).mean()) for p, r in zip(problems, (train, ~train))]
-    path = pursue(*problems, *kl_base, PursuitSettings(max_atoms=8, lam=1e-6, min_gain=1e-3, patience=2))
+
+    def problem(rows):
+        return FactoredProblem(head, X[:, rows], C[:, rows], xt[rows], ct[rows], names)
+
+    def base_kl(p, rows):
+        return p.P.kl_to(X[0, rows], C[0, rows]).numpy()
+
+    path = pursue(problem, keys, base_kl, PursuitSettings(max_atoms=8, lam=1e-6, min_gain=1e-3, patience=2),
+                  PathSettings())
     added = path.groupby("step")["added"].first()
     assert set(added.iloc[:2]) == {"a1", "a4"}
     final = path[path["step"] == 2].set_index("atom")["weight"]
     assert final["a1"] == pytest.approx(1.2, abs=0.02) and final["a4"] == pytest.approx(-0.5, abs=0.02)
-    assert path[path["step"] == 2]["explained_kl_test"].iloc[0] > 0.999
-    assert path["step"].max() == 4  # two more additions without gain, then patience stops it
+    at2 = path[path["step"] == 2].iloc[0]
+    assert at2["explained_kl_test"] > 0.999 and at2["explained_kl_cv"] > 0.999
+    assert at2["ci_low"] <= at2["explained_kl_test"] <= at2["ci_high"]
+    assert path["step"].max() == 4  # two more additions without cross-validated gain, then patience stops it
     assert path[path["selected"]]["step"].nunique() == 1
 
 
@@ -158,7 +207,9 @@ def chain(sharp_dir, tmp_path_factory):
             d / "fit.parquet")
     pool = build_pool(pd.DataFrame({"text": ["Talk like a pirate.", "Use many emojis.", "Respond in Spanish.",
                                              "Write a haiku.", "Be very formal."], "kind": "templated",
-                                    "source": "t"}), [], 0.8)
+                                    "source": "t"}), 0.8)
+    levels = ExclusionSettings(levels=("none", "lexical"))
+    pool = pd.concat([pool, exclusions(list(pool["text"]), spec["instruction"], [], levels)], axis=1)
     write_table(pool, d / "pool.parquet")
     return d, atoms
 
@@ -177,14 +228,16 @@ def test_screen_ranks_the_missing_instruction_first_and_pursuit_recovers_it(shar
     assert best["text"] == "Respond in Spanish."
     assert screened.set_index("text")["kl_alone"].idxmin() == "Respond in Spanish."
 
-    table = run_pursuit(sharp_dir, d / "teacher.parquet", screens, str(d), d / "head.safetensors", atoms, "spanish",
-                        "target",
-                        ScreenSettings(messages=4, top=2), PursuitSettings(max_atoms=4), PathSettings(path_length=5),
-                        {"device": "cpu"}, 3, d / "pursuit.parquet")
-    found = table[(table["dictionary_kind"] == "discovered") & table["selected"]]
-    top = found.loc[found["weight"].abs().idxmax()]
-    assert top["text"] == "Respond in Spanish." and top["kind"] == "templated"
-    assert found["explained_kl_test"].iloc[0] > 0.99
-    assert set(table["dictionary_kind"]) == {"generated", "discovered"}
+    table = run_pursuit(sharp_dir, d / "teacher.parquet", screens, d / "pool.parquet", str(d), d / "head.safetensors",
+                        atoms, "spanish", "target", ScreenSettings(messages=4, top=2), PursuitSettings(max_atoms=4),
+                        PathSettings(path_length=5), {"device": "cpu"}, 3, d / "pursuit.parquet",
+                        levels=("none", "lexical"))
+    assert set(table["dictionary_kind"]) == {"generated", "discovered"} and set(table["exclusion"]) == {"none", "lexical"}
     assert (table.loc[table["dictionary_kind"] == "generated", "dictionary_size"] == 2).all()
-    assert (table.loc[table["dictionary_kind"] == "discovered", "n_candidates"] == 5 + 2).all()
+    none, lexical = (table[table["exclusion"] == x] for x in ("none", "lexical"))
+    found = none[(none["dictionary_kind"] == "discovered") & none["selected"]]
+    assert found.loc[found["weight"].abs().idxmax(), "text"] == "Respond in Spanish."  # in reach: found
+    assert found["explained_kl_test"].iloc[0] > 0.99
+    assert "Respond in Spanish." not in set(lexical["text"])  # out of reach: the instruction and its own atom
+    assert (none.loc[none["dictionary_kind"] == "discovered", "n_candidates"] == 5 + 3).all()
+    assert (lexical.loc[lexical["dictionary_kind"] == "discovered", "n_candidates"] == 4 + 2).all()

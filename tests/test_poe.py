@@ -120,6 +120,29 @@ def test_the_tangent_model_is_exact_at_its_point_in_value_and_gradient():
     assert tangent.kl(w + 0.3) <= fp.kl(w + 0.3) + 1.0  # a model, not the objective, away from w
 
 
+def test_the_restricted_problem_coarse_grains_each_atom_exactly_and_is_whole_without_a_bucket():
+    fp, dense = factored()
+    whole = fp.restricted(tokens=400)  # the whole vocabulary: the same problem
+    w = np.array([0.7, -0.2, 0.0, 0.1, 0.3, 0.0])
+    assert whole.V == 400 and whole.kl(w) == pytest.approx(dense.kl(w), rel=1e-6)
+    small = fp.restricted(tokens=20)
+    assert small.V == 21  # 20 tokens per context and the rest's bucket
+    for i in range(fp.K):  # one atom alone: coarse-graining can only lose KL (data processing)
+        e = np.eye(fp.K)[i]
+        assert small.kl(e) <= dense.kl(e) + 1e-9
+        rest = small.L[i, :, -1].exp() + small.L[i, :, :-1].exp().sum(-1)
+        assert torch.allclose(rest, torch.ones_like(rest), atol=1e-9)  # the bucket holds the rest exactly
+    # its fits approach the exact ones as the token sets cover more of the mass (flat random distributions
+    # here; a language model's top 512 of 49k tokens hold most of it)
+    lams = lambda_path(dense, 5, 1e-2)
+    best = solve_path(dense, lams)[-1]
+    gaps = []
+    for tokens in (50, 100, 200):
+        w = solve_path(fp.restricted(tokens=tokens), lams)[-1].weights
+        gaps.append(dense.kl(w) + lams[-1] * np.abs(w).sum() - best.objective)
+    assert 0 <= gaps[2] < gaps[1] < gaps[0] and gaps[2] < 0.01 * best.objective
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_factored_path_matches_the_dense_path(bias):
     fp, dense = factored(bias=bias)
@@ -149,3 +172,14 @@ def test_fit_kkt_covers_the_atoms_at_zero():
     assert fit.kkt <= 1e-9 and (fit.weights == 0).any()
     wrong = np.zeros(p.K)  # zero everywhere is not optimal below lambda_max: the report must say so
     assert np.maximum(np.abs(p.screen(wrong)) - lam, 0).max() > 0
+
+
+def test_a_loose_tolerance_converges_instead_of_cycling_atoms_through_the_working_set():
+    """Atoms at zero that meet their conditions to the tolerance (not to the data's resolution) are left
+    alone: cross-validation folds solve at 1e-4 of lambda_max."""
+    w = np.zeros(20)
+    w[[0, 1, 4]] = 1.0, -0.5, 0.3
+    dense = problem(K=20, N=40, V=300, seed=0, w_true=tuple(w), noise=0.5)
+    lams = lambda_path(dense, 20, 1e-3)
+    for tol in (1e-4 * lams[0], 1e-2 * lams[0]):  # the old screen cycled at 1e-2 here ("max_iter")
+        assert all(f.converged for f in solve_path(dense, lams, tol=tol))

@@ -21,12 +21,19 @@ pytestmark = pytest.mark.workflow
 def test_run_builds_phase0_and_phase05_tables_and_figures(built):
     workdir, _ = built
     phase0 = pd.read_csv(workdir / "results/tables/phase0.csv")
-    assert {"behavior", "dictionary", "atom", "weight", "is_target", "explained_kl_test", "leave_one_out"} <= set(phase0.columns)
-    assert set(phase0["behavior"]) == {"spanish", "concise"} and set(phase0["leave_one_out"]) == {True, False}
-    for b, g in phase0[~phase0["leave_one_out"]].groupby("behavior"):
+    assert {"behavior", "dictionary", "atom", "weight", "is_target", "explained_kl_test", "ci_low", "ci_high",
+            "explained_kl_cv", "exclusion"} <= set(phase0.columns)
+    assert set(phase0["behavior"]) == {"spanish", "concise", "pirate"}  # the steered teacher is decomposed too
+    assert set(phase0["exclusion"]) == {"none", "lexical", "semantic", "reveal"}
+    instructed = phase0[phase0["behavior"] != "pirate"]
+    for b, g in instructed[instructed["exclusion"] == "none"].groupby("behavior"):
         top = g.loc[g["weight"].idxmax()]
         assert top["is_target"] and top["weight"] >= 0.9 and g["explained_kl_test"].iloc[0] >= 0.99
-    assert not phase0[phase0["leave_one_out"]]["is_target"].any()
+    assert not phase0[phase0["exclusion"] != "none"]["is_target"].any()
+    assert (phase0["ci_low"] <= phase0["explained_kl_test"] + 1e-12).all()
+    assert (phase0["explained_kl_test"] <= phase0["ci_high"] + 1e-12).all()
+    spanish = phase0[phase0["behavior"] == "spanish"].groupby("exclusion")["excluded_atoms"].first()
+    assert "spanish" in spanish["lexical"] and "spanish" not in str(spanish["none"])
     phase05 = pd.read_csv(workdir / "results/tables/phase05.csv")
     assert {"behavior", "sigma", "seed", "kl_noisy_clean", "kl_noisy_base", "explained_kl_test"} <= set(phase05.columns)
     assert len(phase05) == 3 * 2 and set(phase05["verdict"]) <= {"smooth", "phase transition"}
@@ -45,11 +52,12 @@ def test_run_trains_evaluates_decomposes_and_exports_every_soft_prompt(built, ti
     curves = pd.read_csv(workdir / "results/tables/training_curves.csv")
     assert set(curves.groupby(["behavior", "variant", "seed"])["step"].max()) == {4}
     phase1 = pd.read_csv(workdir / "results/tables/phase1.csv")
-    assert {"behavior", "variant", "seed", "atom", "weight", "is_target", "explained_kl_test",
-            "leave_one_out"} <= set(phase1.columns)
+    assert {"behavior", "variant", "seed", "atom", "weight", "is_target", "explained_kl_test", "ci_low", "ci_high",
+            "exclusion"} <= set(phase1.columns)
     assert set(phase1["behavior"]) == {"spanish", "pirate"}
-    assert set(phase1.loc[phase1["behavior"] == "spanish", "leave_one_out"]) == {True, False}
-    assert not phase1.loc[phase1["behavior"] == "pirate", "leave_one_out"].any()  # no instruction to leave out
+    assert set(phase1["exclusion"]) == {"none", "lexical", "semantic", "reveal"}
+    assert not phase1.loc[(phase1["behavior"] == "spanish") & (phase1["exclusion"] != "none"), "is_target"].any()
+    assert phase1.loc[phase1["behavior"] == "pirate", "excluded_atoms"].isna().all()  # no instruction to leave out
     for fig in ["training", "training_curves", "phase1", "phase1_path"]:
         assert (workdir / f"results/figures/{fig}.png").read_bytes()[:4] == b"\x89PNG"
     adapter = workdir / f"results/{tag}/peft/spanish/prepend-seed1"
@@ -90,24 +98,37 @@ def test_run_discovers_dictionaries_from_a_pool_screened_in_shards(built, tiny_d
     pool = pd.read_parquet(workdir / f"results/{tag}/discovery/spanish/pool.parquet")
     assert {"templated", "generated", "verbalised", "repaired"} <= set(pool["kind"])
     kept = pool[pool["removed"] == ""]
-    assert not kept["text"].str.casefold().str.contains("respond in spanish.", regex=False).any()
+    own = kept["text"].str.casefold().str.contains("respond in spanish", regex=False)
+    assert own.any() and (kept.loc[own, "excluded_at"] == "lexical").all()  # in the pool, out of reach but at none
+    giveaway = kept["text"].str.casefold().str.contains("spanish") & (kept["excluded_at"] == "")
+    assert not giveaway.any()  # every other "spanish" is excluded at some level
     screens = pd.concat([pd.read_parquet(workdir / f"results/{tag}/discovery/spanish/screen-{i}.parquet")
                          for i in range(2)])
     for _, part in screens.groupby("target"):  # the shards cover the pool once, for every soft prompt
         assert sorted(part["candidate"]) == sorted(kept["candidate"])
     assert screens["target"].nunique() == 2 * 2
     table = pd.read_csv(tables / "dictionary.csv")
-    assert {"behavior", "variant", "seed", "dictionary_kind", "n_candidates", "nnz", "explained_kl_test",
-            "leave_one_out", "semantic_similarity", "random_similarity"} <= set(table.columns)
-    assert len(table) == 2 * 2 * 4  # variants x seeds x (hand-written full / left out, generated, discovered)
-    assert table.loc[table["dictionary_kind"] != "hand-written", "leave_one_out"].all()
+    assert {"behavior", "variant", "seed", "dictionary_kind", "n_candidates", "nnz", "explained_kl_test", "ci_low",
+            "ci_high", "explained_kl_cv", "exclusion", "semantic_similarity", "random_similarity"} <= set(table.columns)
+    assert len(table) == 2 * 2 * 3 * 4  # variants x seeds x (hand-written, generated, discovered) x levels
     assert table["semantic_similarity"].between(-1, 1).all() and table["random_similarity"].between(-1, 1).all()
-    found = table[table["dictionary_kind"] == "discovered"]
-    assert (found["n_candidates"] == len(kept) + 35).all()  # the pool and the hand-written list minus the instruction
+    found = table[table["dictionary_kind"] == "discovered"].set_index("exclusion")
+    assert (found.loc["none", "n_candidates"] == len(kept) + 36).all()  # the pool and the whole hand-written list
+    lexical = (~kept["excluded_at"].isin(["lexical"])).sum()
+    assert (found.loc["lexical", "n_candidates"] == lexical + 35).all()  # both without the instruction
     atoms = pd.read_csv(tables / "dictionary_atoms.csv")
-    assert "Respond in Spanish." not in set(atoms.loc[atoms["dictionary_kind"] != "hand-written", "text"])
+    assert not atoms.loc[atoms["exclusion"] != "none", "text"].str.casefold().str.contains("respond in spanish").any()
     path = pd.read_csv(tables / "dictionary_path.csv")
     assert set(path["dictionary_kind"]) == {"hand-written", "generated", "discovered"}
+    recovery = pd.read_csv(tables / "recovery.csv")
+    assert {"behavior", "variant", "seed", "reader", "exclusion", "text", "plugin_closure_test", "ci_low", "ci_high",
+            "fraction_of_soft", "similarity", "similarity_percentile"} <= set(recovery.columns)
+    spanish = recovery[recovery["behavior"] == "spanish"]
+    assert set(spanish["reader"]) == {"poe_top_atom", "pursuit_best_single", "pursuit_top_atom", "repaired",
+                                      "verbalisation"} or set(spanish["reader"]) >= {"poe_top_atom", "repaired"}
+    assert spanish["similarity_percentile"].between(0, 1).all()
+    assert recovery.loc[recovery["behavior"] == "pirate", "similarity"].isna().all()  # no hidden instruction
+    assert (workdir / "results/figures/recovery.png").read_bytes()[:4] == b"\x89PNG"
     for fig in ["dictionary", "dictionary_atoms"]:
         assert (workdir / f"results/figures/{fig}.png").read_bytes()[:4] == b"\x89PNG"
     assert (workdir / f"logs/{tag}/benchmarks/discovery/spanish/screen-1.tsv").exists()
@@ -218,8 +239,9 @@ def test_a_run_killed_mid_job_finishes_with_rerun_incomplete_and_loses_nothing(b
     """SIGKILL the whole snakemake process group while a log-prob job is running, then rerun."""
     workdir, _ = built
     write_config(tmp_path, tiny_dir)
+    # two cores, as `built` had: the same threads give the same numbers
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(tmp_path / "config.yaml"), "--cores", "1", "results/tables/phase0.csv"]
+           "--configfile", str(tmp_path / "config.yaml"), "--cores", "2", "results/tables/phase0.csv"]
     run = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), start_new_session=True)
     started = tmp_path / f"logs/{tiny_dir.name}/logprobs/spanish/dictionary.log"
@@ -244,9 +266,9 @@ def test_the_report_renders_every_figure_with_its_caption(built):
     snakemake(workdir, "--report", "report.html")
     html = (workdir / "report.html").read_text()
     figures = sorted(p.name for p in (workdir / "results" / "figures").glob("*.png"))
-    assert len(figures) == 15 and all(name in html for name in figures), figures
+    assert len(figures) == 16 and all(name in html for name in figures), figures
     captions = [rst.read_text().splitlines()[0][:40] for rst in (ROOT / "reports").glob("*.rst")]
-    assert len(captions) == 16 and all(c in html for c in captions), [c for c in captions if c not in html]
+    assert len(captions) == 17 and all(c in html for c in captions), [c for c in captions if c not in html]
 
 
 def test_adding_a_seed_trains_only_that_seed_and_reordering_keys_replans_nothing(built, tiny_dir):

@@ -1,10 +1,13 @@
 """Decomposing a target into a sparse signed product of experts over a dictionary of hard prompts.
 
-Fits run on the train messages' contexts; every lambda of the path is evaluated on the test
-messages' contexts. Explained-KL = 1 - KL(P || q_w) / KL(P || base), with base the unprompted model.
+Fits run on the train messages' contexts. Lambda is chosen inside train: K-fold cross-validation by
+message, the largest lambda (the sparsest fit) whose cross-validated explained-KL is within
+`selection_tolerance` of the path's best. The test messages are scored once at every lambda, with a
+bootstrap interval over test messages; nothing is chosen on them. Explained-KL = 1 - KL(P || q_w) /
+KL(P || base), with base the unprompted model, both summed over the same contexts.
 
-Lambda selection (stated in the figure captions): the largest lambda (the sparsest fit) whose held-out
-explained-KL is within `selection_tolerance` of the best held-out explained-KL on the path.
+A hidden-instruction fit runs at every exclusion level (softlens.exclusion): the atoms that level removes
+are left out of its dictionary.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .exclusion import LEVELS, atom_levels, kept_at
 from .head import OutputHead, mean_kl, read_head
+from .intervals import bootstrap_ratio_interval, message_folds, per_message
 from .io import check_aligned, read_aligned, read_states, write_table
-from .poe import FactoredProblem, lambda_path, solve_path
+from .poe import FactoredProblem, PoEProblem, lambda_path, solve_path
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,10 @@ class PathSettings:
     selection_tolerance: float = 0.005
     include_unprompted_atom: bool = False
     tol: float = 1e-9
+    folds: int = 3               # cross-validation folds over the train messages (lambda selection)
+    cv_tol: float = 1e-4         # the folds' KKT tolerance, relative to lambda_max (they only rank lambdas)
+    bootstrap: int = 2000        # resamples of the test messages for each interval
+    seed: int = 0                # folds and resamples
 
 
 def dictionary_atoms(spec: dict, dictionary: pd.DataFrame, include_unprompted: bool = False) -> pd.DataFrame:
@@ -50,58 +59,139 @@ def dictionary_atoms(spec: dict, dictionary: pd.DataFrame, include_unprompted: b
     return pd.DataFrame(rows)
 
 
-def fit_path(head: OutputHead, atoms_states: tuple, target: tuple, base: tuple, train: np.ndarray,
-             atoms: list[str], settings: PathSettings) -> pd.DataFrame:
-    """Fit on train rows along a lambda path; one long row per (lambda, atom) with train/test metrics.
+def fit_path(head: OutputHead, atoms_states: tuple, target: tuple, base: tuple, keys: pd.DataFrame,
+             atoms: list[str], settings: PathSettings, dense: PoEProblem | None = None) -> pd.DataFrame:
+    """Fit on train rows along a lambda path; one long row per (lambda, atom) with train, cross-validated
+    and test metrics (`explained_kl_test` with its interval `ci_low`, `ci_high`); `selected` by CV.
 
     `atoms_states` is (states (K, R, d), lse (K, R)); `target` and `base` (the unprompted model) are
-    (states (R, d), lse (R,)): factored caches (softlens.head), read with the model's output head.
+    (states (R, d), lse (R,)): factored caches (softlens.head), read with the model's output head. `keys`
+    (R rows: message_id, split) says which rows are train and which message each belongs to. `dense`:
+    the train rows' restricted problem over these atoms (FactoredProblem.restricted), if already built.
     """
-    (X, C), test = atoms_states, ~train
+    X, C = atoms_states
+    train, test = np.flatnonzero(keys["split"] == "train"), np.flatnonzero(keys["split"] == "test")
+    message = keys["message_id"].to_numpy()
 
     def problem(rows):
         return FactoredProblem(head, X[:, rows], C[:, rows], target[0][rows], target[1][rows], atoms)
 
-    fitting, held_out = problem(train), problem(test)
-    fits = solve_path(fitting, lambda_path(fitting, settings.path_length, settings.lambda_ratio), tol=settings.tol)
-    kl_base_train = float(fitting.P.kl_to(torch.from_numpy(base[0][train]), torch.from_numpy(base[1][train])).mean())
-    kl_base_test = float(held_out.P.kl_to(torch.from_numpy(base[0][test]), torch.from_numpy(base[1][test])).mean())
+    def base_kl(p: FactoredProblem, rows) -> np.ndarray:
+        return p.P.kl_to(torch.from_numpy(base[0][rows]), torch.from_numpy(base[1][rows])).numpy()
+
+    fitting = problem(train)
+    lambdas = lambda_path(fitting, settings.path_length, settings.lambda_ratio)
+    fits = solve_path(fitting, lambdas, tol=settings.tol)
+    kl_base_train = float(base_kl(fitting, train).mean())
+    dense = dense if dense is not None else fitting.restricted()
+    cv_kl, cv_base = cross_validated_kl(dense, problem, base_kl, lambdas, train, message, settings)
+
+    held_out = problem(test)
+    _, base_test = per_message(base_kl(held_out, test), message[test])
     rows = []
     for i, f in enumerate(fits):
-        kl_test = held_out.kl(f.weights)
-        for atom, wt in zip(atoms, f.weights):
-            rows.append({"lambda_index": i, "lambda": f.lam, "atom": atom, "weight": wt, "nnz": f.nnz,
-                         "kl_train": f.kl, "kl_test": kl_test, "kl_base_train": kl_base_train,
-                         "kl_base_test": kl_base_test, "explained_kl_train": 1 - f.kl / kl_base_train,
-                         "explained_kl_test": 1 - kl_test / kl_base_test, "iterations": f.iterations,
-                         "rounds": f.rounds, "kkt": f.kkt, "status": f.status})
+        _, kl_test = per_message(held_out.kl_rows(f.weights), message[test])
+        ci = bootstrap_ratio_interval(kl_test, base_test, resamples=settings.bootstrap, seed=settings.seed)
+        scores = {"lambda_index": i, "lambda": f.lam, "nnz": f.nnz, "kl_train": f.kl,
+                  "kl_test": kl_test.sum() / len(test), "kl_base_train": kl_base_train,
+                  "kl_base_test": base_test.sum() / len(test), "explained_kl_train": 1 - f.kl / kl_base_train,
+                  "explained_kl_cv": 1 - cv_kl[i] / cv_base, "explained_kl_test": 1 - kl_test.sum() / base_test.sum(),
+                  "ci_low": ci[0], "ci_high": ci[1], "iterations": f.iterations, "rounds": f.rounds,
+                  "kkt": f.kkt, "status": f.status}
+        rows += [{**scores, "atom": atom, "weight": wt} for atom, wt in zip(atoms, f.weights)]
     df = pd.DataFrame(rows)
     df["selected"] = df["lambda_index"] == select_lambda(df, settings.selection_tolerance)
     return df
 
 
+def dense_rows(dense: PoEProblem, rows, atoms=None) -> PoEProblem:
+    """A restricted problem's rows (and atoms), as a problem of its own."""
+    L = dense.L[:, rows] if atoms is None else dense.L[np.asarray(atoms)][:, rows]
+    names = dense.atoms if atoms is None else [dense.atoms[i] for i in atoms]
+    return PoEProblem(L, dense.target[rows], names)
+
+
+def cross_validated_kl(dense: PoEProblem, problem, base_kl, lambdas, train: np.ndarray, message: np.ndarray,
+                       settings: PathSettings) -> tuple[np.ndarray, float]:
+    """(summed validation KL per lambda, summed validation KL of the unprompted model) over K folds of the
+    train messages. Each fold's path is fitted on the other folds' rows of `dense` (the train rows'
+    restricted problem, in `train`'s order: it only has to rank lambdas), warm-started along the same
+    lambdas; the held-out fold is scored exactly (`problem(rows)`, `base_kl(problem, rows)`)."""
+    folds = message_folds(message[train], settings.folds, settings.seed)
+    kl, total_base = np.zeros(len(lambdas)), 0.0
+    for f in range(settings.folds):
+        path = solve_path(dense_rows(dense, folds != f), lambdas,
+                          tol=max(settings.tol, settings.cv_tol * float(lambdas[0])))
+        rows = train[folds == f]
+        validation = problem(rows)
+        kl += [validation.kl_rows(p.weights).sum() for p in path]
+        total_base += float(base_kl(validation, rows).sum())
+    return kl, total_base
+
+
+def plugin_closures(head: OutputHead, atoms_states: tuple, teacher: tuple, base: tuple, keys: pd.DataFrame,
+                    atoms: list[str], settings: PathSettings) -> pd.DataFrame:
+    """Each atom alone in the slot, as a reader's answer: its held-out KL closure against the behaviour's
+    teacher, 1 - sum KL(teacher || atom) / sum KL(teacher || unprompted) over the test messages, with
+    its 95% bootstrap interval (columns atom, plugin_closure_test, plugin_ci_low, plugin_ci_high)."""
+    X, C = atoms_states
+    test = np.flatnonzero(keys["split"] == "test")
+    message = keys["message_id"].to_numpy()[test]
+    T = head.moments(torch.from_numpy(np.asarray(teacher[0])[test]), torch.from_numpy(np.asarray(teacher[1])[test]))
+
+    def summed_kl(x, c) -> np.ndarray:
+        return per_message(T.kl_to(torch.from_numpy(np.asarray(x)[test]), torch.from_numpy(np.asarray(c)[test])).numpy(),
+                           message)[1]
+
+    base_kl = summed_kl(*base)
+    rows = []
+    for i, atom in enumerate(atoms):
+        kl = summed_kl(X[i], C[i])
+        low, high = bootstrap_ratio_interval(kl, base_kl, resamples=settings.bootstrap, seed=settings.seed)
+        rows.append({"atom": atom, "plugin_closure_test": 1 - kl.sum() / base_kl.sum(), "plugin_ci_low": low,
+                     "plugin_ci_high": high})
+    return pd.DataFrame(rows)
+
+
 def select_lambda(path: pd.DataFrame, tolerance: float) -> int:
-    """Index of the largest lambda whose held-out explained-KL is within `tolerance` of the path's best."""
-    per = path.groupby("lambda_index")[["lambda", "explained_kl_test"]].first()
-    ok = per[per["explained_kl_test"] >= per["explained_kl_test"].max() - tolerance]
+    """Index of the largest lambda whose cross-validated explained-KL is within `tolerance` of the path's best
+    (chosen inside train; the test columns play no part)."""
+    per = path.groupby("lambda_index")[["lambda", "explained_kl_cv"]].first()
+    ok = per[per["explained_kl_cv"] >= per["explained_kl_cv"].max() - tolerance]
     return int(ok["lambda"].idxmax())
 
 
+def exclusion_sets(atoms: pd.DataFrame, levels) -> dict[str, np.ndarray]:
+    """Atom indices each exclusion level keeps (`atoms.excluded_at`, softlens.exclusion; absent = none)."""
+    excluded = atom_levels(atoms)
+    return {level: np.flatnonzero(kept_at(excluded, level)) for level in levels}
+
+
 def run_fit(cache_dir: str, head_path, atoms: pd.DataFrame, behavior: str, target: str, settings: PathSettings,
-            out) -> pd.DataFrame:
+            out, levels=LEVELS) -> pd.DataFrame:
     """Decompose the cached source `target` (Phase 0: the behaviour's hard prompt, "target"; Phase 1: a
-    soft prompt) over the full dictionary and, when the behaviour's own instruction is an atom, with it
-    left out. Both fits come from one read of the caches."""
+    soft prompt) over the dictionary at each exclusion level (`atoms.excluded_at`; levels that keep the
+    same atoms share one fit), with each atom's plug-in closure against the behaviour's teacher. All fits
+    come from one read of the caches."""
     paths = [f"{cache_dir}/{s}.parquet" for s in atoms["source"]]
-    keys, X, C = read_aligned(paths + [f"{cache_dir}/{target}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet"])
-    train, K, head = (keys["split"] == "train").to_numpy(), len(paths), read_head(head_path)
+    keys, X, C = read_aligned(paths + [f"{cache_dir}/{target}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet",
+                                       f"{cache_dir}/{TARGET}.parquet"])  # the last: the behaviour's teacher
+    K, head = len(paths), read_head(head_path)
+    plugin = plugin_closures(head, (X[:K], C[:K]), (X[K + 2], C[K + 2]), (X[K + 1], C[K + 1]), keys,
+                             list(atoms["atom"]), settings)
+    train = np.flatnonzero(keys["split"] == "train")
+    dense = FactoredProblem(head, X[:K][:, train], C[:K][:, train], X[K][train], C[K][train]).restricted()
+    fitted: dict[bytes, pd.DataFrame] = {}
     frames = []
-    for loo in (False, True) if atoms["is_target"].any() else (False,):
-        use = np.flatnonzero(~atoms["is_target"].to_numpy()) if loo else np.arange(K)
-        df = fit_path(head, (X[use], C[use]), (X[K], C[K]), (X[K + 1], C[K + 1]), train,
-                      list(atoms["atom"].iloc[use]), settings)
+    for level, use in exclusion_sets(atoms, levels).items():
+        if use.tobytes() not in fitted:
+            fitted[use.tobytes()] = fit_path(head, (X[use], C[use]), (X[K], C[K]), (X[K + 1], C[K + 1]), keys,
+                                             list(atoms["atom"].iloc[use]), settings,
+                                             dense=dense_rows(dense, slice(None), use))
+        df = fitted[use.tobytes()].merge(plugin, on="atom", how="left")
         df["is_target"] = df["atom"].isin(atoms.loc[atoms["is_target"], "atom"])
-        df["leave_one_out"] = loo
+        df["exclusion"] = level
+        df["excluded_atoms"] = ", ".join(atoms["atom"].drop(atoms.index[use]))
         df["target"] = target
         frames.append(df)
     df = pd.concat(frames)
@@ -116,21 +206,20 @@ def run_noise(cache_dir: str, head_path, atoms: pd.DataFrame, behavior: str, noi
     from the clean target and from the unprompted model (test rows)."""
     paths = [f"{cache_dir}/{s}.parquet" for s in atoms["source"]]
     keys, X, C = read_aligned(paths + [f"{cache_dir}/{TARGET}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet"])
-    K, train, head = len(paths), (keys["split"] == "train").to_numpy(), read_head(head_path)
+    K, test, head = len(paths), (keys["split"] == "test").to_numpy(), read_head(head_path)
     clean, base, dictionary = (X[K], C[K]), (X[K + 1], C[K + 1]), (X[:K], C[:K])
     frames, clean_fit = [], None
-    test = ~train
     for name, spec in noise_sources.items():
         if spec["sigma"] == 0:  # no noise: the clean target itself, the same for every seed
             noisy = clean
             if clean_fit is None:
-                clean_fit = fit_path(head, dictionary, noisy, base, train, list(atoms["atom"]), settings)
+                clean_fit = fit_path(head, dictionary, noisy, base, keys, list(atoms["atom"]), settings)
             df = clean_fit.copy()
         else:
             path = f"{cache_dir}/{name}.parquet"
             k, *noisy = read_states(path)
             check_aligned(keys, k, path, paths[0])
-            df = fit_path(head, dictionary, noisy, base, train, list(atoms["atom"]), settings)
+            df = fit_path(head, dictionary, noisy, base, keys, list(atoms["atom"]), settings)
         df["is_target"] = df["atom"].isin(atoms.loc[atoms["is_target"], "atom"])
         df["target"] = name
         df["sigma"] = spec["sigma"]

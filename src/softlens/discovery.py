@@ -11,7 +11,12 @@ Shards of the pool are independent jobs; only the best `top` are scored on every
 
 Pursuit. From the empty dictionary (q uniform), add the atom with the largest |gradient| among the
 hand-written atoms and the screened candidates, refit the active set (lightly L1-penalised), and
-stop when held-out explained-KL has not improved by `min_gain` for `patience` additions.
+stop when cross-validated explained-KL (folds of the train messages) has not improved by `min_gain`
+for `patience` additions; the step with the best cross-validated score is selected. Test messages are
+scored at every step, with intervals, and choose nothing.
+
+Every pursuit runs at each exclusion level (softlens.exclusion): the pool's and the hand-written
+dictionary's candidates that the level removes are out of its reach.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import ConfigError
-from .decompose import UNPROMPTED_SOURCE, PathSettings, fit_path
+from .decompose import TARGET, UNPROMPTED_SOURCE, PathSettings, dense_rows, fit_path, plugin_closures
+from .exclusion import LEVELS, ExclusionSettings, atom_levels, exclusions, kept_at
 from .head import Moments, OutputHead, read_head
+from .intervals import bootstrap_ratio_interval, message_folds, per_message
 from .io import check_aligned
 from .poe import FactoredProblem, solve
 
@@ -58,11 +65,13 @@ class PursuitSettings:
             raise ConfigError(f"discovery.pursuit.lam = {self.lam}: must be >= 0")
 
 
-def selected_weights(fit: pd.DataFrame, leave_one_out: bool = True) -> pd.Series:
-    """The hand-written fit's weights (atom -> weight) at its selected lambda."""
-    part = fit[(fit["leave_one_out"] == leave_one_out) & fit["selected"]] if "leave_one_out" in fit else fit[fit["selected"]]
+def selected_weights(fit: pd.DataFrame, exclusion: str | None = None) -> pd.Series:
+    """The hand-written fit's weights (atom -> weight) at its selected lambda, at exclusion level
+    `exclusion` (default: the strictest level the fit has, so a screen's residual never holds the answer)."""
+    level = exclusion or max(fit["exclusion"].unique(), key=LEVELS.index)
+    part = fit[(fit["exclusion"] == level) & fit["selected"]]
     if part.empty:
-        raise ValueError(f"the fit has no selected lambda with leave_one_out={leave_one_out}")
+        raise ValueError(f"the fit has no selected lambda at exclusion level {level!r}")
     return part.set_index("atom")["weight"]
 
 
@@ -173,12 +182,21 @@ def run_screen(manifest, teacher_path, pool_path, targets: dict, cache_dir, head
     return table
 
 
-def pursue(train: FactoredProblem, test: FactoredProblem, kl_base_train: float, kl_base_test: float,
-           settings: PursuitSettings) -> pd.DataFrame:
-    """Greedy pursuit over the atoms of a fitting problem (`test` holds the same atoms on held-out rows):
-    one row per (step, active atom) with the held-out score."""
+def pursue(problem, keys: pd.DataFrame, base_kl, settings: PursuitSettings, path: PathSettings) -> pd.DataFrame:
+    """Greedy pursuit over the atoms of `problem(rows)` (a FactoredProblem over every candidate on those
+    rows; `base_kl(p, rows)` the unprompted model's KL per row): one row per (step, active atom), with
+    train, cross-validated and test scores. Stopping and the selected step use the cross-validated score."""
+    train_rows, test_rows = np.flatnonzero(keys["split"] == "train"), np.flatnonzero(keys["split"] == "test")
+    message = keys["message_id"].to_numpy()
+    train, test = problem(train_rows), problem(test_rows)
+    dense = train.restricted()  # the folds' refits only rank steps: the restricted problem serves
+    folds = message_folds(message[train_rows], path.folds, path.seed)
+    cv = [(folds != f, problem(train_rows[folds == f]), train_rows[folds == f]) for f in range(path.folds)]
+    cv_base = sum(float(base_kl(val, rows).sum()) for _, val, rows in cv)
+    kl_base_train = float(base_kl(train, train_rows).mean())
+    _, base_test = per_message(base_kl(test, test_rows), message[test_rows])
     names = train.atoms
-    w, active, rows = np.zeros(len(names)), [], []
+    w, w_folds, active, rows = np.zeros(len(names)), [np.zeros(len(names)) for _ in cv], [], []
     best, stall = -np.inf, 0
     for step in tqdm(range(1, min(settings.max_atoms, len(names)) + 1), desc="pursuit", unit="atom"):
         g = train.screen(w)
@@ -188,30 +206,40 @@ def pursue(train: FactoredProblem, test: FactoredProblem, kl_base_train: float, 
         fit = solve(train.subset(active), settings.lam, w[active])
         w = np.zeros(len(names))
         w[active] = fit.weights
-        e_test = 1 - test.kl(w) / kl_base_test
+        cv_kl = 0.0
+        for i, (fitting, val, _) in enumerate(cv):  # the same active set refitted without each fold
+            f = solve(dense_rows(dense, fitting, active), settings.lam, w_folds[i][active])
+            w_folds[i] = np.zeros(len(names))
+            w_folds[i][active] = f.weights
+            cv_kl += float(val.kl_rows(w_folds[i]).sum())
+        e_cv = 1 - cv_kl / cv_base
+        _, kl_test = per_message(test.kl_rows(w), message[test_rows])
+        ci = bootstrap_ratio_interval(kl_test, base_test, resamples=path.bootstrap, seed=path.seed)
         for i in active:
             rows.append({"step": step, "added": names[j], "gradient": float(g[j]), "atom": names[i],
                          "weight": float(w[i]), "nnz": int(np.count_nonzero(w)),
-                         "explained_kl_train": 1 - fit.kl / kl_base_train, "explained_kl_test": e_test,
-                         "converged": fit.converged})
-        if e_test > best + settings.min_gain:
-            best, stall = e_test, 0
+                         "explained_kl_train": 1 - fit.kl / kl_base_train, "explained_kl_cv": e_cv,
+                         "explained_kl_test": 1 - kl_test.sum() / base_test.sum(), "ci_low": ci[0],
+                         "ci_high": ci[1], "converged": fit.converged})
+        if e_cv > best + settings.min_gain:
+            best, stall = e_cv, 0
         else:
             stall += 1
             if stall >= settings.patience:
                 break
-    path = pd.DataFrame(rows)
-    per = path.groupby("step")["explained_kl_test"].first()
-    path["selected"] = path["step"] == int(per.idxmax())
-    return path
+    table = pd.DataFrame(rows)
+    per = table.groupby("step")["explained_kl_cv"].first()
+    table["selected"] = table["step"] == int(per.idxmax())
+    return table
 
 
-def run_pursuit(manifest, teacher_path, screen_paths, cache_dir, head_path, atoms: pd.DataFrame, behavior: str,
-                target: str, screen: ScreenSettings, pursuit: PursuitSettings, path_settings: PathSettings,
-                model_settings: dict, positions: int, out) -> pd.DataFrame:
-    """Gather the screen, score its best `top` candidates on every context, then fit two dictionaries:
-    `generated` (those candidates alone, along the lambda path) and `discovered` (pursuit over them
-    together with the hand-written atoms). The behaviour's instruction is in neither."""
+def run_pursuit(manifest, teacher_path, screen_paths, pool_path, cache_dir, head_path, atoms: pd.DataFrame,
+                behavior: str, target: str, screen: ScreenSettings, pursuit: PursuitSettings,
+                path_settings: PathSettings, model_settings: dict, positions: int, out, levels=LEVELS) -> pd.DataFrame:
+    """Gather the screen; at each exclusion level take the best `top` candidates the level keeps, and fit
+    two dictionaries: `generated` (those candidates alone, along the lambda path) and `discovered`
+    (pursuit over them together with the hand-written atoms the level keeps). Candidates are scored on
+    every context once, for all levels."""
     from .io import read_aligned, read_teacher, write_table
     from .models import load_model
     from .slot import PromptSlot
@@ -220,52 +248,70 @@ def run_pursuit(manifest, teacher_path, screen_paths, cache_dir, head_path, atom
     screened = screened[screened["target"] == target]
     if screened.empty:
         raise ValueError(f"the screen of {target} is empty: every pool candidate was removed")
-    best = screened.reindex(screened["gradient"].abs().sort_values(ascending=False).index).head(screen.top)
+    pool = pd.read_parquet(pool_path).set_index("candidate")
+    screened = screened.assign(excluded_at=pool.loc[screened["candidate"], "excluded_at"].to_numpy())
+    ranked = screened.reindex(screened["gradient"].abs().sort_values(ascending=False).index)
+    best = {level: ranked[kept_at(ranked["excluded_at"], level)].head(screen.top) for level in levels}
+    scored = pd.concat(best.values()).drop_duplicates("candidate").reset_index(drop=True)
 
-    hand = atoms[~atoms["is_target"]]
-    K0 = len(hand)
     head = read_head(head_path)
-    keys, X, C = read_aligned([f"{cache_dir}/{s}.parquet" for s in hand["source"]]
-                              + [f"{cache_dir}/{target}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet"])
-    P, base = (X[K0], C[K0]), (X[K0 + 1], C[K0 + 1])
-    X, C = np.concatenate([X[:K0], np.empty((len(best), *X.shape[1:]), np.float32)]), \
-        np.concatenate([C[:K0], np.empty((len(best), C.shape[1]))])
+    K0 = len(atoms)
+    keys, X, C = read_aligned([f"{cache_dir}/{s}.parquet" for s in atoms["source"]]
+                              + [f"{cache_dir}/{target}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet",
+                                 f"{cache_dir}/{TARGET}.parquet"])  # the last: the behaviour's teacher
+    P, base, teacher_states = (X[K0], C[K0]), (X[K0 + 1], C[K0 + 1]), (X[K0 + 2], C[K0 + 2])
+    X, C = np.concatenate([X[:K0], np.empty((len(scored), *X.shape[1:]), np.float32)]), \
+        np.concatenate([C[:K0], np.empty((len(scored), C.shape[1]))])
     teacher = read_teacher(teacher_path)
     lm = load_model(manifest, model_settings)
     slot = PromptSlot.for_model(lm, model_settings.get("slot"))
-    for n, (text, k, states, lse) in enumerate(score_texts(lm, slot, teacher, list(best["text"]), positions,
+    for n, (text, k, states, lse) in enumerate(score_texts(lm, slot, teacher, list(scored["text"]), positions,
                                                            model_settings.get("batch_size", 16))):
         check_aligned(keys, k, f"pool candidate {text!r}", f"{cache_dir}/{target}.parquet")
         X[K0 + n], C[K0 + n] = states, lse
-    train = (keys["split"] == "train").to_numpy()
-
-    pool_names = [f"pool-{c}" for c in best["candidate"]]
     info = pd.concat([
-        pd.DataFrame({"atom": hand["atom"], "text": hand["prompt"], "kind": "hand-written"}),
-        pd.DataFrame({"atom": pool_names, "text": best["text"].to_numpy(), "kind": best["kind"].to_numpy()}),
+        pd.DataFrame({"atom": atoms["atom"], "text": atoms["prompt"], "kind": "hand-written"}),
+        pd.DataFrame({"atom": [f"pool-{c}" for c in scored["candidate"]], "text": scored["text"].to_numpy(),
+                      "kind": scored["kind"].to_numpy()}),
     ], ignore_index=True)
+    hand_excluded = atom_levels(atoms)
+    plugin = plugin_closures(head, (X, C), teacher_states, base, keys, list(info["atom"]), path_settings)
 
-    generated = fit_path(head, (X[K0:], C[K0:]), P, base, train, pool_names, path_settings)
-    generated = generated.assign(dictionary_kind="generated", step=generated["lambda_index"])
-    problems = [FactoredProblem(head, X[:, rows], C[:, rows], P[0][rows], P[1][rows], list(info["atom"]))
-                for rows in (train, ~train)]
-    kl_base = [float(p.P.kl_to(torch.from_numpy(base[0][rows]), torch.from_numpy(base[1][rows])).mean())
-               for p, rows in zip(problems, (train, ~train))]
-    discovered = pursue(*problems, *kl_base, pursuit).assign(dictionary_kind="discovered")
-    cols = ["dictionary_kind", "step", "atom", "weight", "nnz", "explained_kl_train", "explained_kl_test",
-            "selected"]
-    table = pd.concat([generated[cols + ["lambda"]], discovered[cols + ["added", "gradient"]]], ignore_index=True)
-    table = table.merge(info, on="atom", how="left")
+    def base_kl(p: FactoredProblem, rows) -> np.ndarray:
+        return p.P.kl_to(torch.from_numpy(base[0][rows]), torch.from_numpy(base[1][rows])).numpy()
+
+    cols = ["dictionary_kind", "step", "atom", "weight", "nnz", "explained_kl_train", "explained_kl_cv",
+            "explained_kl_test", "ci_low", "ci_high", "selected"]
+    frames = []
+    for level, chosen in best.items():
+        pool_idx = K0 + np.flatnonzero(scored["candidate"].isin(chosen["candidate"]))
+        use = np.concatenate([np.flatnonzero(kept_at(hand_excluded, level)), pool_idx])
+        names = list(info["atom"].iloc[use])
+        generated = fit_path(head, (X[pool_idx], C[pool_idx]), P, base, keys, list(info["atom"].iloc[pool_idx]),
+                             path_settings)
+        generated = generated.assign(dictionary_kind="generated", step=generated["lambda_index"])
+
+        def problem(rows, use=use, names=names):
+            return FactoredProblem(head, X[use][:, rows], C[use][:, rows], P[0][rows], P[1][rows], names)
+
+        discovered = pursue(problem, keys, base_kl, pursuit, path_settings).assign(dictionary_kind="discovered")
+        part = pd.concat([generated[cols + ["lambda"]], discovered[cols + ["added", "gradient"]]], ignore_index=True)
+        generated_rows = part["dictionary_kind"] == "generated"
+        n_pool = int(kept_at(screened["excluded_at"], level).sum())
+        part["n_candidates"] = np.where(generated_rows, n_pool, n_pool + len(use) - len(pool_idx))
+        part["dictionary_size"] = np.where(generated_rows, len(pool_idx), len(use))
+        part["exclusion"] = level
+        frames.append(part)
+    table = pd.concat(frames, ignore_index=True).merge(info, on="atom", how="left").merge(plugin, on="atom", how="left")
     table.insert(0, "target", target)
     table.insert(0, "behavior", behavior)
-    generated_rows = table["dictionary_kind"] == "generated"
-    table["n_candidates"] = np.where(generated_rows, len(screened), len(screened) + K0)
-    table["dictionary_size"] = np.where(generated_rows, len(best), K0 + len(best))
     write_table(table, out, metadata={"screen": screen.__dict__, "pursuit": pursuit.__dict__,
-                                      "top": best[["candidate", "text", "kind", "gradient"]].to_dict("records")})
-    for kind, part in table[table["selected"]].groupby("dictionary_kind"):
+                                      "top": {level: b[["candidate", "text", "kind", "gradient"]].to_dict("records")
+                                              for level, b in best.items()}})
+    for (level, kind), part in table[table["selected"]].groupby(["exclusion", "dictionary_kind"]):
         top = part.reindex(part["weight"].abs().sort_values(ascending=False).index).head(3)
-        log.info("%s %s: explained-KL %.3f with %d atoms; top %s", target, kind, part["explained_kl_test"].iloc[0],
+        log.info("%s %s (exclusion %s): explained-KL %.3f [%.3f, %.3f] with %d atoms; top %s", target, kind, level,
+                 part["explained_kl_test"].iloc[0], part["ci_low"].iloc[0], part["ci_high"].iloc[0],
                  part["nnz"].iloc[0], list(zip(top["text"], top["weight"].round(2))))
     return table
 
@@ -316,24 +362,31 @@ def reading_candidates(stage_paths, verbalise_paths) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["text", "kind", "source"])
 
 
-def run_pool(spec: dict, pool_cfg: dict, proposals_path, stage_paths, verbalise_paths, out) -> pd.DataFrame:
+def run_pool(spec: dict, pool_cfg: dict, exclusion: ExclusionSettings, proposals_path, stage_paths, verbalise_paths,
+             out) -> pd.DataFrame:
     """One behaviour's pool: its reading's candidates, the proposals and the templated instructions, with
-    duplicates and the behaviour's own instruction (and its near-duplicates) marked removed."""
+    duplicates marked removed and each candidate's exclusion level (softlens.exclusion) against the
+    behaviour's own instruction."""
     from .io import write_table
     from .pool import build_pool, templated
+    from .semantic import Embedder
 
     proposals = pd.read_parquet(proposals_path) if proposals_path else pd.DataFrame(columns=["text", "category"])
     parts = [reading_candidates(stage_paths, verbalise_paths),
              pd.DataFrame({"text": proposals["text"], "kind": "generated", "source": proposals["category"]}),
              pd.DataFrame({"text": templated(pool_cfg["templates"], pool_cfg["size"], pool_cfg["seed"]),
                            "kind": "templated", "source": "templates"})]
-    hidden = [spec["instruction"]] if spec.get("instruction") else []
-    pool = build_pool(pd.concat(parts, ignore_index=True), hidden, pool_cfg["near_duplicate"])
-    write_table(pool, out, metadata={"behavior": spec["name"], "hidden": hidden})
+    hidden = spec.get("instruction")
+    pool = build_pool(pd.concat(parts, ignore_index=True), pool_cfg["near_duplicate"])
+    embed = Embedder() if hidden and "semantic" in exclusion.levels else None
+    ex = exclusions(list(pool["text"]), hidden, spec.get("giveaways", []), exclusion, embed)
+    pool = pd.concat([pool, ex], axis=1)
+    write_table(pool, out, metadata={"behavior": spec["name"], "hidden": hidden, "exclusion": exclusion.__dict__})
     kept = pool[pool["removed"] == ""]
-    log.info("%s pool: %d candidates, %d kept (%s); removed: %s", spec["name"], len(pool), len(kept),
-             kept["kind"].value_counts().to_dict(), pool.loc[pool["removed"] != "", "removed"].str.split().str[0]
-             .value_counts().to_dict())
+    log.info("%s pool: %d candidates, %d kept (%s); removed: %s; excluded at: %s", spec["name"], len(pool),
+             len(kept), kept["kind"].value_counts().to_dict(),
+             pool.loc[pool["removed"] != "", "removed"].str.split().str[0].value_counts().to_dict(),
+             kept["excluded_at"].value_counts().to_dict())
     return pool
 
 

@@ -12,6 +12,7 @@ import logging
 import pandas as pd
 import torch
 
+from .intervals import bootstrap_ratio_interval
 from .slot import PromptSlot
 from .sources import soft_content
 from .training import (
@@ -19,6 +20,7 @@ from .training import (
     Targets,
     distributions,
     early_weights,
+    kl_terms,
     mean_kl,
     settings_for,
     teacher_and_base,
@@ -29,6 +31,14 @@ log = logging.getLogger(__name__)
 
 def kl_closure(kl_student: float, kl_base: float) -> float:
     return 1.0 - kl_student / kl_base
+
+
+def closure_interval(target: Targets, logp: torch.Tensor, base_logp: torch.Tensor, seed: int = 0
+                     ) -> tuple[float, float]:
+    """95% bootstrap interval of KL closure over the messages (each message's summed KL, student and base)."""
+    m = target.mask.float()
+    per = lambda q: (kl_terms(target.logp, q) * m).sum(-1).double().numpy()  # noqa: E731
+    return bootstrap_ratio_interval(per(logp), per(base_logp), seed=seed)
 
 
 def early_ce(targets: Targets, logp: torch.Tensor, early_tokens: int, early_weight: float) -> float:
@@ -56,7 +66,9 @@ def frame_scores(lm, slot, content, target: Targets, base: Targets, positions, b
     """Held-out KL closure, early-weighted CE and exact-match@k of one slot content on the test targets."""
     logp, _ = distributions(lm, slot, content, target.messages, target.fed, positions, batch_size)
     kl, kl_base = mean_kl(target, logp), mean_kl(target, base.logp)
+    low, high = closure_interval(target, logp, base.logp)
     return {"kl_test": kl, "kl_base_test": kl_base, "kl_closure_test": kl_closure(kl, kl_base),
+            "ci_low": low, "ci_high": high,
             "ce_test": early_ce(target, logp, s.early_tokens, s.early_weight),
             "ce_teacher_test": early_ce(target, target.logp, s.early_tokens, s.early_weight),
             "ce_base_test": early_ce(target, base.logp, s.early_tokens, s.early_weight),

@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -31,21 +32,37 @@ def _weight_bars(ax, d: pd.DataFrame, title: str, fontsize: int) -> None:
     ax.tick_params(labelsize=fontsize - 1)
 
 
+def _levels(table: pd.DataFrame) -> list[str]:
+    """The exclusion levels present, weakest first."""
+    from .exclusion import LEVELS
+
+    return [x for x in LEVELS if x in set(table["exclusion"])]
+
+
+def _score(d: pd.DataFrame) -> str:
+    """Held-out explained-KL with its 95% interval, from a selected fit's rows."""
+    if d.empty:
+        return ""
+    r = d.iloc[0]
+    return f"{r['explained_kl_test']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+
+
 def phase0(table: pd.DataFrame, out, top: int = 6) -> None:
-    """Recovered weights per behaviour at the selected lambda: full dictionary vs leave-one-out."""
-    t = table.copy()
-    t["fit"] = t["leave_one_out"].map({False: "full dictionary", True: "instruction left out"})
-    t = t[t["weight"] != 0]
-    t = t[t.groupby(["behavior", "fit"])["weight"].transform(lambda w: w.abs().rank(ascending=False)) <= top]
+    """Recovered weights per behaviour at the selected lambda, at each exclusion level (none = the full
+    dictionary; the stricter levels leave out the instruction and what resembles it)."""
+    t = table[table["weight"] != 0].copy()
+    t = t[t.groupby(["behavior", "exclusion"])["weight"].transform(lambda w: w.abs().rank(ascending=False)) <= top]
     t["label"] = t["atom"] + t["is_target"].map({True: " (true)", False: ""})
-    behaviors = sorted(t["behavior"].unique())
-    fig, axes = plt.subplots(len(behaviors), 2, figsize=(11, 2.2 * len(behaviors) + 0.5), squeeze=False)
+    behaviors, levels = sorted(t["behavior"].unique()), _levels(table)
+    fig, axes = plt.subplots(len(behaviors), len(levels), figsize=(4.4 * len(levels), 2.2 * len(behaviors) + 0.5),
+                             squeeze=False)
     for i, b in enumerate(behaviors):
-        for j, fit in enumerate(["full dictionary", "instruction left out"]):
-            ekl = table[(table["behavior"] == b) & (table["leave_one_out"] == (j == 1))]["explained_kl_test"]
-            title = f"{b}: {fit} (held-out explained-KL {ekl.iloc[0]:.3f})" if len(ekl) else b
-            _weight_bars(axes[i, j], t[(t["behavior"] == b) & (t["fit"] == fit)], title, fontsize=9)
-    fig.suptitle("Phase 0: PoE weights recovered for each known hard prompt (red = the true instruction)")
+        for j, level in enumerate(levels):
+            score = _score(table[(table["behavior"] == b) & (table["exclusion"] == level)])
+            _weight_bars(axes[i, j], t[(t["behavior"] == b) & (t["exclusion"] == level)],
+                         f"{b}, exclusion {level}\nexplained-KL {score}", fontsize=8)
+    fig.suptitle("Phase 0: PoE weights recovered for each known hard prompt (red = the true instruction; "
+                 "held-out explained-KL with 95% bootstrap interval)")
     fig.tight_layout()
     _save(fig, out)
 
@@ -66,16 +83,26 @@ def phase05(table: pd.DataFrame, out) -> None:
     _save(fig, out)
 
 
+def _closure_dots(ax, table: pd.DataFrame, column: str = "kl_closure_test") -> None:
+    """One dot per seed with its 95% bootstrap interval, grouped by behaviour and variant."""
+    t = table.sort_values(["behavior", "variant", "seed"]).reset_index(drop=True)
+    labels = t["behavior"] + "\n" + t["variant"]
+    colors = dict(zip(sorted(t["variant"].unique()), sns.color_palette(n_colors=t["variant"].nunique())))
+    for i, (label, g) in enumerate(t.groupby(labels, sort=False)):
+        xs = i + np.linspace(-0.15, 0.15, len(g)) if len(g) > 1 else np.array([float(i)])
+        ax.errorbar(xs, g[column], yerr=[g[column] - g["ci_low"], g["ci_high"] - g[column]], fmt="o", capsize=2,
+                    color=colors[g["variant"].iloc[0]])
+    ax.set_xticks(range(labels.nunique()), list(dict.fromkeys(labels)), fontsize=7)
+
+
 def training(table: pd.DataFrame, out) -> None:
-    """Held-out KL closure per behaviour, prepend vs contextualised; one dot per seed, bar = mean."""
+    """Held-out KL closure per behaviour and variant; one dot per seed with its 95% bootstrap interval."""
     sns.set_theme(style="whitegrid", context="paper")
-    fig, ax = plt.subplots(figsize=(1.4 * table["behavior"].nunique() + 3, 3.8))
-    sns.barplot(data=table, x="behavior", y="kl_closure_test", hue="variant", errorbar=None, alpha=0.5, ax=ax)
-    sns.stripplot(data=table, x="behavior", y="kl_closure_test", hue="variant", dodge=True, legend=False,
-                  palette="dark:black", size=4, ax=ax)
+    fig, ax = plt.subplots(figsize=(1.1 * len(table.groupby(["behavior", "variant"])) + 2, 3.8))
+    _closure_dots(ax, table)
     ax.axhline(1, color="black", lw=0.6)
-    ax.set(ylabel="held-out KL closure", ylim=(min(0, table["kl_closure_test"].min() - 0.05), 1.02),
-           title=f"Soft prompts: KL closure on test messages ({table['seed'].nunique()} seeds, dots)")
+    ax.set(ylabel="held-out KL closure", ylim=(min(0, table["ci_low"].min() - 0.05), 1.02),
+           title=f"Soft prompts: KL closure on test messages ({table['seed'].nunique()} seeds; 95% intervals)")
     fig.tight_layout()
     _save(fig, out)
 
@@ -96,9 +123,12 @@ def training_curves(curves: pd.DataFrame, out) -> None:
 
 
 def phase1(table: pd.DataFrame, out, top: int = 6) -> None:
-    """Top signed weights per soft prompt (seed 0 of each variant) at the selected lambda."""
-    t = table[(table["weight"] != 0) & (table["seed"] == table["seed"].min())].copy()
-    t["fit"] = t["variant"] + t["leave_one_out"].map({False: "", True: ", instruction left out"})
+    """Top signed weights per soft prompt (seed 0 of each variant) at the selected lambda, at the weakest
+    and the strictest exclusion level."""
+    levels = _levels(table)
+    levels = sorted({levels[0], levels[-1]}, key=levels.index)  # the weakest and the strictest level
+    t = table[(table["weight"] != 0) & (table["seed"] == table["seed"].min()) & table["exclusion"].isin(levels)].copy()
+    t["fit"] = t["variant"] + ", exclusion " + t["exclusion"]
     t = t[t.groupby(["behavior", "fit"])["weight"].transform(lambda w: w.abs().rank(ascending=False)) <= top]
     t["label"] = t["atom"] + t["is_target"].map({True: " (true)", False: ""})
     behaviors, fits = sorted(t["behavior"].unique()), sorted(t["fit"].unique())
@@ -107,8 +137,7 @@ def phase1(table: pd.DataFrame, out, top: int = 6) -> None:
     for i, b in enumerate(behaviors):
         for j, fit in enumerate(fits):
             d = t[(t["behavior"] == b) & (t["fit"] == fit)]
-            ekl = d["explained_kl_test"]
-            title = f"{b}: {fit}" + (f" (expl. {ekl.iloc[0]:.3f})" if len(ekl) else "")
+            title = f"{b}: {fit}\n{_score(d)}"
             _weight_bars(axes[i, j], d, title, fontsize=8)
     fig.suptitle("Phase 1: PoE weights of trained soft prompts (red = the behaviour's instruction)")
     fig.tight_layout()
@@ -119,8 +148,7 @@ def phase1_path(path: pd.DataFrame, out) -> None:
     """Held-out explained-KL against the number of nonzero atoms along the lambda path."""
     sns.set_theme(style="whitegrid", context="paper")
     p = path.copy()
-    p["dictionary"] = p["leave_one_out"].map({False: "full", True: "instruction left out"})
-    g = sns.relplot(data=p, x="nnz", y="explained_kl_test", hue="behavior", style="dictionary", col="variant",
+    g = sns.relplot(data=p, x="nnz", y="explained_kl_test", hue="behavior", style="exclusion", col="variant",
                     kind="line", marker="o", errorbar=("pi", 100), height=3.6, aspect=1.3)
     g.set_axis_labels("nonzero atoms", "held-out explained-KL")
     g.figure.suptitle("Phase 1: explained-KL along the lambda path (bands: min-max over seeds)", y=1.03)
@@ -188,13 +216,11 @@ def verbalisation(table: pd.DataFrame, out) -> None:
     """The best self-verbalisation candidate's closure as a hard prompt, per behaviour and variant."""
     sns.set_theme(style="whitegrid", context="paper")
     best = table[table["is_best"]]
-    fig, ax = plt.subplots(figsize=(1.4 * best["behavior"].nunique() + 4, 3.8))
-    sns.barplot(data=best, x="behavior", y="kl_closure_test", hue="variant", errorbar=None, alpha=0.5, ax=ax)
-    sns.stripplot(data=best, x="behavior", y="kl_closure_test", hue="variant", dodge=True, legend=False,
-                  palette="dark:black", size=4, ax=ax)
+    fig, ax = plt.subplots(figsize=(1.1 * len(best.groupby(["behavior", "variant"])) + 3, 3.8))
+    _closure_dots(ax, best)
     ax.axhline(0, color="black", lw=0.6)
     ax.set(ylabel="held-out KL closure as a hard prompt",
-           title="Self-verbalisation: best candidate per soft prompt (dots = seeds)")
+           title="Self-verbalisation: the candidate best on train messages, scored on test (95% intervals)")
     fig.tight_layout()
     _save(fig, out)
 
@@ -204,10 +230,9 @@ def dictionary(table: pd.DataFrame, path: pd.DataFrame, out) -> None:
     fits), per dictionary kind; and the top atoms' semantic similarity to the hidden instruction
     against the same dictionary's random atoms."""
     sns.set_theme(style="whitegrid", context="paper")
-    label = {False: "", True: " (instruction left out)"}
     p, t = path.copy(), table.copy()
     for d in (p, t):
-        d["dictionary"] = d["dictionary_kind"] + d["leave_one_out"].map(label)
+        d["dictionary"] = d["dictionary_kind"] + " (" + d["exclusion"] + ")"
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     sns.lineplot(data=p, x="nnz", y="explained_kl_test", hue="dictionary", style="variant", marker="o",
                  errorbar=("pi", 100), ax=axes[0])
@@ -229,8 +254,10 @@ def dictionary(table: pd.DataFrame, path: pd.DataFrame, out) -> None:
 
 
 def dictionary_atoms(atoms: pd.DataFrame, out, top: int = 8) -> None:
-    """The discovered dictionary's top signed atoms per soft prompt, coloured by where each came from."""
-    t = atoms[atoms["dictionary_kind"] == "discovered"].copy()
+    """The discovered dictionary's top signed atoms per soft prompt at the strictest exclusion level,
+    coloured by where each came from."""
+    strictest = _levels(atoms)[-1]
+    t = atoms[(atoms["dictionary_kind"] == "discovered") & (atoms["exclusion"] == strictest)].copy()
     t = t[t.groupby(["behavior", "variant", "seed"])["weight"].transform(lambda w: w.abs().rank(ascending=False))
           <= top]
     t["label"] = t["text"].str.slice(0, 48)
@@ -245,7 +272,7 @@ def dictionary_atoms(atoms: pd.DataFrame, out, top: int = 8) -> None:
         ax.tick_params(labelsize=7)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
     fig.legend(handles, list(colors), loc="lower center", ncol=5, fontsize=8, frameon=False)
-    fig.suptitle("Discovered dictionaries: top signed atoms (colour = where the atom came from)")
+    fig.suptitle(f"Discovered dictionaries at exclusion level {strictest}: top signed atoms (colour = where the atom came from)")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     _save(fig, out)
 
@@ -321,4 +348,39 @@ def costs(table: pd.DataFrame, out) -> None:
     b.set_ylabel("")
     b.set_title("peak RSS")
     a.invert_yaxis()
+    _save(fig, out)
+
+
+def recovery(table: pd.DataFrame, out) -> None:
+    """Each reader's answer as a plug-in hard prompt: held-out closure (with its 95% interval) as a fraction
+    of the soft prompt's, and its similarity percentile among the pool's candidates, per exclusion level."""
+    sns.set_theme(style="whitegrid", context="paper")
+    readers = list(dict.fromkeys(table["reader"]))  # the table's order (softlens.tables.READERS)
+    levels = _levels(table)
+    colors = dict(zip(levels, sns.color_palette(n_colors=len(levels))))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.2))
+    labelled = set()
+    for i, reader in enumerate(readers):
+        for j, level in enumerate(levels):
+            d = table[(table["reader"] == reader) & (table["exclusion"] == level)]
+            if d.empty:
+                continue
+            x = i + (j - (len(levels) - 1) / 2) * 0.18 + np.linspace(-0.04, 0.04, len(d))
+            soft = d["soft_closure_test"]
+            axes[0].errorbar(x, d["plugin_closure_test"] / soft, fmt="o", ms=4, capsize=2, color=colors[level],
+                             yerr=[(d["plugin_closure_test"] - d["ci_low"]) / soft,
+                                   (d["ci_high"] - d["plugin_closure_test"]) / soft],
+                             label=None if level in labelled else level)
+            labelled.add(level)
+            axes[1].scatter(x, d["similarity_percentile"], color=colors[level], s=16)
+    for ax in axes:
+        ax.set_xticks(range(len(readers)), readers, rotation=15, fontsize=8)
+    axes[0].axhline(0.6, color="black", lw=0.6, ls=":")
+    axes[0].set(ylabel="plug-in closure / soft prompt's closure", title="the answer as a hard prompt (95% intervals)")
+    axes[0].legend(title="exclusion", fontsize=7)
+    axes[1].axhline(0.95, color="black", lw=0.6, ls=":")
+    axes[1].set(ylabel="similarity percentile in the pool", ylim=(-0.02, 1.02),
+                title="MiniLM cosine to the hidden instruction, against the pool's candidates")
+    fig.suptitle("Plug-in recovery: one hard prompt per reader and soft prompt")
+    fig.tight_layout()
     _save(fig, out)

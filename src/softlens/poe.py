@@ -312,6 +312,26 @@ class FactoredProblem(_Screened):
         u = torch.einsum("k,knd->nd", torch.from_numpy(w[nz]), self.X[nz, c].double())
         return u, float(w.sum())
 
+    def _logits(self, u: torch.Tensor, s: float):
+        """A mixture's float32 logits (rows, V) and log-normalisers (rows,)."""
+        z = u.float() @ self.head.weight.T
+        if self.head.bias is not None:
+            z += s * self.head.bias
+        return z, torch.logsumexp(z, -1)
+
+    def _row_kl(self, u: torch.Tensor, s: float, lse: torch.Tensor, c: slice) -> torch.Tensor:
+        """KL(P_n || q_n) per context of chunk c: sum p log p - E_P[log q] with log q = u.W + s b - lse."""
+        return self.P.plogp[c] - (u * self.P.mean[c]).sum(-1) - s * self.P.bias[c] + lse.double()
+
+    def kl_rows(self, w: np.ndarray) -> np.ndarray:
+        """KL(P_n || q_w(. | n)) per context (N,), full vocabulary: what intervals resample."""
+        w = np.asarray(w, dtype=np.float64)
+        out = []
+        for c in self._chunks:
+            u, s = self._mix(w, c)
+            out.append(self._row_kl(u, s, self._logits(u, s)[1], c))
+        return torch.cat(out).numpy()
+
     def _pass(self, w: np.ndarray, tokens: int = 0):
         """One pass over the vocabulary at w: (mean KL, exact gradient (K,), TangentProblem on `tokens`
         tokens per context), or the KL alone when `tokens` is 0.
@@ -319,20 +339,17 @@ class FactoredProblem(_Screened):
         The (rows, V) arrays are float32, as the cached states are (their logits carry ~1e-7 relative
         rounding whatever the later precision); per-context sums are float64.
         """
-        key = (w.tobytes(), tokens)
-        if self.__dict__.get("_last", (None,))[0] == key:
-            return self._last[1]
+        last = self.__dict__.get("_last")
+        if last is not None and last[0] == w.tobytes() and last[1] >= tokens:  # wider token sets serve too
+            return last[2] if tokens else (last[2][0], None, None)
         kl, g = 0.0, torch.zeros(self.K, dtype=torch.float64)
         parts = []
         W, b = self.head.weight, self.head.bias
         tangent, k = tokens > 0, min(tokens, self.head.V)
         for c in self._chunks:
             u, s = self._mix(w, c)
-            z = u.float() @ W.T
-            if b is not None:
-                z += s * b
-            lse = torch.logsumexp(z, -1)
-            kl += float((self.P.plogp[c] - (u * self.P.mean[c]).sum(-1) - s * self.P.bias[c] + lse.double()).sum())
+            z, lse = self._logits(u, s)
+            kl += float(self._row_kl(u, s, lse, c).sum())
             if not tangent:
                 continue
             logq = z.sub_(lse[:, None])
@@ -375,12 +392,34 @@ class FactoredProblem(_Screened):
         g = (g / self.N).numpy()
         L, offset, delta = (torch.cat(t, d) for t, d in zip(zip(*parts), (1, 0, 1)))
         const = self.const - float((delta.mean(1) * torch.from_numpy(w)).sum())
-        self._last = (key, (kl, g, TangentProblem(L, offset, self.ep - delta, const)))
-        return self._last[1]
+        self._last = (w.tobytes(), k, (kl, g, TangentProblem(L, offset, self.ep - delta, const)))
+        return self._last[2]
 
     def kl(self, w: np.ndarray) -> float:
         """mean_n KL(P_n || q_w(. | n)), full vocabulary."""
         return self._pass(np.asarray(w, dtype=np.float64))[0]
+
+    def restricted(self, tokens: int = 512, rows_per_chunk: int = 8) -> PoEProblem:
+        """A dense, approximate copy for choosing among fits (cross-validation folds), not for reporting:
+        each context keeps the `tokens` tokens that the target or any atom finds most probable, and one
+        bucket holding the rest of each distribution's mass (exact for every atom alone; for a mixture
+        it treats the rest's shape as the atoms' common one). Float64, (K, N, tokens + 1)."""
+        k = min(tokens, self.head.V)
+        bucket = int(k < self.head.V)  # a vocabulary that fits whole needs no bucket
+        L = torch.empty(self.K, self.N, k + bucket, dtype=torch.float64)
+        target = torch.empty(self.N, k + bucket, dtype=torch.float64)
+        for a in range(0, self.N, rows_per_chunk):
+            c = slice(a, min(a + rows_per_chunk, self.N))
+            atoms = self.head.log_probs(self.X[:, c].reshape(-1, self.head.d), self.C[:, c].reshape(-1))
+            atoms = atoms.view(self.K, c.stop - c.start, -1)
+            p = self.head.log_probs(self.target_x[c], self.target_lse[c])
+            T = torch.maximum(p, atoms.max(0).values).topk(k, -1).indices          # (rows, k)
+            for out, logp in ((L[:, c], atoms), (target[c], p)):
+                index = T.expand(*logp.shape[:-1], k)
+                out[..., :k] = logp.gather(-1, index)
+                if bucket:
+                    out[..., k] = logp.scatter(-1, index, -np.inf).logsumexp(-1)   # the rest's mass, exactly
+        return PoEProblem(L, target, list(self.atoms))
 
     def screen(self, w: np.ndarray) -> np.ndarray:
         """The exact gradient over all K atoms."""
@@ -488,7 +527,9 @@ def _proximal_newton(problem, lam: float, w0: np.ndarray | None = None, *, tol: 
     checked = False  # the support's own conditions met at least once (a warm start may already be optimal)
     for _ in range(50):
         g = problem.screen(w)
-        viol = np.where((w != 0) | verified, 0.0, np.maximum(np.abs(g) - lam - problem.screen_tol, 0.0))
+        # an atom at zero within the tolerance of its condition needs no visit (tol >= screen_tol): adding such
+        # atoms at a loose tolerance would only cycle them through the working set
+        viol = np.where((w != 0) | verified, 0.0, np.maximum(np.abs(g) - lam - tol, 0.0))
         support = np.flatnonzero(w)
         new = np.argsort(-viol)[: max(5, len(support))]
         new = new[viol[new] > 0]

@@ -8,8 +8,9 @@ A pool is a table of candidate instructions with where each came from (`kind`):
   repaired projection), so a prompt's own reading can explain it.
 
 Duplicates go: exact ones (after case and punctuation folding) and near ones (word-set Jaccard at or
-above a threshold). The hidden instruction and its near-duplicates go too: a discovered dictionary has
-to explain the behaviour without being handed it. Removed rows stay in the table with the reason.
+above a threshold); removed rows stay in the table with the reason. The hidden instruction and what
+resembles it are not removed here but marked with the exclusion level that removes them
+(softlens.exclusion): a discovered dictionary is reported at every level.
 """
 
 from __future__ import annotations
@@ -72,8 +73,9 @@ def jaccard(a: list[str], b: list[str]) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def build_pool(candidates: pd.DataFrame, hidden: list[str], near_duplicate: float) -> pd.DataFrame:
-    """Number the candidates (columns text, kind, source) and mark what is removed and why.
+def build_pool(candidates: pd.DataFrame, near_duplicate: float) -> pd.DataFrame:
+    """Number the candidates (columns text, kind, source) and mark duplicates removed, with the reason.
+    (What a hidden-instruction experiment may not see is decided per level: softlens.exclusion.)
 
     Order matters: a candidate is a duplicate of the first kept one it matches, so put the kinds
     whose provenance should win first.
@@ -81,11 +83,6 @@ def build_pool(candidates: pd.DataFrame, hidden: list[str], near_duplicate: floa
     pool = candidates.reset_index(drop=True).copy()
     pool["text"] = pool["text"].astype(str).str.strip()
     pool["removed"] = np.where(pool["text"].map(normalise) == "", "empty", "")
-    hidden = [h for h in hidden if normalise(h)]
-    if hidden:
-        sim = jaccard(list(pool["text"]), hidden).max(1)
-        exact = pool["text"].map(normalise).isin({normalise(h) for h in hidden})
-        pool.loc[(pool["removed"] == "") & (exact | (sim >= near_duplicate)), "removed"] = "hidden instruction"
     seen: dict[str, int] = {}
     for i, t in pool.loc[pool["removed"] == "", "text"].items():  # exact duplicates
         key = normalise(t)

@@ -185,7 +185,8 @@ def run_token_geometry(manifest, reading: dict, model_settings: dict, out) -> pd
 def run_verbalisation(manifest, teacher_path, prompt_path, spec: dict, variant: str, seed: int, training: dict,
                       reading: dict, model_settings: dict, out, steering_file=None) -> pd.DataFrame:
     """Ask the model what the soft prompt means (each template, `samples` sampled answers), then score
-    every distinct answer as a hard prompt in the bare slot on the test messages."""
+    every distinct answer as a hard prompt in the bare slot: on `select_messages` train messages, which
+    choose the best (`is_best`), and on the test messages, which are reported."""
     from .io import write_table
     from .teacher import GenerationSettings, generate
     from .verbalise import candidate_requests, clean_candidate
@@ -199,19 +200,26 @@ def run_verbalisation(manifest, teacher_path, prompt_path, spec: dict, variant: 
                              temperature=v.get("temperature", 1.0), top_p=v.get("top_p", 0.95), seed=seed,
                              batch_size=r.bs)
     answers = generate(r.lm, r.slot, r.soft(r.vectors)(frame), [m for _, m in requests], gen, desc="verbalise")
+    # the best candidate is chosen on train messages (a seeded sample), then scored once on test
+    train = r.teacher[r.teacher["split"] == "train"]
+    chosen = np.random.default_rng(seed).permutation(train["message_id"].unique())[:v.get("select_messages", 16)]
+    select, select_base = teacher_and_base(r.lm, r.slot, spec, train[train["message_id"].isin(chosen)], "train",
+                                           r.s.positions, r.bs, None, steering_file)
     rows, scored = [], {}
     for (t, _), ids in zip(requests, answers):
         answer = r.lm.tokenizer.decode(ids, skip_special_tokens=True)
         candidate = clean_candidate(answer)
         if candidate and candidate not in scored:
-            scored[candidate] = r.score(lambda f: HardPrompt(candidate), [None])
+            on_train = frame_scores(r.lm, r.slot, HardPrompt(candidate), select, select_base, r.s.positions, r.bs, r.s)
+            scored[candidate] = {"kl_closure_train": on_train["kl_closure_test"],
+                                 **r.score(lambda f: HardPrompt(candidate), [None])}
         rows.append({**r.keys(), "frame": frame, "template": templates[t], "answer": answer, "candidate": candidate,
-                     **scored.get(candidate, {"kl_closure_test": float("nan")})})
+                     **scored.get(candidate, {"kl_closure_train": float("nan"), "kl_closure_test": float("nan")})})
     table = pd.DataFrame(rows)
-    ok = table["kl_closure_test"].notna()
+    ok = table["kl_closure_train"].notna()
     table["is_best"] = False
     if ok.any():
-        table.loc[table.loc[ok, "kl_closure_test"].idxmax(), "is_best"] = True
+        table.loc[table.loc[ok, "kl_closure_train"].idxmax(), "is_best"] = True
     write_table(table, out)
     best = table[table["is_best"]]
     log.info("%s/%s seed %d: %d distinct candidates; best %r closure %.3f", spec["name"], variant, seed, len(scored),

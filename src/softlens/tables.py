@@ -13,14 +13,16 @@ def _read(paths) -> pd.DataFrame:
 
 def _with_target(df: pd.DataFrame, selected: bool) -> pd.DataFrame:
     """Weights at the selected lambda (one row per atom) or the whole path (one row per lambda)."""
-    keys = ["behavior", "target", "dictionary", "leave_one_out"]
+    keys = ["behavior", "target", "dictionary", "exclusion"]
     if selected:
         sel = df[df["selected"]].copy()
         sel["rank"] = sel.groupby(keys)["weight"].rank(ascending=False, method="first")
-        return sel[keys + ["atom", "weight", "is_target", "explained_kl_test", "rank", "lambda", "nnz", "kl_test",
-                           "kl_base_test", "explained_kl_train"]].sort_values(keys + ["rank"])
+        return sel[keys + ["atom", "weight", "is_target", "explained_kl_test", "ci_low", "ci_high", "rank", "lambda",
+                           "nnz", "kl_test", "kl_base_test", "explained_kl_train", "explained_kl_cv",
+                           "excluded_atoms"]].sort_values(keys + ["rank"])
     return (df.groupby(keys + ["lambda_index"], as_index=False)
-              [["lambda", "nnz", "explained_kl_train", "explained_kl_test", "kl_test", "selected"]].first())
+              [["lambda", "nnz", "explained_kl_train", "explained_kl_cv", "explained_kl_test", "ci_low", "ci_high",
+                "kl_test", "selected"]].first())
 
 
 def phase0(fit_paths, dictionary: str = "hand-written") -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -35,8 +37,8 @@ def phase05(fit_paths) -> pd.DataFrame:
     df = _read(fit_paths)
     sel = df[df["selected"]]
     keys = ["behavior", "sigma", "seed"]
-    rows = sel.groupby(keys, as_index=False)[["kl_noisy_clean", "kl_noisy_base", "explained_kl_test", "nnz",
-                                              "lambda"]].first()
+    rows = sel.groupby(keys, as_index=False)[["kl_noisy_clean", "kl_noisy_base", "explained_kl_test", "ci_low",
+                                              "ci_high", "explained_kl_cv", "nnz", "lambda"]].first()
     target_w = sel[sel["is_target"]].groupby(keys, as_index=False)["weight"].sum()
     rows = rows.merge(target_w.rename(columns={"weight": "target_weight"}), on=keys, how="left")
     verdicts = {b: noise_verdict(g) for b, g in rows.groupby("behavior")}
@@ -50,8 +52,9 @@ def training(score_paths, curve_paths, sample_paths) -> tuple[pd.DataFrame, pd.D
     frames = _read(score_paths)
     keys = ["behavior", "variant", "seed"]
     trained = frames[frames["trained_frame"]]
-    table = trained.groupby(keys, as_index=False)[["kl_closure_test", "kl_test", "kl_base_test", "ce_test",
-                                                   "ce_teacher_test", "ce_base_test"]].mean()
+    # a contextualised prompt's score (and interval ends) are means over its training frames
+    table = trained.groupby(keys, as_index=False)[["kl_closure_test", "ci_low", "ci_high", "kl_test", "kl_base_test",
+                                                   "ce_test", "ce_teacher_test", "ce_base_test"]].mean()
     bare = frames[frames["frame"] == "___"].set_index(keys)["kl_closure_test"].rename("kl_closure_test_bare")
     table = table.join(bare, on=keys)
     curves = pd.concat([pd.read_csv(p) for p in curve_paths], ignore_index=True)
@@ -95,17 +98,18 @@ def _soft_target(target: pd.Series) -> pd.DataFrame:
 
 def dictionary(pursuit_paths, fit_paths, pool_paths, behaviors: dict, hand_written: list[dict], top: int = 3,
                embed=None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(one row per soft prompt x dictionary kind x leave-one-out at its selected fit; the paths,
+    """(one row per soft prompt x dictionary kind x exclusion level at its selected fit; the paths,
     one row per lambda or pursuit step; the selected atoms with their texts).
 
-    Kinds: hand-written (Phase 1's fits, with and without the instruction), generated (the best
-    screened pool candidates alone) and discovered (pursuit over both; the instruction is never in
-    the pool). semantic_similarity = mean cosine of the `top` largest-|weight| atoms to the hidden
-    instruction; random_similarity = the same dictionary's mean over all its candidates (the
+    Kinds: hand-written (Phase 1's fits), generated (the best screened pool candidates alone) and
+    discovered (pursuit over both), each with what its exclusion level removes left out.
+    semantic_similarity = mean cosine of the `top` largest-|weight| atoms to the hidden instruction;
+    random_similarity = the same dictionary's mean over all its candidates (the
     expectation of drawing atoms at random).
     """
     import numpy as np
 
+    from .exclusion import kept_at
     from .semantic import Embedder, similarity
 
     embed = embed or Embedder()
@@ -117,26 +121,26 @@ def dictionary(pursuit_paths, fit_paths, pool_paths, behaviors: dict, hand_writt
     fits = fits.join(_soft_target(fits["target"]))
     fits = fits.rename(columns={"lambda_index": "step"}).assign(dictionary_kind="hand-written")
     fits["text"], fits["kind"] = fits["atom"].map(texts), "hand-written"
-    fits["dictionary_size"] = fits.groupby(["behavior", "target", "leave_one_out", "step"])["atom"].transform("size")
+    fits["dictionary_size"] = fits.groupby(["behavior", "target", "exclusion", "step"])["atom"].transform("size")
     fits["n_candidates"] = fits["dictionary_size"]
 
     found = _read(pursuit_paths)
     found = found.join(_soft_target(found["target"]))
-    found["leave_one_out"] = True
 
-    cols = ["behavior", "variant", "seed", "dictionary_kind", "leave_one_out", "step", "atom", "text", "kind",
-            "weight", "nnz", "explained_kl_test", "selected", "dictionary_size", "n_candidates"]
+    scores = ["explained_kl_cv", "explained_kl_test", "ci_low", "ci_high"]
+    cols = ["behavior", "variant", "seed", "dictionary_kind", "exclusion", "step", "atom", "text", "kind",
+            "weight", "nnz", *scores, "selected", "dictionary_size", "n_candidates"]
     allrows = pd.concat([fits[cols], found[cols]], ignore_index=True)
-    keys = ["behavior", "variant", "seed", "dictionary_kind", "leave_one_out"]
+    keys = ["behavior", "variant", "seed", "dictionary_kind", "exclusion"]
     path = (allrows.groupby(keys + ["step"], as_index=False)
-            [["nnz", "explained_kl_test", "selected", "dictionary_size", "n_candidates"]].first())
+            [["nnz", *scores, "selected", "dictionary_size", "n_candidates"]].first())
 
     pools = {str(p.split("/")[-2]): pd.read_parquet(p) for p in pool_paths}
     sel = allrows[allrows["selected"] & (allrows["weight"] != 0)].copy()
     sel["similarity"] = np.nan
     rows = []
     for key, part in allrows[allrows["selected"]].groupby(keys):
-        b, variant, seed, kind, loo = key
+        b, variant, seed, kind, level = key
         hidden = behaviors[b].get("instruction", "")
         nz = part[part["weight"] != 0]
         sims = similarity(embed, list(nz["text"]), hidden)
@@ -146,13 +150,15 @@ def dictionary(pursuit_paths, fit_paths, pool_paths, behaviors: dict, hand_writt
             candidates = list(part["text"])
         else:
             pool = pools[b]
-            candidates = list(pool.loc[pool["removed"] == "", "text"])
+            candidates = list(pool.loc[(pool["removed"] == "") & kept_at(pool["excluded_at"], level), "text"])
             if kind == "discovered":
-                candidates += [r["prompt"] for r in hand_written if r["prompt"] != hidden]
-        rows.append({"behavior": b, "variant": variant, "seed": seed, "dictionary_kind": kind, "leave_one_out": loo,
+                hand = fits[(fits["behavior"] == b) & (fits["variant"] == variant) & (fits["seed"] == seed)
+                            & (fits["exclusion"] == level)]
+                candidates += list(hand["text"].drop_duplicates())
+        rows.append({"behavior": b, "variant": variant, "seed": seed, "dictionary_kind": kind, "exclusion": level,
                      "n_candidates": int(part["n_candidates"].iloc[0]),
                      "dictionary_size": int(part["dictionary_size"].iloc[0]), "nnz": int(part["nnz"].iloc[0]),
-                     "explained_kl_test": float(part["explained_kl_test"].iloc[0]),
+                     **{c: float(part[c].iloc[0]) for c in scores},
                      "semantic_similarity": float(sims[best].mean()) if len(best) else np.nan,
                      "random_similarity": float(similarity(embed, candidates, hidden).mean()),
                      "top_atoms": " | ".join(nz["text"].iloc[best])})
@@ -226,3 +232,87 @@ def sae(reading_paths, feature_paths, context_paths, top_features: int = 12
     if not manifold.empty:
         manifold["middle_layer"] = manifold["layer"] == int(np.median(sorted(table["layer"].unique())))
     return table, training, shared, manifold
+
+
+READERS = ("poe_top_atom", "pursuit_best_single", "pursuit_top_atom", "repaired", "verbalisation")
+
+
+def recovery(fit_paths, pursuit_paths, stage_paths, verbalise_paths, score_paths, pool_paths, behaviors: dict,
+             hand_written: list[dict], embed=None) -> pd.DataFrame:
+    """The reader's answer: one hard prompt per (soft prompt, reader, exclusion level), scored as a plug-in
+    (held-out KL closure alone in the slot against the behaviour's teacher, with its interval, and as a
+    fraction of the soft prompt's own closure in the bare slot) and by MiniLM cosine to the hidden
+    instruction with its percentile among the candidates of the same pool the level keeps (chance).
+
+    Readers: the top positively weighted atom of the hand-written Phase 1 fit (poe_top_atom); pursuit's
+    first atom, the best single one (pursuit_best_single), and its top positive atom at the selected step
+    (pursuit_top_atom); the repaired projection (repaired) and the verbalisation best on train messages
+    (verbalisation), which see no dictionary (exclusion none).
+    """
+    import numpy as np
+
+    from .exclusion import kept_at
+    from .semantic import Embedder, similarity
+
+    keys = ["behavior", "variant", "seed"]
+    texts = {r["atom"]: r["prompt"] for r in hand_written}
+    for name, spec in behaviors.items():
+        texts.setdefault(name, spec.get("instruction", ""))
+    rows = []
+
+    def answer(key, reader, level, text, closure, low, high):
+        rows.append(dict(zip(keys, key), reader=reader, exclusion=level, text=text, plugin_closure_test=closure,
+                         ci_low=low, ci_high=high))
+
+    fits = _read(fit_paths)
+    fits = fits.join(_soft_target(fits["target"]))
+    for (*key, level), part in fits[fits["selected"] & (fits["weight"] > 0)].groupby(keys + ["exclusion"]):
+        top = part.loc[part["weight"].idxmax()]
+        answer(key, "poe_top_atom", level, texts.get(top["atom"], top["atom"]), top["plugin_closure_test"],
+               top["plugin_ci_low"], top["plugin_ci_high"])
+    if pursuit_paths:
+        found = _read(pursuit_paths)
+        found = found.join(_soft_target(found["target"]))
+        found = found[found["dictionary_kind"] == "discovered"]
+        for (*key, level), part in found.groupby(keys + ["exclusion"]):
+            first = part[part["step"] == 1].iloc[0]
+            answer(key, "pursuit_best_single", level, first["text"], first["plugin_closure_test"],
+                   first["plugin_ci_low"], first["plugin_ci_high"])
+            chosen = part[part["selected"] & (part["weight"] > 0)]
+            if len(chosen):
+                top = chosen.loc[chosen["weight"].idxmax()]
+                answer(key, "pursuit_top_atom", level, top["text"], top["plugin_closure_test"], top["plugin_ci_low"],
+                       top["plugin_ci_high"])
+    if stage_paths:
+        stages = _read(stage_paths)
+        for _, r in stages[stages["stage"] == "repaired"].iterrows():
+            answer([r[k] for k in keys], "repaired", "none", r["text"], r["kl_closure_test"], r["ci_low"], r["ci_high"])
+        verbal = _read(verbalise_paths)
+        for _, r in verbal[verbal["is_best"]].iterrows():
+            answer([r[k] for k in keys], "verbalisation", "none", r["candidate"], r["kl_closure_test"], r["ci_low"],
+                   r["ci_high"])
+    table = pd.DataFrame(rows)
+    scores = _read(score_paths)
+    soft = scores[scores["frame"] == "___"].set_index(keys)["kl_closure_test"].rename("soft_closure_test")
+    table = table.join(soft, on=keys)
+    table["fraction_of_soft"] = table["plugin_closure_test"] / table["soft_closure_test"]
+
+    embed = embed or Embedder()
+    pools = {str(p.split("/")[-2]): pd.read_parquet(p) for p in pool_paths}
+    table["similarity"], table["similarity_percentile"] = np.nan, np.nan
+    for (b, level), part in table.groupby(["behavior", "exclusion"]):
+        hidden = behaviors.get(b, {}).get("instruction")
+        if not hidden:
+            continue
+        if b in pools:
+            pool = pools[b]
+            chance = list(pool.loc[(pool["removed"] == "") & kept_at(pool["excluded_at"], level), "text"])
+        else:  # not discovered: the hand-written atoms this level keeps are the pool
+            kept = fits.loc[(fits["behavior"] == b) & (fits["exclusion"] == level), "atom"].unique()
+            chance = [texts.get(a, a) for a in kept]
+        null = similarity(embed, chance, hidden)
+        sims = similarity(embed, list(part["text"].fillna("")), hidden)
+        table.loc[part.index, "similarity"] = sims
+        table.loc[part.index, "similarity_percentile"] = [float((null < x).mean()) for x in sims]
+    table["reader"] = pd.Categorical(table["reader"], READERS, ordered=True)
+    return table.sort_values(keys + ["reader", "exclusion"]).reset_index(drop=True)
