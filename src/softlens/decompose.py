@@ -77,7 +77,7 @@ def fit_path(head: OutputHead, atoms_states: tuple, target: tuple, base: tuple, 
         return FactoredProblem(head, X[:, rows], C[:, rows], target[0][rows], target[1][rows], atoms)
 
     def base_kl(p: FactoredProblem, rows) -> np.ndarray:
-        return p.P.kl_to(torch.from_numpy(base[0][rows]), torch.from_numpy(base[1][rows])).numpy()
+        return unprompted_kl(p, base, rows)
 
     fitting = problem(train)
     lambdas = lambda_path(fitting, settings.path_length, settings.lambda_ratio)
@@ -102,6 +102,11 @@ def fit_path(head: OutputHead, atoms_states: tuple, target: tuple, base: tuple, 
     df = pd.DataFrame(rows)
     df["selected"] = df["lambda_index"] == select_lambda(df, settings.selection_tolerance)
     return df
+
+
+def unprompted_kl(p: FactoredProblem, base: tuple, rows) -> np.ndarray:
+    """KL(P_n || unprompted_n) per context of problem `p` (its rows are `rows` of the caches `base`)."""
+    return p.P.kl_to(torch.from_numpy(base[0][rows]), torch.from_numpy(base[1][rows])).numpy()
 
 
 def dense_rows(dense: PoEProblem, rows, atoms=None) -> PoEProblem:
@@ -140,8 +145,8 @@ def plugin_closures(head: OutputHead, atoms_states: tuple, teacher: tuple, base:
     T = head.moments(torch.from_numpy(np.asarray(teacher[0])[test]), torch.from_numpy(np.asarray(teacher[1])[test]))
 
     def summed_kl(x, c) -> np.ndarray:
-        return per_message(T.kl_to(torch.from_numpy(np.asarray(x)[test]), torch.from_numpy(np.asarray(c)[test])).numpy(),
-                           message)[1]
+        kl = T.kl_to(torch.from_numpy(np.asarray(x)[test]), torch.from_numpy(np.asarray(c)[test]))
+        return per_message(kl.numpy(), message)[1]
 
     base_kl = summed_kl(*base)
     rows = []

@@ -30,12 +30,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import ConfigError
-from .decompose import TARGET, UNPROMPTED_SOURCE, PathSettings, dense_rows, fit_path, plugin_closures
+from .decompose import TARGET, UNPROMPTED_SOURCE, PathSettings, dense_rows, fit_path, plugin_closures, unprompted_kl
 from .exclusion import LEVELS, ExclusionSettings, atom_levels, exclusions, kept_at
 from .head import Moments, OutputHead, read_head
 from .intervals import bootstrap_ratio_interval, message_folds, per_message
 from .io import check_aligned
-from .poe import FactoredProblem, solve
+from .poe import FactoredProblem, PoEProblem, solve
 
 log = logging.getLogger(__name__)
 
@@ -182,14 +182,16 @@ def run_screen(manifest, teacher_path, pool_path, targets: dict, cache_dir, head
     return table
 
 
-def pursue(problem, keys: pd.DataFrame, base_kl, settings: PursuitSettings, path: PathSettings) -> pd.DataFrame:
+def pursue(problem, keys: pd.DataFrame, base_kl, settings: PursuitSettings, path: PathSettings,
+           dense: PoEProblem | None = None) -> pd.DataFrame:
     """Greedy pursuit over the atoms of `problem(rows)` (a FactoredProblem over every candidate on those
     rows; `base_kl(p, rows)` the unprompted model's KL per row): one row per (step, active atom), with
     train, cross-validated and test scores. Stopping and the selected step use the cross-validated score."""
     train_rows, test_rows = np.flatnonzero(keys["split"] == "train"), np.flatnonzero(keys["split"] == "test")
     message = keys["message_id"].to_numpy()
     train, test = problem(train_rows), problem(test_rows)
-    dense = train.restricted()  # the folds' refits only rank steps: the restricted problem serves
+    if dense is None:  # the folds' refits only rank steps: the train rows' restricted problem serves
+        dense = train.restricted()
     folds = message_folds(message[train_rows], path.folds, path.seed)
     cv = [(folds != f, problem(train_rows[folds == f]), train_rows[folds == f]) for f in range(path.folds)]
     cv_base = sum(float(base_kl(val, rows).sum()) for _, val, rows in cv)
@@ -278,7 +280,11 @@ def run_pursuit(manifest, teacher_path, screen_paths, pool_path, cache_dir, head
     plugin = plugin_closures(head, (X, C), teacher_states, base, keys, list(info["atom"]), path_settings)
 
     def base_kl(p: FactoredProblem, rows) -> np.ndarray:
-        return p.P.kl_to(torch.from_numpy(base[0][rows]), torch.from_numpy(base[1][rows])).numpy()
+        return unprompted_kl(p, base, rows)
+
+    # one restricted problem over every atom on the train rows, for every level's folds
+    train = np.flatnonzero(keys["split"] == "train")
+    dense = FactoredProblem(head, X[:, train], C[:, train], P[0][train], P[1][train]).restricted()
 
     cols = ["dictionary_kind", "step", "atom", "weight", "nnz", "explained_kl_train", "explained_kl_cv",
             "explained_kl_test", "ci_low", "ci_high", "selected"]
@@ -288,13 +294,14 @@ def run_pursuit(manifest, teacher_path, screen_paths, pool_path, cache_dir, head
         use = np.concatenate([np.flatnonzero(kept_at(hand_excluded, level)), pool_idx])
         names = list(info["atom"].iloc[use])
         generated = fit_path(head, (X[pool_idx], C[pool_idx]), P, base, keys, list(info["atom"].iloc[pool_idx]),
-                             path_settings)
+                             path_settings, dense=dense_rows(dense, slice(None), pool_idx))
         generated = generated.assign(dictionary_kind="generated", step=generated["lambda_index"])
 
         def problem(rows, use=use, names=names):
             return FactoredProblem(head, X[use][:, rows], C[use][:, rows], P[0][rows], P[1][rows], names)
 
-        discovered = pursue(problem, keys, base_kl, pursuit, path_settings).assign(dictionary_kind="discovered")
+        discovered = pursue(problem, keys, base_kl, pursuit, path_settings,
+                            dense=dense_rows(dense, slice(None), use)).assign(dictionary_kind="discovered")
         part = pd.concat([generated[cols + ["lambda"]], discovered[cols + ["added", "gradient"]]], ignore_index=True)
         generated_rows = part["dictionary_kind"] == "generated"
         n_pool = int(kept_at(screened["excluded_at"], level).sum())
