@@ -4,6 +4,8 @@ from pathlib import Path
 from softlens.config import (
     UNPROMPTED,
     behavior,
+    behavior_source,
+    dictionary_atoms,
     load_dictionary,
     model_tag,
     noise_sources,
@@ -12,10 +14,8 @@ from softlens.config import (
 )
 from snakemake.resources import Resource
 
-from softlens.models import gpus_for
-from softlens.sources import behavior_source
-from softlens.training import prompt_params
-from softlens.workflow import machine_memory_mb
+from softlens.training_settings import prompt_params
+from softlens.workflow import gpus_for, machine_memory_mb
 
 # Config first: nothing below runs on an invalid config.
 validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
@@ -35,6 +35,7 @@ SEEDS = config["training"]["seeds"]
 PHASE1_SEEDS = config["phase1"]["seeds"] or SEEDS
 READ = config["reading"]["behaviors"] or TRAINED
 READ_SEEDS = config["reading"]["seeds"] or SEEDS
+READ_VARIANTS = config["reading"]["variants"] or VARIANTS
 SAE_READ = config["sae"]["behaviors"] or TRAINED
 SAE_SEEDS = config["sae"]["seeds"] or SEEDS
 # No OOM by default: a local run shares this machine's memory among its jobs by their declared mem_mb
@@ -44,6 +45,10 @@ if workflow.local_exec and "mem_mb" not in workflow.global_resources:
     workflow.register_resource("mem_mb", Resource("mem_mb", machine_memory_mb()))
 # Rules that run the model ask for a GPU (SLURM: --gpus=1; locally `--resources gpu=1` runs one at a time).
 DISCOVER = config["discovery"]["behaviors"] or [b for b in TRAINED if b in INSTRUCTED]
+DISCOVER_VARIANTS = config["discovery"]["variants"] or VARIANTS
+# The discovery pursuit ends the DAG's longest chain (teacher -> soft prompt -> reading -> pool -> screen
+# -> pursuit): its jobs go first, and the rest fill the other cores around them.
+DISCOVERY_PRIORITY = 10
 SHARDS = list(range(config["discovery"]["screen"]["shards"]))
 GPU = gpus_for(config["model_settings"].get("device", "auto"))
 
@@ -55,6 +60,17 @@ wildcard_constraints:
     model=re.escape(MODEL),
     behavior="|".join(map(re.escape, BEHAVIORS + [UNPROMPTED])),
     variant="prepend|contextualised",
+
+
+def discovery_chain(wildcards):
+    """The priority of a job that the discovery pursuits wait on (its behaviour, variant and seed)."""
+    w = dict(wildcards.items())
+    on = (
+        w.get("behavior") in DISCOVER
+        and w.get("variant", DISCOVER_VARIANTS[0]) in DISCOVER_VARIANTS
+        and int(w.get("seed", PHASE1_SEEDS[0])) in PHASE1_SEEDS
+    )
+    return DISCOVERY_PRIORITY if on else 0
 
 
 def model_manifest(wildcards):
@@ -149,8 +165,6 @@ def noisy_sources(wildcards):
 
 def fit_atoms(wildcards):
     """The fit's atoms (records: atom, prompt, source, is_target) for this behaviour."""
-    from softlens.decompose import dictionary_atoms
-
     atoms = dictionary_atoms(
         behavior(config, wildcards.behavior),
         DICTIONARY,
@@ -249,9 +263,9 @@ def trained_outputs(pattern, seeds=SEEDS):
 
 
 def read_outputs(pattern):
-    """`pattern` expanded over the soft prompts that are read (reading.behaviors x variant x seed)."""
+    """`pattern` expanded over the soft prompts that are read (reading.behaviors x variants x seeds)."""
     return expand(
-        pattern, model=MODEL, behavior=READ, variant=VARIANTS, seed=READ_SEEDS
+        pattern, model=MODEL, behavior=READ, variant=READ_VARIANTS, seed=READ_SEEDS
     )
 
 
@@ -261,7 +275,7 @@ def discovery_outputs(pattern, **kwargs):
         pattern,
         model=MODEL,
         behavior=DISCOVER,
-        variant=VARIANTS,
+        variant=DISCOVER_VARIANTS,
         seed=PHASE1_SEEDS,
         **kwargs,
     )
@@ -272,7 +286,7 @@ def pool_inputs(wildcards):
     inputs = {"proposals": f"results/{wildcards.model}/discovery/proposals.parquet"}
     if config["discovery"]["pool"]["include_reading"] and wildcards.behavior in READ:
         base = f"results/{wildcards.model}/reading/{wildcards.behavior}"
-        runs = [f"{v}-seed{s}" for v in VARIANTS for s in READ_SEEDS]
+        runs = [f"{v}-seed{s}" for v in READ_VARIANTS for s in READ_SEEDS]
         inputs["stages"] = [f"{base}/{r}.stages.parquet" for r in runs]
         inputs["verbalise"] = [f"{base}/{r}.verbalise.parquet" for r in runs]
     return inputs
@@ -282,7 +296,7 @@ def discovery_targets(wildcards):
     """The behaviour's Phase 1 soft prompts whose dictionaries are discovered: name -> fit file."""
     return {
         f"soft-{v}-seed{s}": f"results/{wildcards.model}/fits/{wildcards.behavior}/soft-{v}-seed{s}.parquet"
-        for v in VARIANTS
+        for v in DISCOVER_VARIANTS
         for s in PHASE1_SEEDS
     }
 
@@ -325,13 +339,17 @@ def sae_layers(model):
     """The configured layers, or n/4, n/2, 3n/4 of the model (known once it is prepared: a checkpoint)."""
     if config["sae"]["layers"]:
         return sorted(config["sae"]["layers"])
-    from softlens.activations import default_layers
-    from softlens.models import num_layers
+    import json
+
+    from softlens.config import default_layers
 
     manifest = checkpoints.prepare_model.get(model=model).output.manifest
-    return default_layers(
-        num_layers(manifest, config["model_settings"]["trust_remote_code"])
-    )
+    depth = json.loads(Path(manifest).read_text()).get("num_layers")
+    if depth is None:  # a manifest from before it recorded the depth
+        from softlens.models import num_layers
+
+        depth = num_layers(manifest, config["model_settings"]["trust_remote_code"])
+    return default_layers(depth)
 
 
 def sae_inputs(wildcards):

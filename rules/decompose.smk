@@ -10,6 +10,7 @@ rule logprobs_dictionary:
         "logs/{model}/logprobs/{behavior}/dictionary.log",
     benchmark:
         "logs/{model}/benchmarks/logprobs/{behavior}/dictionary.tsv"
+    priority: discovery_chain
     conda:
         "../envs/model.yaml"
     threads: 2
@@ -34,6 +35,7 @@ rule logprobs_reference:
         "logs/{model}/logprobs/{behavior}/reference.log",
     benchmark:
         "logs/{model}/benchmarks/logprobs/{behavior}/reference.tsv"
+    priority: discovery_chain
     conda:
         "../envs/model.yaml"
     threads: 2
@@ -78,6 +80,7 @@ rule atom_exclusions:
         "results/{model}/exclusion/{behavior}.parquet",
     log:
         "logs/{model}/exclusion/{behavior}.log",
+    priority: DISCOVERY_PRIORITY
     conda:
         "../envs/fit.yaml"
     resources:
@@ -219,6 +222,7 @@ rule logprobs_softprompt:
         "logs/{model}/logprobs/{behavior}/soft-{variant}-seed{seed}.log",
     benchmark:
         "logs/{model}/benchmarks/logprobs/{behavior}/soft-{variant}-seed{seed}.tsv"
+    priority: discovery_chain
     conda:
         "../envs/model.yaml"
     threads: 1
@@ -242,6 +246,7 @@ rule fit_phase1:
         "logs/{model}/fits/{behavior}/soft-{variant}-seed{seed}.log",
     benchmark:
         "logs/{model}/benchmarks/fits/{behavior}/soft-{variant}-seed{seed}.tsv"
+    priority: discovery_chain
     conda:
         "../envs/fit.yaml"
     threads: 1

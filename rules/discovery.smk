@@ -12,6 +12,7 @@ rule propose_instructions:
         "logs/{model}/discovery/proposals.log",
     benchmark:
         "logs/{model}/benchmarks/discovery/proposals.tsv"
+    priority: DISCOVERY_PRIORITY
     conda:
         "../envs/model.yaml"
     threads: 2
@@ -32,6 +33,7 @@ rule candidate_pool:
         "results/{model}/discovery/{behavior}/pool.parquet",
     log:
         "logs/{model}/discovery/{behavior}/pool.log",
+    priority: DISCOVERY_PRIORITY
     conda:
         "../envs/fit.yaml"
     params:
@@ -51,6 +53,7 @@ rule screen_pool:
         "logs/{model}/discovery/{behavior}/screen-{shard}.log",
     benchmark:
         "logs/{model}/benchmarks/discovery/{behavior}/screen-{shard}.tsv"
+    priority: DISCOVERY_PRIORITY
     conda:
         "../envs/model.yaml"
     threads: 1
@@ -79,6 +82,7 @@ rule pursue_dictionary:
         "logs/{model}/discovery/{behavior}/soft-{variant}-seed{seed}.log",
     benchmark:
         "logs/{model}/benchmarks/discovery/{behavior}/soft-{variant}-seed{seed}.tsv"
+    priority: DISCOVERY_PRIORITY
     conda:
         "../envs/model.yaml"
     threads: 1

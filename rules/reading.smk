@@ -14,6 +14,7 @@ rule read_softprompt:
         "logs/{model}/reading/{behavior}/{variant}-seed{seed}.log",
     benchmark:
         "logs/{model}/benchmarks/reading/{behavior}/{variant}-seed{seed}.tsv"
+    priority: discovery_chain
     conda:
         "../envs/model.yaml"
     threads: 1
@@ -65,6 +66,7 @@ rule verbalise_softprompt:
         "logs/{model}/reading/{behavior}/{variant}-seed{seed}.verbalise.log",
     benchmark:
         "logs/{model}/benchmarks/reading/{behavior}/{variant}-seed{seed}.verbalise.tsv"
+    priority: discovery_chain
     conda:
         "../envs/model.yaml"
     threads: 1

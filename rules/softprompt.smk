@@ -8,6 +8,7 @@ rule train_softprompt:
         "logs/{model}/softprompt/{behavior}/{variant}-seed{seed}.log",
     benchmark:
         "logs/{model}/benchmarks/softprompt/{behavior}/{variant}-seed{seed}.tsv"
+    priority: discovery_chain
     conda:
         "../envs/model.yaml"
     threads: 1

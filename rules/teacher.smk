@@ -29,6 +29,7 @@ rule teacher:
         "logs/{model}/teacher/{behavior}.log",
     benchmark:
         "logs/{model}/benchmarks/teacher/{behavior}.tsv"
+    priority: discovery_chain
     conda:
         "../envs/model.yaml"
     threads: 2

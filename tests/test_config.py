@@ -137,6 +137,15 @@ def test_bad_training_settings(default_config, schema, key, value, message):
         validate_config(default_config, schema)
 
 
+@pytest.mark.parametrize("block", ["reading", "discovery"])
+def test_read_or_discovered_variant_must_be_trained(default_config, schema, block):
+    default_config["training"] = {"variants": ["prepend"]}
+    default_config[block] = {"variants": ["contextualised"]}
+    with pytest.raises(ConfigError, match=rf"{block}.variants: 'contextualised' is not a trained variant "
+                                          r"\(training.variants: \['prepend'\]\)"):
+        validate_config(default_config, schema)
+
+
 def test_peft_behaviour_must_point_at_an_adapter(default_config, schema, tmp_path):
     default_config["behaviors"].append({"name": "imported", "peft": str(tmp_path)})
     with pytest.raises(ConfigError, match=r"\('imported'\).peft: .* is not a PEFT adapter directory"):
@@ -148,7 +157,7 @@ def test_the_shipped_gpu_config_validates_over_the_default(default_config, schem
     from snakemake.utils import update_config
 
     from conftest import ROOT
-    from softlens.models import gpus_for
+    from softlens.workflow import gpus_for
 
     update_config(default_config, yaml.safe_load((ROOT / "config" / "qwen3-4b.yaml").read_text()))
     cfg = validate_config(default_config, schema)  # as `--configfile config/qwen3-4b.yaml` merges it

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .config import default_layers  # noqa: F401 (resolved with the config; used below)
 from .slot import PromptSlot
 from .steering import captured, decoder_layers
 
@@ -41,11 +42,6 @@ class CorpusSettings:
     top_p: float = 1.0           # 1 = plain sampling (nucleus sampling sorts the vocabulary every step)
     batch_size: int = 128
     seed: int = 0
-
-
-def default_layers(num_layers: int) -> list[int]:
-    """A middle layer and one each side of it: blocks n/4, n/2 and 3n/4."""
-    return sorted({num_layers // 4, num_layers // 2, (3 * num_layers) // 4})
 
 
 def corpus_prompts(messages: Sequence[str], instructions: Sequence[str], seed: int) -> list[str]:

@@ -15,6 +15,7 @@ import pandas as pd
 EMBEDDED = "embedded"
 EMBEDDED_TAG = "SmolLM2-135M-Instruct"
 UNPROMPTED = "unprompted"  # reserved pseudo-behaviour: the model with an empty slot
+TARGET, UNPROMPTED_SOURCE = "target", "unprompted"  # caches: a behaviour's teacher, the empty slot
 FRAME_PLACEHOLDER = "___"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -114,6 +115,15 @@ def _check_trained_prompts(config: dict, block: str) -> None:
     for seed in b["seeds"] or []:
         if seed not in t["seeds"]:
             raise ConfigError(f"{block}.seeds: {seed} is not a training seed (those are {t['seeds']})")
+    _check_variants(config, block)
+
+
+def _check_variants(config: dict, block: str) -> None:
+    """`block`.variants (reading, discovery) name variants that are trained."""
+    for v in config[block].get("variants", []):
+        if v not in config["training"]["variants"]:
+            raise ConfigError(f"{block}.variants: {v!r} is not a trained variant "
+                              f"(training.variants: {config['training']['variants']})")
 
 
 def _check_reading(config: dict) -> None:
@@ -128,6 +138,7 @@ def _check_discovery(config: dict) -> None:
         if name not in trained or name not in instructed:
             raise ConfigError(f"discovery.behaviors: {name!r} needs a trained soft prompt and an instruction to hide "
                               f"(trained instruction behaviours: {sorted(set(trained) & instructed)})")
+    _check_variants(config, "discovery")
     if not d["pool"]["templates"]["verbs"] and d["pool"]["size"] > 0:
         raise ConfigError("discovery.pool.templates.verbs is empty but discovery.pool.size > 0")
     if "{category}" not in d["proposer"]["request"]:
@@ -251,3 +262,35 @@ def load_dictionary(cfg: dict) -> pd.DataFrame:
     if not dup.empty:
         raise ConfigError(f"dictionary.file: file {cfg['file']!r} repeats the prompt {dup.iloc[0]!r}")
     return df
+
+
+def dictionary_atoms(spec: dict, dictionary: pd.DataFrame, include_unprompted: bool = False) -> pd.DataFrame:
+    """The atoms a behaviour's fits use: columns atom, prompt, source, is_target.
+
+    The behaviour's own instruction is the atom whose cache is the `target` source; if the hand-written
+    dictionary lacks it, it is added (Phase 0 must be able to recover it).
+    """
+    own = (spec.get("instruction") or "").casefold()
+    rows = [{"atom": a, "prompt": t, "source": TARGET if t.casefold() == own else f"atom-{a}",
+             "is_target": t.casefold() == own} for a, t in zip(dictionary["atom"], dictionary["prompt"])]
+    if own and not any(r["is_target"] for r in rows):
+        rows.append({"atom": spec["name"], "prompt": spec["instruction"], "source": TARGET, "is_target": True})
+    if include_unprompted:
+        rows.append({"atom": UNPROMPTED_SOURCE, "prompt": "", "source": UNPROMPTED_SOURCE, "is_target": False})
+    return pd.DataFrame(rows)
+
+
+def behavior_source(spec: dict) -> dict:
+    """The source that defines a behaviour's teacher: its instruction, steering vector or PEFT prompt."""
+    if spec.get("instruction"):
+        return {"kind": "hard", "text": spec["instruction"]}
+    if spec.get("steering"):
+        return {"kind": "steered"}
+    if spec.get("peft"):
+        return {"kind": "soft", "file": spec["peft"], "position": "before_template"}
+    return {"kind": "unprompted"}
+
+
+def default_layers(num_layers: int) -> list[int]:
+    """sae.layers left empty: a middle block and one each side of it, n/4, n/2 and 3n/4."""
+    return sorted({num_layers // 4, num_layers // 2, (3 * num_layers) // 4})

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .config import TARGET, UNPROMPTED_SOURCE, dictionary_atoms  # noqa: F401 (the fits' atoms)
 from .exclusion import LEVELS, atom_levels, kept_at
 from .head import OutputHead, mean_kl, read_head
 from .intervals import bootstrap_ratio_interval, message_folds, per_message
@@ -26,8 +27,6 @@ from .io import check_aligned, read_aligned, read_states, write_table
 from .poe import FactoredProblem, PoEProblem, lambda_path, solve_path
 
 log = logging.getLogger(__name__)
-
-TARGET, UNPROMPTED_SOURCE = "target", "unprompted"
 
 
 @dataclass(frozen=True)
@@ -41,22 +40,6 @@ class PathSettings:
     cv_tol: float = 1e-4         # the folds' KKT tolerance, relative to lambda_max (they only rank lambdas)
     bootstrap: int = 2000        # resamples of the test messages for each interval
     seed: int = 0                # folds and resamples
-
-
-def dictionary_atoms(spec: dict, dictionary: pd.DataFrame, include_unprompted: bool = False) -> pd.DataFrame:
-    """The atoms a behaviour's fits use: columns atom, prompt, source, is_target.
-
-    The behaviour's own instruction is the atom whose cache is the `target` source; if the hand-written
-    dictionary lacks it, it is added (Phase 0 must be able to recover it).
-    """
-    own = (spec.get("instruction") or "").casefold()
-    rows = [{"atom": a, "prompt": t, "source": TARGET if t.casefold() == own else f"atom-{a}",
-             "is_target": t.casefold() == own} for a, t in zip(dictionary["atom"], dictionary["prompt"])]
-    if own and not any(r["is_target"] for r in rows):
-        rows.append({"atom": spec["name"], "prompt": spec["instruction"], "source": TARGET, "is_target": True})
-    if include_unprompted:
-        rows.append({"atom": UNPROMPTED_SOURCE, "prompt": "", "source": UNPROMPTED_SOURCE, "is_target": False})
-    return pd.DataFrame(rows)
 
 
 def fit_path(head: OutputHead, atoms_states: tuple, target: tuple, base: tuple, keys: pd.DataFrame,

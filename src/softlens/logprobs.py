@@ -37,6 +37,15 @@ def prefix_cache(lm, batch):
         return lm.model(inputs_embeds=batch.inputs_embeds[:1, :batch.slot_start].detach(), use_cache=True).past_key_values
 
 
+def _with_prefix(batch, prefix, start: int) -> dict:
+    """Model kwargs that continue every row of the batch from the shared KV cache of [0, start)."""
+    if not start:
+        return {}
+    cache = copy.deepcopy(prefix)
+    cache.batch_repeat_interleave(batch.inputs_embeds.shape[0])
+    return {"past_key_values": cache, "use_cache": True}
+
+
 def forward_scored(lm, batch, positions: int, prefix=None, start: int = 0, layer: int | None = None):
     """Log-probs (B, T, V) float32 at the last `positions` positions of an "inner"-padded batch
     (row-end aligned, so these are the scored positions), reusing `prefix` = KV cache of [0, start).
@@ -46,11 +55,7 @@ def forward_scored(lm, batch, positions: int, prefix=None, start: int = 0, layer
     """
     from .steering import _hidden, decoder_layers
 
-    kwargs = {}
-    if start:
-        cache = copy.deepcopy(prefix)
-        cache.batch_repeat_interleave(batch.inputs_embeds.shape[0])
-        kwargs = {"past_key_values": cache, "use_cache": True}
+    kwargs = _with_prefix(batch, prefix, start)
     captured = []
     handle = None if layer is None else decoder_layers(lm.model)[layer].register_forward_hook(
         lambda m, i, o: captured.append(_hidden(o)[:, -positions:]))
@@ -70,14 +75,12 @@ def fed_completions(completions: Sequence[Sequence[int]], positions: int, pad_id
 
 def forward_states(lm, batch, positions: int, prefix=None, start: int = 0) -> torch.Tensor:
     """The output head's input (B, T, d) float32 at the last `positions` positions of an "inner"-padded
-    batch: the states a factored cache stores (softlens.head)."""
-    captured = []
-    handle = lm.model.get_output_embeddings().register_forward_pre_hook(lambda m, a: captured.append(a[0]))
-    try:
-        forward_scored(lm, batch, positions, prefix, start)
-    finally:
-        handle.remove()
-    return captured[0][:, -positions:].float()
+    batch: the states a factored cache stores (softlens.head). The decoder alone runs: a cache needs no
+    logits (their (B, T, V) product was a fifth of a scoring job)."""
+    kwargs = _with_prefix(batch, prefix, start)
+    hidden = lm.model.get_decoder()(inputs_embeds=batch.inputs_embeds[:, start:], attention_mask=batch.attention_mask,
+                                    position_ids=batch.position_ids[:, start:], **kwargs).last_hidden_state
+    return hidden[:, -positions:].float()
 
 
 @torch.no_grad()

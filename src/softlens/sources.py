@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
 
+from .config import behavior_source  # noqa: F401 (sources are named here; the spec lives in config)
 from .slot import (
     FramedSoftPrompt,
     HardPrompt,
@@ -23,17 +24,6 @@ from .slot import (
     SlotContent,
     SoftPrompt,
 )
-
-
-def behavior_source(spec: dict) -> dict:
-    """The source that defines a behaviour's teacher: its instruction, steering vector or PEFT prompt."""
-    if spec.get("instruction"):
-        return {"kind": "hard", "text": spec["instruction"]}
-    if spec.get("steering"):
-        return {"kind": "steered"}
-    if spec.get("peft"):
-        return {"kind": "soft", "file": spec["peft"], "position": "before_template"}
-    return {"kind": "unprompted"}
 
 
 def soft_content(vectors, frame: str | None = None) -> SlotContent:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 
 def start_job(snakemake) -> None:
@@ -29,3 +30,14 @@ def soft_prompt_job(snakemake) -> tuple:
 def machine_memory_mb(share: float = 0.9) -> int:
     """This machine's physical memory in MB, less a margin for the OS and Snakemake itself."""
     return int(share * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20)
+
+
+def gpus_for(setting: str = "auto") -> int:
+    """GPUs a model job asks the scheduler for: none when the config pins the CPU or, with "auto", when
+    this host shows no NVIDIA device (on SLURM, where the submit host may have none, set "cuda").
+    Read from the driver's files, not torch, so that building the DAG imports no torch."""
+    if setting == "auto":
+        hidden = os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1", "NoDevFiles")
+        return int(not hidden and (any(Path("/proc/driver/nvidia/gpus").glob("*"))
+                                   or any(Path("/dev").glob("nvidia[0-9]*"))))
+    return int(setting.split(":")[0] == "cuda")
