@@ -46,9 +46,11 @@ if workflow.local_exec and "mem_mb" not in workflow.global_resources:
 # Rules that run the model ask for a GPU (SLURM: --gpus=1; locally `--resources gpu=1` runs one at a time).
 DISCOVER = config["discovery"]["behaviors"] or [b for b in TRAINED if b in INSTRUCTED]
 DISCOVER_VARIANTS = config["discovery"]["variants"] or VARIANTS
-# The discovery pursuit ends the DAG's longest chain (teacher -> soft prompt -> reading -> pool -> screen
-# -> pursuit): its jobs go first, and the rest fill the other cores around them.
-DISCOVERY_PRIORITY = 10
+# Scheduling (README: where the time goes): every behaviour's chain starts at its teacher (or steering
+# vector), so those go first; the discovery pursuit ends the DAG's longest chain (teacher -> soft prompt
+# -> reading -> pool -> screen -> pursuit), so its jobs go next, and the rest fill the other cores. Every
+# CPU job takes one thread: a two-thread job waits for both cores, and one-thread jobs kept it waiting.
+ROOT_PRIORITY, DISCOVERY_PRIORITY = 20, 10
 SHARDS = list(range(config["discovery"]["screen"]["shards"]))
 GPU = gpus_for(config["model_settings"].get("device", "auto"))
 

@@ -13,7 +13,7 @@ rule logprobs_dictionary:
     priority: discovery_chain
     conda:
         "../envs/model.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=2000,
         gpu=GPU,
@@ -38,7 +38,7 @@ rule logprobs_reference:
     priority: discovery_chain
     conda:
         "../envs/model.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=2000,
         gpu=GPU,
@@ -61,7 +61,7 @@ rule logprobs_noise:
         "logs/{model}/benchmarks/logprobs/{behavior}/noise.tsv"
     conda:
         "../envs/model.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=2000,
         gpu=GPU,

@@ -15,7 +15,7 @@ rule propose_instructions:
     priority: DISCOVERY_PRIORITY
     conda:
         "../envs/model.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=3000,
         gpu=GPU,

@@ -7,9 +7,10 @@ rule steering_vector:
         "logs/{model}/steering/{behavior}.log",
     benchmark:
         "logs/{model}/benchmarks/steering/{behavior}.tsv"
+    priority: ROOT_PRIORITY
     conda:
         "../envs/model.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=3000,
         gpu=GPU,
@@ -29,10 +30,10 @@ rule teacher:
         "logs/{model}/teacher/{behavior}.log",
     benchmark:
         "logs/{model}/benchmarks/teacher/{behavior}.tsv"
-    priority: discovery_chain
+    priority: ROOT_PRIORITY
     conda:
         "../envs/model.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=3000,
         gpu=GPU,
