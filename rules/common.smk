@@ -46,10 +46,12 @@ if workflow.local_exec and "mem_mb" not in workflow.global_resources:
 # Rules that run the model ask for a GPU (SLURM: --gpus=1; locally `--resources gpu=1` runs one at a time).
 DISCOVER = config["discovery"]["behaviors"] or [b for b in TRAINED if b in INSTRUCTED]
 DISCOVER_VARIANTS = config["discovery"]["variants"] or VARIANTS
-# Scheduling (README: where the time goes): every behaviour's chain starts at its teacher (or steering
-# vector), so those go first; the discovery pursuit ends the DAG's longest chain (teacher -> soft prompt
-# -> reading -> pool -> screen -> pursuit), so its jobs go next, and the rest fill the other cores. Every
-# CPU job takes one thread: a two-thread job waits for both cores, and one-thread jobs kept it waiting.
+# Scheduling (README: where the time goes). Every behaviour's chain starts at its teacher (or steering
+# vector) and every fit needs the output head: those go first (Snakemake does not raise a job's
+# ancestors to its priority, and among equal priorities it prefers large inputs, so the head waited).
+# The discovery pursuit ends the DAG's longest chain (teacher -> soft prompt -> reading -> pool ->
+# screen -> pursuit): its jobs go next, and the rest fill the other cores. Every CPU job takes one
+# thread: a two-thread job waits for both cores, and the one-thread jobs around it kept it waiting.
 ROOT_PRIORITY, DISCOVERY_PRIORITY = 20, 10
 SHARDS = list(range(config["discovery"]["screen"]["shards"]))
 GPU = gpus_for(config["model_settings"].get("device", "auto"))

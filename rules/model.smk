@@ -26,6 +26,7 @@ rule output_head:
         "logs/{model}/output_head.log",
     benchmark:
         "logs/{model}/benchmarks/output_head.tsv"
+    priority: ROOT_PRIORITY
     conda:
         "../envs/model.yaml"
     resources:
