@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from softlens.decompose import PathSettings, dictionary_atoms, noise_verdict, run_noise, run_fit
+from softlens.decompose import PathSettings, decline_per_sigma, dictionary_atoms, noise_verdict, run_noise, run_fit
 from softlens.head import OutputHead, read_head
 from softlens.io import read_aligned, read_states, write_states
 from softlens.logprobs import run_head, run_sources, score
@@ -175,3 +175,12 @@ def test_verdict_rule():
     assert noise_verdict(smooth) == "smooth"
     assert noise_verdict(cliff) == "phase transition"
     assert noise_verdict(flat) == "smooth"  # a small total decline is never a transition
+
+
+def test_decline_per_sigma_is_per_seed_and_per_unit_sigma():
+    curve = pd.DataFrame({"behavior": "spanish", "seed": [1, 0, 0, 0, 1, 1], "sigma": [0.5, 0, 0.5, 1.0, 0, 1.0],
+                          "explained_kl_test": [0.8, 1.0, 0.9, 0.5, 1.0, 0.7]})
+    got = decline_per_sigma(curve)
+    # seed 0: (1.0 - 0.9) / 0.5 = 0.2, then (0.9 - 0.5) / 0.5 = 0.8; seed 1: 0.4, then 0.2; NaN at sigma 0
+    assert got.index.equals(curve.index)
+    assert np.allclose(got.to_numpy(), [0.4, np.nan, 0.2, 0.8, np.nan, 0.2], equal_nan=True)

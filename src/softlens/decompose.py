@@ -221,6 +221,14 @@ def run_noise(cache_dir: str, head_path, atoms: pd.DataFrame, behavior: str, noi
     return df
 
 
+def decline_per_sigma(curve: pd.DataFrame) -> pd.Series:
+    """Fall of held-out explained-KL per unit sigma from the previous sigma, per behaviour and noise seed
+    (NaN at each seed's smallest sigma). `curve` has behavior, seed, sigma and explained_kl_test."""
+    c = curve.sort_values(["behavior", "seed", "sigma"])
+    g = c.groupby(["behavior", "seed"])
+    return (-g["explained_kl_test"].diff() / g["sigma"].diff()).reindex(curve.index)
+
+
 def noise_verdict(curve: pd.DataFrame, min_decline: float = 0.1, share: float = 0.5) -> str:
     """"phase transition" if one step between consecutive sigmas carries more than `share` of the total
     decline of mean held-out explained-KL (and the total decline exceeds `min_decline`); else "smooth".

@@ -68,11 +68,13 @@ def phase0(table: pd.DataFrame, out, top: int = 6) -> None:
 
 
 def phase05(table: pd.DataFrame, out) -> None:
-    """KL(noisy||clean), KL(noisy||base) and explained-KL against sigma, spread over noise seeds."""
+    """KL(noisy||clean), KL(noisy||base), explained-KL, the weight on the true instruction and the decline
+    of explained-KL per unit sigma against sigma, spread over noise seeds."""
     sns.set_theme(style="whitegrid", context="paper")
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    fig, axes = plt.subplots(1, 5, figsize=(20, 3.6))
     panels = [("kl_noisy_clean", "KL(noisy || clean)"), ("kl_noisy_base", "KL(noisy || unprompted)"),
-              ("explained_kl_test", "held-out explained-KL"), ("target_weight", "weight on the true instruction")]
+              ("explained_kl_test", "held-out explained-KL"), ("target_weight", "weight on the true instruction"),
+              ("decline_per_sigma", "explained-KL lost per unit sigma\n(since the previous sigma)")]
     for ax, (col, label) in zip(axes, panels):
         sns.lineplot(data=table, x="sigma", y=col, hue="behavior", marker="o", errorbar=("pi", 100), ax=ax)
         ax.set(xlabel="noise sigma (x mean token-embedding norm)", ylabel=label)

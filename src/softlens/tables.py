@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .decompose import noise_verdict
+from .decompose import decline_per_sigma, noise_verdict
 
 
 def _read(paths) -> pd.DataFrame:
@@ -33,7 +33,8 @@ def phase0(fit_paths, dictionary: str = "hand-written") -> tuple[pd.DataFrame, p
 
 
 def phase05(fit_paths) -> pd.DataFrame:
-    """One row per (behavior, sigma, seed) at the selected lambda, with the behaviour's verdict."""
+    """One row per (behavior, sigma, seed) at the selected lambda, with the behaviour's verdict and the
+    decline of explained-KL per unit sigma from the seed's previous sigma."""
     df = _read(fit_paths)
     sel = df[df["selected"]]
     keys = ["behavior", "sigma", "seed"]
@@ -43,6 +44,7 @@ def phase05(fit_paths) -> pd.DataFrame:
     rows = rows.merge(target_w.rename(columns={"weight": "target_weight"}), on=keys, how="left")
     verdicts = {b: noise_verdict(g) for b, g in rows.groupby("behavior")}
     rows["verdict"] = rows["behavior"].map(verdicts)
+    rows["decline_per_sigma"] = decline_per_sigma(rows)
     return rows.sort_values(keys)
 
 
