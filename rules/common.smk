@@ -9,6 +9,7 @@ from softlens.config import (
     load_dictionary,
     model_tag,
     noise_sources,
+    prompt_key,
     sort_keys,
     validate_config,
 )
@@ -46,6 +47,7 @@ if workflow.local_exec and "mem_mb" not in workflow.global_resources:
 # Rules that run the model ask for a GPU (SLURM: --gpus=1; locally `--resources gpu=1` runs one at a time).
 DISCOVER = config["discovery"]["behaviors"] or [b for b in TRAINED if b in INSTRUCTED]
 DISCOVER_VARIANTS = config["discovery"]["variants"] or VARIANTS
+DISCOVER_CONTROLS = config["discovery"]["controls"]
 # Scheduling (README: where the time goes). Every behaviour's chain starts at its teacher (or steering
 # vector) and every fit needs the output head: those go first (Snakemake does not raise a job's
 # ancestors to its priority, and among equal priorities it prefers large inputs, so the head waited).
@@ -64,6 +66,7 @@ wildcard_constraints:
     model=re.escape(MODEL),
     behavior="|".join(map(re.escape, BEHAVIORS + [UNPROMPTED])),
     variant="prepend|contextualised",
+    kind="soft|control",
 
 
 def discovery_chain(wildcards):
@@ -73,6 +76,7 @@ def discovery_chain(wildcards):
         w.get("behavior") in DISCOVER
         and w.get("variant", DISCOVER_VARIANTS[0]) in DISCOVER_VARIANTS
         and int(w.get("seed", PHASE1_SEEDS[0])) in PHASE1_SEEDS
+        and (w.get("kind", "soft") == "soft" or w.get("behavior") in DISCOVER_CONTROLS)
     )
     return DISCOVERY_PRIORITY if on else 0
 
@@ -139,12 +143,19 @@ def soft_prompt_file(wildcards):
 
 
 def soft_source(wildcards):
-    """A trained soft prompt as a log-prob source: in the bare slot (see reports/phase1.rst)."""
+    """A trained soft prompt as a log-prob source, in the bare slot (see reports/phase1.rst), and its
+    control: random directions with the same vectors' norms (seeded by the prompt's seed).
+    """
     return {
-        f"soft-{wildcards.variant}-seed{wildcards.seed}": {
+        prompt_key(wildcards.variant, wildcards.seed): {
             "kind": "soft",
             "file": soft_prompt_file(wildcards),
-        }
+        },
+        prompt_key(wildcards.variant, wildcards.seed, "control"): {
+            "kind": "soft",
+            "file": soft_prompt_file(wildcards),
+            "random_seed": 1000 + int(wildcards.seed),
+        },
     }
 
 
@@ -198,7 +209,7 @@ def fit_inputs(wildcards):
 
 def phase1_fit_inputs(wildcards):
     inputs = fit_inputs(wildcards)
-    soft = f"soft-{wildcards.variant}-seed{wildcards.seed}"
+    soft = prompt_key(wildcards.variant, wildcards.seed, wildcards.get("kind", "soft"))
     inputs["caches"] = inputs["caches"] + [f"{cache_dir(wildcards)}/{soft}.parquet"]
     return inputs
 
@@ -297,12 +308,29 @@ def pool_inputs(wildcards):
 
 
 def discovery_targets(wildcards):
-    """The behaviour's Phase 1 soft prompts whose dictionaries are discovered: name -> fit file."""
+    """The behaviour's Phase 1 prompts whose dictionaries are discovered (and, for discovery.controls,
+    their random controls): name -> fit file."""
+    kinds = ["soft", "control"] if wildcards.behavior in DISCOVER_CONTROLS else ["soft"]
     return {
-        f"soft-{v}-seed{s}": f"results/{wildcards.model}/fits/{wildcards.behavior}/soft-{v}-seed{s}.parquet"
+        prompt_key(
+            v, s, k
+        ): f"results/{wildcards.model}/fits/{wildcards.behavior}/{prompt_key(v, s, k)}.parquet"
         for v in DISCOVER_VARIANTS
         for s in PHASE1_SEEDS
+        for k in kinds
     }
+
+
+def control_discovery_outputs(pattern):
+    """`pattern` (with {kind}) expanded over the discovered prompts' controls that are discovered too."""
+    return expand(
+        pattern,
+        model=MODEL,
+        behavior=DISCOVER_CONTROLS,
+        variant=DISCOVER_VARIANTS,
+        seed=PHASE1_SEEDS,
+        kind="control",
+    )
 
 
 def screen_inputs(wildcards):

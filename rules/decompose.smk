@@ -218,6 +218,7 @@ rule logprobs_softprompt:
         prompt=soft_prompt_file,
     output:
         "results/{model}/logprobs/{behavior}/soft-{variant}-seed{seed}.parquet",
+        "results/{model}/logprobs/{behavior}/control-{variant}-seed{seed}.parquet",
     log:
         "logs/{model}/logprobs/{behavior}/soft-{variant}-seed{seed}.log",
     benchmark:
@@ -241,11 +242,11 @@ rule fit_phase1:
     input:
         unpack(phase1_fit_inputs),
     output:
-        "results/{model}/fits/{behavior}/soft-{variant}-seed{seed}.parquet",
+        "results/{model}/fits/{behavior}/{kind}-{variant}-seed{seed}.parquet",
     log:
-        "logs/{model}/fits/{behavior}/soft-{variant}-seed{seed}.log",
+        "logs/{model}/fits/{behavior}/{kind}-{variant}-seed{seed}.log",
     benchmark:
-        "logs/{model}/benchmarks/fits/{behavior}/soft-{variant}-seed{seed}.tsv"
+        "logs/{model}/benchmarks/fits/{behavior}/{kind}-{variant}-seed{seed}.tsv"
     priority: discovery_chain
     conda:
         "../envs/fit.yaml"
@@ -257,7 +258,7 @@ rule fit_phase1:
         poe=config["poe"],
         exclusion=config["exclusion"],
         cache_dir=cache_dir,
-        target=lambda wc: f"soft-{wc.variant}-seed{wc.seed}",
+        target=lambda wc: prompt_key(wc.variant, wc.seed, wc.kind),
     script:
         "../scripts/fit.py"
 
@@ -267,6 +268,9 @@ rule phase1_table:
         trained_outputs(
             "results/{model}/fits/{behavior}/soft-{variant}-seed{seed}.parquet",
             PHASE1_SEEDS,
+        ),
+        discovery_outputs(
+            "results/{model}/fits/{behavior}/control-{variant}-seed{seed}.parquet"
         ),
     output:
         table="results/tables/phase1.csv",

@@ -77,11 +77,11 @@ rule pursue_dictionary:
     input:
         unpack(pursuit_inputs),
     output:
-        "results/{model}/discovery/{behavior}/soft-{variant}-seed{seed}.parquet",
+        "results/{model}/discovery/{behavior}/{kind}-{variant}-seed{seed}.parquet",
     log:
-        "logs/{model}/discovery/{behavior}/soft-{variant}-seed{seed}.log",
+        "logs/{model}/discovery/{behavior}/{kind}-{variant}-seed{seed}.log",
     benchmark:
-        "logs/{model}/benchmarks/discovery/{behavior}/soft-{variant}-seed{seed}.tsv"
+        "logs/{model}/benchmarks/discovery/{behavior}/{kind}-{variant}-seed{seed}.tsv"
     priority: DISCOVERY_PRIORITY
     conda:
         "../envs/model.yaml"
@@ -162,8 +162,15 @@ rule recovery_table:
             "results/{model}/fits/{behavior}/soft-{variant}-seed{seed}.parquet",
             seeds=PHASE1_SEEDS,
         ),
+        # each discovered soft prompt's control: random directions with its norms, read the same way
+        controls=discovery_outputs(
+            "results/{model}/fits/{behavior}/control-{variant}-seed{seed}.parquet"
+        ),
         pursuits=discovery_outputs(
             "results/{model}/discovery/{behavior}/soft-{variant}-seed{seed}.parquet"
+        )
+        + control_discovery_outputs(
+            "results/{model}/discovery/{behavior}/{kind}-{variant}-seed{seed}.parquet"
         ),
         stages=read_outputs(
             "results/{model}/reading/{behavior}/{variant}-seed{seed}.stages.parquet"

@@ -35,7 +35,7 @@ def write_config(workdir, model_dir, **changes) -> dict:
         "reading": {"seeds": [0], "search": {"steps": 2, "top_k": 8, "candidates": 4, "messages": 2, "positions": 3},
                     "robustness": {"magnitudes": [1, 4], "angles": [0, 90], "natural_tokens": 64},
                     "verbalisation": {"templates": ["What does that mean?"], "samples": 2, "max_new_tokens": 6}},
-        "discovery": {"behaviors": ["spanish"], "pool": {"size": 30},
+        "discovery": {"behaviors": ["spanish"], "controls": ["spanish"], "pool": {"size": 30},
                       "proposer": {"categories": ["tone", "language"], "per_category": 2, "max_new_tokens": 6},
                       "screen": {"shards": 2, "messages": 2, "top": 3}, "pursuit": {"max_atoms": 3}},
         "sae": {"corpus": {"tokens": 400, "shards": 2, "batch_size": 8, "max_new_tokens": 8,

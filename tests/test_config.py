@@ -1,5 +1,6 @@
 """Bad input gets a clear error naming the key, file or value (validation runs before any rule)."""
 
+import pandas as pd
 import pytest
 
 from softlens.config import (
@@ -20,11 +21,29 @@ def test_default_config_validates_and_gets_defaults(default_config, schema):
 
 def test_default_split_is_deterministic_and_independent_of_file_order(default_config, tmp_path):
     msgs = load_messages(default_config["messages"])
-    assert len(msgs) >= 48 and msgs["split"].value_counts()["test"] == round(0.25 * len(msgs))
+    counts = msgs["split"].value_counts()
+    assert counts["test"] >= 50 and counts["train"] == default_config["messages"]["train_messages"]
     shuffled = tmp_path / "m.tsv"
-    msgs.sample(frac=1, random_state=3)[["message_id", "user_message"]].to_csv(shuffled, sep="\t", index=False)
+    every = pd.read_csv(default_config["messages"]["file"], sep="\t", dtype=str)
+    every.sample(frac=1, random_state=3).to_csv(shuffled, sep="\t", index=False)
     again = load_messages({**default_config["messages"], "file": str(shuffled)})
     assert dict(zip(msgs.message_id, msgs.split)) == dict(zip(again.message_id, again.split))
+
+
+def test_train_messages_caps_train_and_keeps_the_test_split(default_config):
+    every = load_messages({**default_config["messages"], "train_messages": None})
+    capped = load_messages({**default_config["messages"], "train_messages": 10})
+    assert len(every) == 200 and (every["split"] == "test").sum() == 50
+    assert set(capped.loc[capped["split"] == "test", "message_id"]) == set(every.loc[every["split"] == "test", "message_id"])
+    assert (capped["split"] == "train").sum() == 10
+    assert set(capped["message_id"]) <= set(every["message_id"])
+
+
+def test_a_split_without_test_messages_is_refused(default_config, tmp_path):
+    two = tmp_path / "two.tsv"
+    two.write_text("message_id\tuser_message\na\tHello?\nb\tWhy?\n")
+    with pytest.raises(ConfigError, match="no test messages"):
+        load_messages({**default_config["messages"], "file": str(two), "test_fraction": 0.1})
 
 
 def test_unknown_top_level_key(default_config, schema):
@@ -163,3 +182,9 @@ def test_the_shipped_gpu_config_validates_over_the_default(default_config, schem
     cfg = validate_config(default_config, schema)  # as `--configfile config/qwen3-4b.yaml` merges it
     assert cfg["model"] == "Qwen/Qwen3-4B" and model_tag(cfg["model"]) == "Qwen--Qwen3-4B"
     assert gpus_for(cfg["model_settings"]["device"]) == 1 and gpus_for("cpu") == 0
+
+
+def test_a_discovery_control_must_name_a_discovered_behaviour(default_config, schema):
+    default_config["discovery"]["controls"] = ["pirate_steer"]
+    with pytest.raises(ConfigError, match="discovery.controls: 'pirate_steer'"):
+        validate_config(default_config, schema)

@@ -11,6 +11,8 @@ import torch
 from softlens.config import ConfigError
 from softlens.decompose import PathSettings, dictionary_atoms, run_fit
 from softlens.discovery import (
+    combination_rows,
+    combinations,
     PursuitSettings,
     ScreenSettings,
     Residual,
@@ -232,7 +234,8 @@ def test_screen_ranks_the_missing_instruction_first_and_pursuit_recovers_it(shar
                         atoms, "spanish", "target", ScreenSettings(messages=4, top=2), PursuitSettings(max_atoms=4),
                         PathSettings(path_length=5), {"device": "cpu"}, 3, d / "pursuit.parquet",
                         levels=("none", "lexical"))
-    assert set(table["dictionary_kind"]) == {"generated", "discovered"} and set(table["exclusion"]) == {"none", "lexical"}
+    assert set(table["dictionary_kind"]) == {"generated", "discovered", "combination"}
+    assert set(table["exclusion"]) == {"none", "lexical"}
     assert (table.loc[table["dictionary_kind"] == "generated", "dictionary_size"] == 2).all()
     none, lexical = (table[table["exclusion"] == x] for x in ("none", "lexical"))
     found = none[(none["dictionary_kind"] == "discovered") & none["selected"]]
@@ -241,3 +244,33 @@ def test_screen_ranks_the_missing_instruction_first_and_pursuit_recovers_it(shar
     assert "Respond in Spanish." not in set(lexical["text"])  # out of reach: the instruction and its own atom
     assert (none.loc[none["dictionary_kind"] == "discovered", "n_candidates"] == 5 + 3).all()
     assert (lexical.loc[lexical["dictionary_kind"] == "discovered", "n_candidates"] == 4 + 2).all()
+    # the combination reader scores its texts by a forward pass: alone, the top atom closes as its cache says
+    single = none[(none["dictionary_kind"] == "combination") & (none["step"] == 1)].iloc[0]
+    cached = found.loc[found["weight"].idxmax()]
+    assert single["text"] == cached["text"]
+    assert single["plugin_closure_test"] == pytest.approx(cached["plugin_closure_test"], abs=1e-4)
+    assert none.loc[none["dictionary_kind"] == "combination", "selected"].sum() == 1
+
+
+def test_combination_reader_joins_positive_atoms_by_weight_and_chooses_k_on_train():
+    discovered = pd.DataFrame({
+        "dictionary_kind": "discovered", "exclusion": "none", "selected": [True, True, True, True, False],
+        "weight": [0.2, 0.9, -0.5, 0.4, 3.0], "text": ["Use a list.", "Respond in Spanish.", "Be formal.",
+                                                      "Be brief.", "Never selected."]})
+    assert combinations(discovered) == ["Respond in Spanish.", "Respond in Spanish. Be brief.",
+                                        "Respond in Spanish. Be brief. Use a list."]
+    # train prefers two atoms, test prefers one: the choice follows train, and test is only reported
+    train = {"Respond in Spanish.": 0.5, "Respond in Spanish. Be brief.": 0.7,
+             "Respond in Spanish. Be brief. Use a list.": 0.6}
+
+    def closures(states, texts, split):
+        assert len(states[0]) == len(texts)
+        values = train if split == "train" else {t: 1.0 - 0.1 * len(t.split(".")) for t in texts}
+        return pd.DataFrame({"atom": texts, f"plugin_closure_{split}": [values[t] for t in texts],
+                             "plugin_ci_low": 0.0, "plugin_ci_high": 1.0})
+
+    rows = combination_rows(discovered, lambda texts: (np.zeros((len(texts), 2, 3)), np.zeros((len(texts), 2))),
+                            closures)
+    assert list(rows["step"]) == [1, 2, 3] and (rows["dictionary_kind"] == "combination").all()
+    assert rows.loc[rows["selected"], "text"].tolist() == ["Respond in Spanish. Be brief."]
+    assert rows["plugin_closure_test"].idxmax() != rows.index[rows["selected"]][0]

@@ -226,3 +226,22 @@ def test_reading_config_names_the_offending_key(default_config, schema):
     cfg = {**default_config, "reading": {"verbalisation": {"samples": 0}}}
     with pytest.raises(ConfigError, match="samples"):
         validate_config(cfg, schema)
+
+
+def test_the_repair_step_is_chosen_on_selection_messages_and_each_prompt_scored_once():
+    import pandas as pd
+
+    from softlens.reading import choose_step
+
+    history = pd.DataFrame({"step": [0, 1, 2, 3], "loss": [3.0, 2.0, 1.5, 1.5],
+                            "ids": [[1, 2], [1, 5], [7, 5], [7, 5]]})
+    calls = []
+
+    def closure(ids):  # the search's loss fell at every step; the selection messages prefer step 1
+        calls.append(tuple(ids))
+        return {"kl_closure_test": {(1, 2): 0.2, (1, 5): 0.6, (7, 5): 0.4}[tuple(ids)]}
+
+    ids, scored = choose_step(history, closure)
+    assert ids == [1, 5] and scored["selected"].tolist() == [False, True, False, False]
+    assert sorted(calls) == [(1, 2), (1, 5), (7, 5)]
+    assert scored["kl_closure_select"].tolist() == [0.2, 0.6, 0.4, 0.4]

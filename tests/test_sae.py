@@ -293,8 +293,8 @@ def test_the_manifold_verdict_compares_prepend_and_contextualised_seed_by_seed(t
 
 
 def test_sae_config_errors_name_the_key(default_config, schema):
-    cfg = dict(default_config, sae={"behaviors": ["concise"]})
-    with pytest.raises(ConfigError, match="sae.behaviors: 'concise'"):
+    cfg = dict(default_config, sae={"behaviors": ["pirate_steer"]})  # not trained by the default
+    with pytest.raises(ConfigError, match="sae.behaviors: 'pirate_steer'"):
         validate_config(cfg, schema)
     cfg = dict(default_config, sae={"layers": [3], "pretrained": {"5": {"release": "r", "sae_id": "s"}}})
     with pytest.raises(ConfigError, match="sae.pretrained: layer 5"):

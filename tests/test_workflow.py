@@ -78,6 +78,7 @@ def test_run_reads_every_soft_prompt_projection_repair_geometry_robustness_verba
     assert ((soft - training.loc[soft.index]).abs() < 1e-6).all()  # the soft stage is the training evaluation
     search = pd.read_csv(tables / "reading_search.csv")
     assert set(search["search"]) == {"repaired", "pure_hotflip"} and set(search["step"]) == {0, 1, 2}
+    assert search.groupby(["behavior", "variant", "seed", "search"])["selected"].sum().eq(1).all()
     geometry = pd.read_csv(tables / "geometry.csv")
     assert set(geometry["kind"]) == {"soft", "natural"} and (geometry["kind"] == "natural").sum() == 64
     robustness = pd.read_csv(tables / "robustness.csv")
@@ -106,7 +107,7 @@ def test_run_discovers_dictionaries_from_a_pool_screened_in_shards(built, tiny_d
                          for i in range(2)])
     for _, part in screens.groupby("target"):  # the shards cover the pool once, for every soft prompt
         assert sorted(part["candidate"]) == sorted(kept["candidate"])
-    assert screens["target"].nunique() == 2 * 2
+    assert screens["target"].nunique() == 2 * 2 * 2  # every soft prompt and its random control
     table = pd.read_csv(tables / "dictionary.csv")
     assert {"behavior", "variant", "seed", "dictionary_kind", "n_candidates", "nnz", "explained_kl_test", "ci_low",
             "ci_high", "explained_kl_cv", "exclusion", "semantic_similarity", "random_similarity"} <= set(table.columns)
@@ -123,11 +124,34 @@ def test_run_discovers_dictionaries_from_a_pool_screened_in_shards(built, tiny_d
     recovery = pd.read_csv(tables / "recovery.csv")
     assert {"behavior", "variant", "seed", "reader", "exclusion", "text", "plugin_closure_test", "ci_low", "ci_high",
             "fraction_of_soft", "similarity", "similarity_percentile"} <= set(recovery.columns)
-    spanish = recovery[recovery["behavior"] == "spanish"]
-    assert set(spanish["reader"]) == {"poe_top_atom", "pursuit_best_single", "pursuit_top_atom", "repaired",
-                                      "verbalisation"} or set(spanish["reader"]) >= {"poe_top_atom", "repaired"}
+    assert {"control", "compared_to", "prompt_closure_test"} <= set(recovery.columns)
+    assert set(recovery["control"]) == {"none", "random_prompt", "other_instruction"}
+    spanish = recovery[(recovery["behavior"] == "spanish") & (recovery["control"] == "none")]
+    assert set(spanish["reader"]) == {"poe_top_atom", "pursuit_best_single", "pursuit_top_atom",
+                                      "pursuit_combination", "repaired", "verbalisation"}
+    combined = spanish[spanish["reader"] == "pursuit_combination"]
+    assert set(combined["exclusion"]) == {"none", "lexical", "semantic", "reveal"}
     assert spanish["similarity_percentile"].between(0, 1).all()
-    assert recovery.loc[recovery["behavior"] == "pirate", "similarity"].isna().all()  # no hidden instruction
+    assert (spanish["compared_to"] == "Respond in Spanish.").all()
+    own = recovery[recovery["control"] == "none"]
+    assert own.loc[own["behavior"] == "pirate", "similarity"].isna().all()  # no hidden instruction
+    # the controls: a norm-matched random prompt for each discovered soft prompt, read by the PoE fit,
+    # and every trained prompt's answers against another behaviour's instruction
+    random = recovery[recovery["control"] == "random_prompt"]
+    assert set(random["behavior"]) == {"spanish"}
+    assert "pursuit_best_single" in set(random["reader"])  # discovered too (discovery.controls)
+    assert set(random["reader"]) <= {"poe_top_atom", "pursuit_best_single", "pursuit_top_atom", "pursuit_combination"}
+    assert len(random[["variant", "seed"]].drop_duplicates()) == 2 * 2
+    # its own closure is its own (the tiny model's 4-step prompts are no better than chance, so no ordering)
+    trained = spanish.groupby(["variant", "seed"])["prompt_closure_test"].first()
+    control = random.groupby(["variant", "seed"])["prompt_closure_test"].first()
+    assert control.notna().all() and ((control - trained.loc[control.index]).abs() > 1e-6).all()
+    phase1 = pd.read_csv(tables / "phase1.csv")
+    assert set(phase1["prompt_kind"]) == {"soft", "control"}
+    assert set(phase1.loc[phase1["prompt_kind"] == "control", "behavior"]) == {"spanish"}
+    other = recovery[recovery["control"] == "other_instruction"]
+    assert (other["compared_to"] != "").all() and other["similarity_percentile"].between(0, 1).all()
+    assert set(other.loc[other["behavior"] == "spanish", "compared_to"]) == {"Be concise."}
     assert (workdir / "results/figures/recovery.png").read_bytes()[:4] == b"\x89PNG"
     for fig in ["dictionary", "dictionary_atoms"]:
         assert (workdir / f"results/figures/{fig}.png").read_bytes()[:4] == b"\x89PNG"

@@ -17,6 +17,10 @@ EMBEDDED_TAG = "SmolLM2-135M-Instruct"
 UNPROMPTED = "unprompted"  # reserved pseudo-behaviour: the model with an empty slot
 TARGET, UNPROMPTED_SOURCE = "target", "unprompted"  # caches: a behaviour's teacher, the empty slot
 FRAME_PLACEHOLDER = "___"
+# A trained soft prompt's cache and fit are keyed "soft-{variant}-seed{seed}"; its control (the same
+# norms, random directions: softlens.sources.norm_matched_random) "control-{variant}-seed{seed}".
+PROMPT_KINDS = ("soft", "control")
+_PROMPT_KEY = re.compile(r"^(?P<kind>soft|control)-(?P<variant>[A-Za-z]+)-seed(?P<seed>\d+)$")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -138,6 +142,10 @@ def _check_discovery(config: dict) -> None:
         if name not in trained or name not in instructed:
             raise ConfigError(f"discovery.behaviors: {name!r} needs a trained soft prompt and an instruction to hide "
                               f"(trained instruction behaviours: {sorted(set(trained) & instructed)})")
+    discovered = d["behaviors"] or sorted(set(trained) & instructed)
+    for name in d.get("controls", []):
+        if name not in discovered:
+            raise ConfigError(f"discovery.controls: {name!r} is not a discovered behaviour (discovered: {discovered})")
     _check_variants(config, "discovery")
     if not d["pool"]["templates"]["verbs"] and d["pool"]["size"] > 0:
         raise ConfigError("discovery.pool.templates.verbs is empty but discovery.pool.size > 0")
@@ -238,16 +246,24 @@ def load_messages(cfg: dict) -> pd.DataFrame:
     """User messages with a deterministic train/test split (columns message_id, user_message, split).
 
     The split ranks messages by a seeded hash of their id, so it does not depend on file order and
-    adding a message moves no other message between splits except at the boundary.
+    adding a message moves no other message between splits except at the boundary. The first
+    round(test_fraction x all) ranked messages are test; `train_messages` (if set) keeps only the next
+    that many as train, so a small run can score on the full test split and fit on fewer messages.
     """
     df = _read_table(cfg["file"], ["message_id", "user_message"], "messages.file")
     rank = df["message_id"].map(lambda m: hashlib.sha256(f"{cfg['split_seed']}:{m}".encode()).hexdigest())
     n_test = round(cfg["test_fraction"] * len(df))
+    if n_test < 1:
+        raise ConfigError(f"messages.test_fraction = {cfg['test_fraction']} of {len(df)} messages in "
+                          f"{cfg['file']!r} leaves no test messages")
     if len(df) - n_test < 1:
         raise ConfigError(f"messages.test_fraction = {cfg['test_fraction']} leaves no training messages")
-    test_ids = set(df["message_id"][rank.argsort()[:n_test]])
-    df["split"] = ["test" if m in test_ids else "train" for m in df["message_id"]]
-    return df
+    order = rank.argsort().to_numpy()
+    n_train = len(df) - n_test if cfg.get("train_messages") is None else min(cfg["train_messages"], len(df) - n_test)
+    df["split"] = None
+    df.loc[df.index[order[:n_test]], "split"] = "test"
+    df.loc[df.index[order[n_test:n_test + n_train]], "split"] = "train"
+    return df[df["split"].notna()].reset_index(drop=True)
 
 
 def load_corpus_instructions(path: str | Path) -> list[str]:
@@ -278,6 +294,19 @@ def dictionary_atoms(spec: dict, dictionary: pd.DataFrame, include_unprompted: b
     if include_unprompted:
         rows.append({"atom": UNPROMPTED_SOURCE, "prompt": "", "source": UNPROMPTED_SOURCE, "is_target": False})
     return pd.DataFrame(rows)
+
+
+def prompt_key(variant: str, seed: int, kind: str = "soft") -> str:
+    """The source key of a trained soft prompt (kind "soft") or of its random control ("control")."""
+    if kind not in PROMPT_KINDS:
+        raise ValueError(f"prompt kind {kind!r} is not one of {PROMPT_KINDS}")
+    return f"{kind}-{variant}-seed{int(seed)}"
+
+
+def parse_prompt_key(key: str) -> dict | None:
+    """{kind, variant, seed} of a key made by `prompt_key`, or None for any other source."""
+    m = _PROMPT_KEY.match(key)
+    return None if m is None else {**m.groupdict(), "seed": int(m["seed"])}
 
 
 def behavior_source(spec: dict) -> dict:

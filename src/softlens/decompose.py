@@ -118,12 +118,13 @@ def cross_validated_kl(dense: PoEProblem, problem, base_kl, lambdas, train: np.n
 
 
 def plugin_closures(head: OutputHead, atoms_states: tuple, teacher: tuple, base: tuple, keys: pd.DataFrame,
-                    atoms: list[str], settings: PathSettings) -> pd.DataFrame:
+                    atoms: list[str], settings: PathSettings, split: str = "test") -> pd.DataFrame:
     """Each atom alone in the slot, as a reader's answer: its held-out KL closure against the behaviour's
     teacher, 1 - sum KL(teacher || atom) / sum KL(teacher || unprompted) over the test messages, with
-    its 95% bootstrap interval (columns atom, plugin_closure_test, plugin_ci_low, plugin_ci_high)."""
+    its 95% bootstrap interval (columns atom, plugin_closure_test, plugin_ci_low, plugin_ci_high).
+    `split="train"` scores the train messages instead (column plugin_closure_train), to choose on."""
     X, C = atoms_states
-    test = np.flatnonzero(keys["split"] == "test")
+    test = np.flatnonzero(keys["split"] == split)
     message = keys["message_id"].to_numpy()[test]
     T = head.moments(torch.from_numpy(np.asarray(teacher[0])[test]), torch.from_numpy(np.asarray(teacher[1])[test]))
 
@@ -136,7 +137,7 @@ def plugin_closures(head: OutputHead, atoms_states: tuple, teacher: tuple, base:
     for i, atom in enumerate(atoms):
         kl = summed_kl(X[i], C[i])
         low, high = bootstrap_ratio_interval(kl, base_kl, resamples=settings.bootstrap, seed=settings.seed)
-        rows.append({"atom": atom, "plugin_closure_test": 1 - kl.sum() / base_kl.sum(), "plugin_ci_low": low,
+        rows.append({"atom": atom, f"plugin_closure_{split}": 1 - kl.sum() / base_kl.sum(), "plugin_ci_low": low,
                      "plugin_ci_high": high})
     return pd.DataFrame(rows)
 
@@ -165,8 +166,9 @@ def run_fit(cache_dir: str, head_path, atoms: pd.DataFrame, behavior: str, targe
     keys, X, C = read_aligned(paths + [f"{cache_dir}/{target}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet",
                                        f"{cache_dir}/{TARGET}.parquet"])  # the last: the behaviour's teacher
     K, head = len(paths), read_head(head_path)
-    plugin = plugin_closures(head, (X[:K], C[:K]), (X[K + 2], C[K + 2]), (X[K + 1], C[K + 1]), keys,
-                             list(atoms["atom"]), settings)
+    plugin = plugin_closures(head, (X[:K + 1], C[:K + 1]), (X[K + 2], C[K + 2]), (X[K + 1], C[K + 1]), keys,
+                             list(atoms["atom"]) + [target], settings)
+    own, plugin = plugin.iloc[K], plugin.iloc[:K]  # the decomposed target's own closure to the teacher
     train = np.flatnonzero(keys["split"] == "train")
     dense = FactoredProblem(head, X[:K][:, train], C[:K][:, train], X[K][train], C[K][train]).restricted()
     fitted: dict[bytes, pd.DataFrame] = {}
@@ -181,6 +183,8 @@ def run_fit(cache_dir: str, head_path, atoms: pd.DataFrame, behavior: str, targe
         df["exclusion"] = level
         df["excluded_atoms"] = ", ".join(atoms["atom"].drop(atoms.index[use]))
         df["target"] = target
+        df["target_closure_test"] = own["plugin_closure_test"]
+        df["target_ci_low"], df["target_ci_high"] = own["plugin_ci_low"], own["plugin_ci_high"]
         frames.append(df)
     df = pd.concat(frames)
     df.insert(0, "behavior", behavior)

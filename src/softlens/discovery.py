@@ -198,6 +198,7 @@ def pursue(problem, keys: pd.DataFrame, base_kl, settings: PursuitSettings, path
     kl_base_train = float(base_kl(train, train_rows).mean())
     _, base_test = per_message(base_kl(test, test_rows), message[test_rows])
     names = train.atoms
+    train.lambda_max()  # the gradient at w = 0 (step 1's screen), which every active subset's solve slices
     w, w_folds, active, rows = np.zeros(len(names)), [np.zeros(len(names)) for _ in cv], [], []
     best, stall = -np.inf, 0
     for step in tqdm(range(1, min(settings.max_atoms, len(names)) + 1), desc="pursuit", unit="atom"):
@@ -240,7 +241,8 @@ def run_pursuit(manifest, teacher_path, screen_paths, pool_path, cache_dir, head
                 path_settings: PathSettings, model_settings: dict, positions: int, out, levels=LEVELS) -> pd.DataFrame:
     """Gather the screen; at each exclusion level take the best `top` candidates the level keeps, and fit
     two dictionaries: `generated` (those candidates alone, along the lambda path) and `discovered`
-    (pursuit over them together with the hand-written atoms the level keeps). Candidates are scored on
+    (pursuit over them together with the hand-written atoms the level keeps), and the discovered fit's
+    weighted combination rendered as one instruction (`combination_rows`). Candidates are scored on
     every context once, for all levels."""
     from .io import read_aligned, read_teacher, write_table
     from .models import load_model
@@ -310,17 +312,65 @@ def run_pursuit(manifest, teacher_path, screen_paths, pool_path, cache_dir, head
         part["exclusion"] = level
         frames.append(part)
     table = pd.concat(frames, ignore_index=True).merge(info, on="atom", how="left").merge(plugin, on="atom", how="left")
+    combined = combination_rows(table, lambda texts: _score_states(lm, slot, teacher, texts, keys, positions,
+                                                                   model_settings, f"{cache_dir}/{target}.parquet"),
+                                lambda states, texts, split: plugin_closures(head, states, teacher_states, base, keys,
+                                                                             texts, path_settings, split))
+    table = pd.concat([table, combined], ignore_index=True)
     table.insert(0, "target", target)
     table.insert(0, "behavior", behavior)
     write_table(table, out, metadata={"screen": screen.__dict__, "pursuit": pursuit.__dict__,
                                       "top": {level: b[["candidate", "text", "kind", "gradient"]].to_dict("records")
                                               for level, b in best.items()}})
-    for (level, kind), part in table[table["selected"]].groupby(["exclusion", "dictionary_kind"]):
+    fitted = table["dictionary_kind"].isin(["generated", "discovered"])
+    for (level, kind), part in table[fitted & table["selected"]].groupby(["exclusion", "dictionary_kind"]):
         top = part.reindex(part["weight"].abs().sort_values(ascending=False).index).head(3)
         log.info("%s %s (exclusion %s): explained-KL %.3f [%.3f, %.3f] with %d atoms; top %s", target, kind, level,
                  part["explained_kl_test"].iloc[0], part["ci_low"].iloc[0], part["ci_high"].iloc[0],
                  part["nnz"].iloc[0], list(zip(top["text"], top["weight"].round(2))))
     return table
+
+
+def combinations(discovered: pd.DataFrame, max_atoms: int = 3) -> list[str]:
+    """The selected step's positively weighted atoms, largest weight first, rendered as one instruction
+    for each k = 1..max_atoms: the top k texts joined in that order (a product of experts with positive
+    weights asks for all of them at once; the rendering drops the weights)."""
+    chosen = discovered[discovered["selected"] & (discovered["weight"] > 0)].sort_values("weight", ascending=False)
+    texts = [str(t).strip() for t in chosen["text"].head(max_atoms)]
+    return [" ".join(texts[:k]) for k in range(1, len(texts) + 1)]
+
+
+def combination_rows(table: pd.DataFrame, score, closures, max_atoms: int = 3) -> pd.DataFrame:
+    """The weighted-combination reader at each exclusion level: `combinations` of the discovered
+    dictionary, each scored as one hard prompt (`score(texts)` -> (states, lse) stacked), chosen by its
+    plug-in closure on the train messages and scored once on test (`closures(states, texts, split)`,
+    softlens.decompose.plugin_closures). Rows with dictionary_kind "combination", step k, selected."""
+    found = table[table["dictionary_kind"] == "discovered"]
+    per_level = {level: combinations(part, max_atoms) for level, part in found.groupby("exclusion")}
+    texts = list(dict.fromkeys(t for c in per_level.values() for t in c))
+    if not texts:
+        return pd.DataFrame()
+    states = score(texts)
+    test = closures(states, texts, "test").set_index("atom")
+    train = closures(states, texts, "train").set_index("atom")["plugin_closure_train"]
+    rows = []
+    for level, candidates in per_level.items():
+        best = max(candidates, key=lambda t: train[t])
+        rows += [{"dictionary_kind": "combination", "exclusion": level, "step": k, "atom": f"combination-{k}",
+                  "text": text, "kind": "combination", "selected": text == best,
+                  "plugin_closure_train": train[text], **test.loc[text].to_dict()}
+                 for k, text in enumerate(candidates, start=1)]
+    return pd.DataFrame(rows)
+
+
+def _score_states(lm, slot, teacher, texts, keys, positions, model_settings, reference) -> tuple:
+    """Texts as hard prompts on every cached context: (states (n, R, d), lse (n, R)) aligned with `keys`."""
+    X, C = [], []
+    for text, k, states, lse in score_texts(lm, slot, teacher, texts, positions, model_settings.get("batch_size", 16)):
+        check_aligned(keys, k, f"combination {text!r}", reference)
+        X.append(states)
+        C.append(lse)
+    return np.stack(X), np.stack(C)
 
 
 # --- the pool -------------------------------------------------------------------------------------------------

@@ -124,9 +124,15 @@ def training_curves(curves: pd.DataFrame, out) -> None:
     _save(fig, out)
 
 
+def _trained(table: pd.DataFrame) -> pd.DataFrame:
+    """The trained soft prompts' rows (their random controls are read in recovery.png)."""
+    return table[table["prompt_kind"] == "soft"] if "prompt_kind" in table else table
+
+
 def phase1(table: pd.DataFrame, out, top: int = 6) -> None:
     """Top signed weights per soft prompt (seed 0 of each variant) at the selected lambda, at the weakest
     and the strictest exclusion level."""
+    table = _trained(table)
     levels = _levels(table)
     levels = sorted({levels[0], levels[-1]}, key=levels.index)  # the weakest and the strictest level
     t = table[(table["weight"] != 0) & (table["seed"] == table["seed"].min()) & table["exclusion"].isin(levels)].copy()
@@ -149,7 +155,7 @@ def phase1(table: pd.DataFrame, out, top: int = 6) -> None:
 def phase1_path(path: pd.DataFrame, out) -> None:
     """Held-out explained-KL against the number of nonzero atoms along the lambda path."""
     sns.set_theme(style="whitegrid", context="paper")
-    p = path.copy()
+    p = _trained(path).copy()
     g = sns.relplot(data=p, x="nnz", y="explained_kl_test", hue="behavior", style="exclusion", col="variant",
                     kind="line", marker="o", errorbar=("pi", 100), height=3.6, aspect=1.3)
     g.set_axis_labels("nonzero atoms", "held-out explained-KL")
@@ -355,26 +361,41 @@ def costs(table: pd.DataFrame, out) -> None:
 
 def recovery(table: pd.DataFrame, out) -> None:
     """Each reader's answer as a plug-in hard prompt: held-out closure (with its 95% interval) as a fraction
-    of the soft prompt's, and its similarity percentile among the pool's candidates, per exclusion level."""
+    of the soft prompt's, and its similarity percentile among the pool's candidates, per exclusion level;
+    grey crosses: the controls (a norm-matched random prompt read the same way; the trained prompt's
+    answers against another behaviour's instruction)."""
     sns.set_theme(style="whitegrid", context="paper")
+    control = table["control"].astype(str) if "control" in table else pd.Series("none", index=table.index)
     readers = list(dict.fromkeys(table["reader"]))  # the table's order (softlens.tables.READERS)
     levels = _levels(table)
     colors = dict(zip(levels, sns.color_palette(n_colors=len(levels))))
+    marks = {"random_prompt": ("x", "random prompt, same norms"), "other_instruction": ("+", "another instruction")}
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.2))
     labelled = set()
     for i, reader in enumerate(readers):
         for j, level in enumerate(levels):
-            d = table[(table["reader"] == reader) & (table["exclusion"] == level)]
-            if d.empty:
-                continue
-            x = i + (j - (len(levels) - 1) / 2) * 0.18 + np.linspace(-0.04, 0.04, len(d))
-            soft = d["soft_closure_test"]
-            axes[0].errorbar(x, d["plugin_closure_test"] / soft, fmt="o", ms=4, capsize=2, color=colors[level],
-                             yerr=[(d["plugin_closure_test"] - d["ci_low"]) / soft,
-                                   (d["ci_high"] - d["plugin_closure_test"]) / soft],
-                             label=None if level in labelled else level)
-            labelled.add(level)
-            axes[1].scatter(x, d["similarity_percentile"], color=colors[level], s=16)
+            at = (table["reader"] == reader) & (table["exclusion"] == level)
+            d = table[at & (control == "none")]
+            offset = i + (j - (len(levels) - 1) / 2) * 0.18
+            if not d.empty:
+                x = offset + np.linspace(-0.04, 0.04, len(d))
+                soft = d["soft_closure_test"]
+                axes[0].errorbar(x, d["plugin_closure_test"] / soft, fmt="o", ms=4, capsize=2, color=colors[level],
+                                 yerr=[(d["plugin_closure_test"] - d["ci_low"]) / soft,
+                                       (d["ci_high"] - d["plugin_closure_test"]) / soft],
+                                 label=None if level in labelled else level)
+                labelled.add(level)
+                axes[1].scatter(x, d["similarity_percentile"], color=colors[level], s=16)
+            for kind, (marker, name) in marks.items():
+                c = table[at & (control == kind)]
+                if c.empty:
+                    continue
+                label = None if kind in labelled else name
+                labelled.add(kind)
+                x = offset + np.linspace(-0.04, 0.04, len(c))
+                if kind == "random_prompt":
+                    axes[0].scatter(x, c["fraction_of_soft"], marker=marker, color="0.4", s=22, label=label)
+                axes[1].scatter(x, c["similarity_percentile"], marker=marker, color="0.4", s=22, label=label)
     for ax in axes:
         ax.set_xticks(range(len(readers)), readers, rotation=15, fontsize=8)
     axes[0].axhline(0.6, color="black", lw=0.6, ls=":")
@@ -383,6 +404,8 @@ def recovery(table: pd.DataFrame, out) -> None:
     axes[1].axhline(0.95, color="black", lw=0.6, ls=":")
     axes[1].set(ylabel="similarity percentile in the pool", ylim=(-0.02, 1.02),
                 title="MiniLM cosine to the hidden instruction, against the pool's candidates")
+    if any(k in labelled for k in marks):
+        axes[1].legend(fontsize=7, loc="lower right")
     fig.suptitle("Plug-in recovery: one hard prompt per reader and soft prompt")
     fig.tight_layout()
     _save(fig, out)

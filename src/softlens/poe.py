@@ -56,7 +56,8 @@ class _Screened:
     def lambda_max(self) -> float:
         """The smallest lam at which w = 0 is optimal."""
         if "_lambda_max" not in self.__dict__:
-            self._lambda_max = float(np.abs(self.screen(np.zeros(self.K))).max())
+            self._gradient_at_zero = self.screen(np.zeros(self.K))
+            self._lambda_max = float(np.abs(self._gradient_at_zero).max())
         return self._lambda_max
 
 
@@ -286,8 +287,11 @@ class FactoredProblem(_Screened):
         sub = copy.copy(self)
         sub.X, sub.C, sub.ep = self.X[idx], self.C[idx], self.ep[idx]
         sub.ep_mean, sub.K, sub.atoms = sub.ep.mean(1), len(idx), [self.atoms[i] for i in idx]
-        for cached in ("_lambda_max", "_last"):
+        for cached in ("_lambda_max", "_gradient_at_zero", "_last"):
             sub.__dict__.pop(cached, None)
+        if "_gradient_at_zero" in self.__dict__:  # the subset's gradient at w = 0 is the parent's, sliced
+            sub._gradient_at_zero = self._gradient_at_zero[idx]
+            sub._lambda_max = float(np.abs(sub._gradient_at_zero).max()) if len(idx) else 0.0
         return sub
 
     def _top(self, x, lse):

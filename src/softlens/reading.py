@@ -60,10 +60,11 @@ class Reader:
     def keys(self) -> dict:
         return {"behavior": self.spec["name"], "variant": self.variant, "seed": self.seed}
 
-    def score(self, make_content, frames=None) -> dict:
+    def score(self, make_content, frames=None, target=None, base=None) -> dict:
         """Mean held-out scores over `frames` (default: the prompt's training frames) of the content
-        make_content(frame) gives."""
-        rows = [frame_scores(self.lm, self.slot, make_content(f), self.target, self.base, self.s.positions, self.bs,
+        make_content(frame) gives (on the test messages, or on the contexts of `target` and `base`)."""
+        target, base = (self.target, self.base) if target is None else (target, base)
+        rows = [frame_scores(self.lm, self.slot, make_content(f), target, base, self.s.positions, self.bs,
                              self.s) for f in (frames or self.s.frames)]
         return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
@@ -76,6 +77,21 @@ class Reader:
 
 
 # --- projection and repair ------------------------------------------------------------------------------
+
+def choose_step(history: pd.DataFrame, closure_on_selection) -> tuple[list[int], pd.DataFrame]:
+    """The search step whose prompt closes most on the selection messages (`closure_on_selection(ids)`
+    -> scores with kl_closure_test, measured there), earliest on ties; each distinct prompt scored once.
+    Returns its ids and the history with `kl_closure_select` and `selected` columns."""
+    scored: dict[tuple, float] = {}
+    for ids in history["ids"]:
+        key = tuple(int(i) for i in ids)
+        if key not in scored:
+            scored[key] = closure_on_selection(list(key))["kl_closure_test"]
+    history = history.assign(kl_closure_select=[scored[tuple(int(i) for i in ids)] for ids in history["ids"]])
+    best = int(history["kl_closure_select"].to_numpy().argmax())
+    history["selected"] = history.index == history.index[best]
+    return [int(i) for i in history["ids"].iloc[best]], history
+
 
 def run_reading(manifest, teacher_path, prompt_path, spec: dict, variant: str, seed: int, training: dict,
                 reading: dict, model_settings: dict, out, search_out, steering_file=None) -> pd.DataFrame:
@@ -107,8 +123,16 @@ def run_reading(manifest, teacher_path, prompt_path, spec: dict, variant: str, s
     start, _ = r.vocab.nearest(r.vectors, "cosine", allowed=allowed_mask)  # the projection, banned tokens replaced
     random_init = random_start(allowed, r.vectors.shape[0], torch.Generator().manual_seed(seed), tok,
                                settings.require_roundtrip)
-    repaired, rep_hist = coordinate_search(objective, start.tolist(), allowed, settings, seed, tok, "repair")
-    pure, pure_hist = coordinate_search(objective, random_init, allowed, settings, seed, tok, "pure hotflip")
+    _, rep_hist = coordinate_search(objective, start.tolist(), allowed, settings, seed, tok, "repair")
+    _, pure_hist = coordinate_search(objective, random_init, allowed, settings, seed, tok, "pure hotflip")
+    # Each search's step is chosen on other train messages (the search's own loss only falls), then tested once.
+    train = r.teacher[(r.teacher["split"] == "train") & (r.teacher["completion_ids"].map(len) > 0)]  # as `contexts`
+    rest = train["message_id"].to_numpy()[[i for i in range(len(train)) if i not in set(pick)]]
+    chosen = np.random.default_rng(seed).permutation(rest)[:settings.select_messages]
+    select, select_base = teacher_and_base(r.lm, r.slot, spec, train[train["message_id"].isin(chosen)], "train",
+                                           r.s.positions, r.bs, None, r.steering_file)
+    repaired, rep_hist = choose_step(rep_hist, lambda ids: r.score(r.tokens(ids), target=select, base=select_base))
+    pure, pure_hist = choose_step(pure_hist, lambda ids: r.score(r.tokens(ids), target=select, base=select_base))
 
     rows = [{"stage": "soft", "text": "", "ids": [], **r.score(r.soft(r.vectors))}]
     for stage, ids in [("projected_cosine", cos_ids), ("projected_l2", l2_ids), ("repaired", repaired),
@@ -123,8 +147,8 @@ def run_reading(manifest, teacher_path, prompt_path, spec: dict, variant: str, s
     write_table(table, out, metadata={"prompt": str(prompt_path), "search": settings.__dict__,
                                       "banned": sorted(banned)})
     hist = pd.concat([rep_hist.assign(search="repaired"), pure_hist.assign(search="pure_hotflip")])
-    hist = hist.assign(**r.keys())[["behavior", "variant", "seed", "search", "step", "loss", "text", "tried",
-                                    "seconds"]]
+    hist = hist.assign(**r.keys())[["behavior", "variant", "seed", "search", "step", "loss", "kl_closure_select",
+                                    "selected", "text", "tried", "seconds"]]
     with atomic_path(search_out) as tmp:
         hist.to_csv(tmp, index=False)
     for row in rows:

@@ -36,6 +36,7 @@ class SearchSettings:
     top_k: int = 64
     candidates: int = 32          # single-token swaps evaluated exactly per step
     messages: int = 8             # training messages the loss is measured on
+    select_messages: int = 16     # other training messages that choose the best step (validation)
     positions: int = 16           # completion positions per message
     loss: str = "kl"              # kl | ce (early-weighted teacher-forced CE)
     early_tokens: int = 32
@@ -44,7 +45,7 @@ class SearchSettings:
     batch_size: int = 64          # sequences per forward when evaluating candidates
 
     def __post_init__(self):
-        for key in ("steps", "top_k", "candidates", "messages", "positions", "batch_size"):
+        for key in ("steps", "top_k", "candidates", "messages", "select_messages", "positions", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"reading.search.{key} = {getattr(self, key)}: must be at least 1")
         if self.loss not in ("kl", "ce"):

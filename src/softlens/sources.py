@@ -5,6 +5,7 @@ A source spec is a dict with a ``kind``:
 - ``hard``: ``text`` as a hard prompt;  ``noisy``: ``text`` with Gaussian noise (``sigma``, ``seed``);
 - ``soft``: a soft prompt read from ``file`` (ours, or a PEFT adapter directory), optionally inside
   a ``frame`` such as "Be ___.", optionally at its own slot ``position`` (PEFT: before the template);
+  with ``random_seed`` it is the prompt's control instead: random directions with its vectors' norms;
 - ``steered``: an empty slot with a steering vector added to the residual stream;
 - ``unprompted``: an empty slot.
 
@@ -33,6 +34,17 @@ def soft_content(vectors, frame: str | None = None) -> SlotContent:
     return FramedSoftPrompt(vectors, frame)
 
 
+def norm_matched_random(vectors, seed: int):
+    """A control for a soft prompt: isotropic Gaussian directions, each scaled to the norm of the vector
+    it replaces (the same length and norms, none of the trained directions)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    random = torch.randn(vectors.shape, generator=g, dtype=torch.float32)
+    norms = vectors.float().norm(dim=-1, keepdim=True)
+    return (random / random.norm(dim=-1, keepdim=True) * norms).to(vectors.dtype)
+
+
 def content_for(lm, source: dict) -> SlotContent:
     kind = source["kind"]
     if kind == "hard":
@@ -43,6 +55,8 @@ def content_for(lm, source: dict) -> SlotContent:
         from .io import read_soft_prompt
 
         vectors, _ = read_soft_prompt(source["file"], lm.embeddings.weight.shape[1])
+        if source.get("random_seed") is not None:
+            vectors = norm_matched_random(vectors, source["random_seed"])
         return soft_content(vectors.to(lm.device, lm.dtype), source.get("frame"))
     if kind in ("unprompted", "steered"):
         return None

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import pandas as pd
 
+from .config import parse_prompt_key
 from .decompose import decline_per_sigma, noise_verdict
 
 
 def _read(paths) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+
+
+TARGET_CLOSURE = ["target_closure_test", "target_ci_low", "target_ci_high"]
 
 
 def _with_target(df: pd.DataFrame, selected: bool) -> pd.DataFrame:
@@ -19,7 +23,7 @@ def _with_target(df: pd.DataFrame, selected: bool) -> pd.DataFrame:
         sel["rank"] = sel.groupby(keys)["weight"].rank(ascending=False, method="first")
         return sel[keys + ["atom", "weight", "is_target", "explained_kl_test", "ci_low", "ci_high", "rank", "lambda",
                            "nnz", "kl_test", "kl_base_test", "explained_kl_train", "explained_kl_cv",
-                           "excluded_atoms"]].sort_values(keys + ["rank"])
+                           "excluded_atoms"] + [c for c in TARGET_CLOSURE if c in sel]].sort_values(keys + ["rank"])
     return (df.groupby(keys + ["lambda_index"], as_index=False)
               [["lambda", "nnz", "explained_kl_train", "explained_kl_cv", "explained_kl_test", "ci_low", "ci_high",
                 "kl_test", "selected"]].first())
@@ -66,12 +70,13 @@ def training(score_paths, curve_paths, sample_paths) -> tuple[pd.DataFrame, pd.D
 
 
 def phase1(fit_paths, dictionary: str = "hand-written") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Phase 0's tables for soft-prompt targets, with their variant and seed."""
+    """Phase 0's tables for soft-prompt targets, with their variant, seed and prompt_kind: `soft`, a
+    trained prompt, or `control`, its norm-matched random control (softlens.sources.norm_matched_random),
+    with the prompt's own closure to the teacher (target_closure_test)."""
     full = _read(fit_paths)
     full["dictionary"] = dictionary
-    df = full[["behavior", "target"]].drop_duplicates()
-    parts = df["target"].str.extract(r"^soft-(?P<variant>\w+)-seed(?P<seed>\d+)$")
-    targets = pd.concat([df, parts.astype({"seed": int})], axis=1)
+    df = full[["behavior", "target"]].drop_duplicates().reset_index(drop=True)
+    targets = pd.concat([df, _soft_target(df["target"])], axis=1)
     table = _with_target(full, True).merge(targets, on=["behavior", "target"])
     path = _with_target(full, False).merge(targets, on=["behavior", "target"])
     return table, path
@@ -94,8 +99,12 @@ def reading(stage_paths, search_paths, geometry_paths, robustness_paths, verbali
 
 
 def _soft_target(target: pd.Series) -> pd.DataFrame:
-    parts = target.str.extract(r"^soft-(?P<variant>\w+)-seed(?P<seed>\d+)$")
-    return parts.astype({"seed": int})
+    """prompt_kind (soft, control), variant and seed of each soft-prompt key (softlens.config.prompt_key)."""
+    parts = [parse_prompt_key(t) for t in target]
+    if any(p is None for p in parts):
+        raise ValueError(f"not a soft-prompt source: {target[[p is None for p in parts]].iloc[0]!r}")
+    parts = pd.DataFrame(parts, index=target.index, columns=["kind", "variant", "seed"]).astype({"seed": int})
+    return parts.rename(columns={"kind": "prompt_kind"})
 
 
 def dictionary(pursuit_paths, fit_paths, pool_paths, behaviors: dict, hand_written: list[dict], top: int = 3,
@@ -127,6 +136,7 @@ def dictionary(pursuit_paths, fit_paths, pool_paths, behaviors: dict, hand_writt
     fits["n_candidates"] = fits["dictionary_size"]
 
     found = _read(pursuit_paths)
+    found = found[found["dictionary_kind"] != "combination"]  # a reader's answer (recovery), not a fit
     found = found.join(_soft_target(found["target"]))
 
     scores = ["explained_kl_cv", "explained_kl_test", "ci_low", "ci_high"]
@@ -236,7 +246,8 @@ def sae(reading_paths, feature_paths, context_paths, top_features: int = 12
     return table, training, shared, manifold
 
 
-READERS = ("poe_top_atom", "pursuit_best_single", "pursuit_top_atom", "repaired", "verbalisation")
+CONTROLS = ("none", "random_prompt", "other_instruction")
+READERS = ("poe_top_atom", "pursuit_best_single", "pursuit_top_atom", "pursuit_combination", "repaired", "verbalisation")
 
 
 def recovery(fit_paths, pursuit_paths, stage_paths, verbalise_paths, score_paths, pool_paths, behaviors: dict,
@@ -248,8 +259,16 @@ def recovery(fit_paths, pursuit_paths, stage_paths, verbalise_paths, score_paths
 
     Readers: the top positively weighted atom of the hand-written Phase 1 fit (poe_top_atom); pursuit's
     first atom, the best single one (pursuit_best_single), and its top positive atom at the selected step
-    (pursuit_top_atom); the repaired projection (repaired) and the verbalisation best on train messages
+    (pursuit_top_atom); the selected step's positive atoms rendered as one instruction, top k joined with
+    k chosen on train (pursuit_combination); the repaired projection (repaired) and the verbalisation best on train messages
     (verbalisation), which see no dictionary (exclusion none).
+
+    Controls (column `control`; `compared_to` is the instruction the similarity is measured against):
+    `none`, the trained prompt against its own hidden instruction; `random_prompt`, the same readers on
+    a prompt with the trained one's norms and random directions (a control fit among `fit_paths`),
+    against the same instruction and teacher; `other_instruction`, the trained prompt's answers against
+    each other behaviour's instruction, in the same pool (the similarity a reader earns by chance).
+    `prompt_closure_test` is the read prompt's own closure against the teacher.
     """
     import numpy as np
 
@@ -262,29 +281,36 @@ def recovery(fit_paths, pursuit_paths, stage_paths, verbalise_paths, score_paths
         texts.setdefault(name, spec.get("instruction", ""))
     rows = []
 
-    def answer(key, reader, level, text, closure, low, high):
-        rows.append(dict(zip(keys, key), reader=reader, exclusion=level, text=text, plugin_closure_test=closure,
-                         ci_low=low, ci_high=high))
+    def answer(key, reader, level, text, closure, low, high, control="none"):
+        rows.append(dict(zip(keys, key), control=control, reader=reader, exclusion=level, text=text,
+                         plugin_closure_test=closure, ci_low=low, ci_high=high))
+
+    def control_of(kind):
+        return "random_prompt" if kind == "control" else "none"
 
     fits = _read(fit_paths)
     fits = fits.join(_soft_target(fits["target"]))
-    for (*key, level), part in fits[fits["selected"] & (fits["weight"] > 0)].groupby(keys + ["exclusion"]):
+    for (*key, kind, level), part in fits[fits["selected"] & (fits["weight"] > 0)].groupby(keys + ["prompt_kind", "exclusion"]):
         top = part.loc[part["weight"].idxmax()]
         answer(key, "poe_top_atom", level, texts.get(top["atom"], top["atom"]), top["plugin_closure_test"],
-               top["plugin_ci_low"], top["plugin_ci_high"])
+               top["plugin_ci_low"], top["plugin_ci_high"], control_of(kind))
     if pursuit_paths:
         found = _read(pursuit_paths)
         found = found.join(_soft_target(found["target"]))
-        found = found[found["dictionary_kind"] == "discovered"]
-        for (*key, level), part in found.groupby(keys + ["exclusion"]):
-            first = part[part["step"] == 1].iloc[0]
+        found = found[found["dictionary_kind"].isin(["discovered", "combination"])]
+        for (*key, kind, level), part in found.groupby(keys + ["prompt_kind", "exclusion"]):
+            first = part[(part["step"] == 1) & (part["dictionary_kind"] == "discovered")].iloc[0]
             answer(key, "pursuit_best_single", level, first["text"], first["plugin_closure_test"],
-                   first["plugin_ci_low"], first["plugin_ci_high"])
-            chosen = part[part["selected"] & (part["weight"] > 0)]
+                   first["plugin_ci_low"], first["plugin_ci_high"], control_of(kind))
+            combined = part[(part["dictionary_kind"] == "combination") & part["selected"]]
+            for _, c in combined.iterrows():
+                answer(key, "pursuit_combination", level, c["text"], c["plugin_closure_test"], c["plugin_ci_low"],
+                       c["plugin_ci_high"], control_of(kind))
+            chosen = part[part["selected"] & (part["weight"] > 0) & (part["dictionary_kind"] == "discovered")]
             if len(chosen):
                 top = chosen.loc[chosen["weight"].idxmax()]
                 answer(key, "pursuit_top_atom", level, top["text"], top["plugin_closure_test"], top["plugin_ci_low"],
-                       top["plugin_ci_high"])
+                       top["plugin_ci_high"], control_of(kind))
     if stage_paths:
         stages = _read(stage_paths)
         for _, r in stages[stages["stage"] == "repaired"].iterrows():
@@ -298,12 +324,22 @@ def recovery(fit_paths, pursuit_paths, stage_paths, verbalise_paths, score_paths
     soft = scores[scores["frame"] == "___"].set_index(keys)["kl_closure_test"].rename("soft_closure_test")
     table = table.join(soft, on=keys)
     table["fraction_of_soft"] = table["plugin_closure_test"] / table["soft_closure_test"]
+    own = fits.groupby(keys + ["prompt_kind"])["target_closure_test"].first() if "target_closure_test" in fits else None
+    table["prompt_closure_test"] = [
+        r.soft_closure_test if r.control == "none" or own is None
+        else own.get((r.behavior, r.variant, r.seed, "control"), np.nan) for r in table.itertuples()]
+
+    # the trained prompts' answers, also against every other behaviour's instruction
+    others = [table[table["control"] == "none"].assign(control="other_instruction", compared_to=o)
+              for o in behaviors if behaviors[o].get("instruction")]
+    table["compared_to"] = table["behavior"]
+    table = pd.concat([table, *[o[o["behavior"] != o["compared_to"]] for o in others]], ignore_index=True)
 
     embed = embed or Embedder()
     pools = {str(p.split("/")[-2]): pd.read_parquet(p) for p in pool_paths}
     table["similarity"], table["similarity_percentile"] = np.nan, np.nan
-    for (b, level), part in table.groupby(["behavior", "exclusion"]):
-        hidden = behaviors.get(b, {}).get("instruction")
+    for (b, compared, level), part in table.groupby(["behavior", "compared_to", "exclusion"]):
+        hidden = behaviors.get(compared, {}).get("instruction")
         if not hidden:
             continue
         if b in pools:
@@ -316,5 +352,7 @@ def recovery(fit_paths, pursuit_paths, stage_paths, verbalise_paths, score_paths
         sims = similarity(embed, list(part["text"].fillna("")), hidden)
         table.loc[part.index, "similarity"] = sims
         table.loc[part.index, "similarity_percentile"] = [float((null < x).mean()) for x in sims]
+    table["compared_to"] = table["compared_to"].map(lambda b: behaviors.get(b, {}).get("instruction") or "")
+    table["control"] = pd.Categorical(table["control"], CONTROLS, ordered=True)
     table["reader"] = pd.Categorical(table["reader"], READERS, ordered=True)
-    return table.sort_values(keys + ["reader", "exclusion"]).reset_index(drop=True)
+    return table.sort_values(keys + ["control", "reader", "exclusion", "compared_to"]).reset_index(drop=True)
