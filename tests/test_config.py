@@ -188,3 +188,20 @@ def test_a_discovery_control_must_name_a_discovered_behaviour(default_config, sc
     default_config["discovery"]["controls"] = ["pirate_steer"]
     with pytest.raises(ConfigError, match="discovery.controls: 'pirate_steer'"):
         validate_config(default_config, schema)
+
+
+def test_integer_keys_written_as_floats_arrive_as_ints(default_config, schema):
+    default_config["training"].update(steps=10.0, length=8.0, seeds=[0.0, 1.0])
+    default_config["poe"]["path_length"] = 20.0
+    default_config["discovery"]["screen"]["shards"] = 4.0
+    cfg = validate_config(default_config, schema)
+    values = [cfg["training"]["steps"], cfg["training"]["length"], *cfg["training"]["seeds"],
+              cfg["poe"]["path_length"], cfg["discovery"]["screen"]["shards"]]
+    assert values == [10, 8, 0, 1, 20, 4] and all(type(v) is int for v in values)
+    assert type(cfg["training"]["lr"]) is float  # numbers stay numbers
+
+
+def test_a_fractional_integer_key_is_refused(default_config, schema):
+    default_config["training"]["steps"] = 10.5
+    with pytest.raises(ConfigError, match="10.5"):
+        validate_config(default_config, schema)

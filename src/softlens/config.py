@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 EMBEDDED = "embedded"
 EMBEDDED_TAG = "SmolLM2-135M-Instruct"
@@ -48,6 +49,8 @@ def validate_config(config: dict, schema: str | Path) -> dict:
         validate(config, schema=str(schema), set_default=True)
     except WorkflowError as e:
         raise ConfigError(str(e)) from None
+    with open(schema) as f:
+        _as_integers(config, yaml.safe_load(f))
     _check_behaviors(config["behaviors"])
     _check_noise(config)
     _check_training(config)
@@ -58,6 +61,22 @@ def validate_config(config: dict, schema: str | Path) -> dict:
     load_messages(config["messages"])
     load_dictionary(config["dictionary"])
     return config
+
+
+def _as_integers(value, schema: dict):
+    """Integer keys as ints: JSON schema counts 10.0 as an integer, and range() would not (in place)."""
+    types = schema.get("type")
+    types = types if isinstance(types, list) else [types]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            sub = schema.get("properties", {}).get(k) or schema.get("additionalProperties")
+            if isinstance(sub, dict):
+                value[k] = _as_integers(v, sub)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        value[:] = [_as_integers(v, schema["items"]) for v in value]
+    elif isinstance(value, float) and "integer" in types and value.is_integer():
+        return int(value)
+    return value
 
 
 def _check_behaviors(behaviors: list[dict]) -> None:

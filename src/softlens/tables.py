@@ -247,6 +247,7 @@ def sae(reading_paths, feature_paths, context_paths, top_features: int = 12
 
 
 CONTROLS = ("none", "random_prompt", "other_instruction")
+CACHED_READERS = ("poe_top_atom", "pursuit_best_single", "pursuit_top_atom", "pursuit_combination")
 READERS = ("poe_top_atom", "pursuit_best_single", "pursuit_top_atom", "pursuit_combination", "repaired", "verbalisation")
 
 
@@ -268,7 +269,9 @@ def recovery(fit_paths, pursuit_paths, stage_paths, verbalise_paths, score_paths
     a prompt with the trained one's norms and random directions (a control fit among `fit_paths`),
     against the same instruction and teacher; `other_instruction`, the trained prompt's answers against
     each other behaviour's instruction, in the same pool (the similarity a reader earns by chance).
-    `prompt_closure_test` is the read prompt's own closure against the teacher.
+    `prompt_closure_test` is the read prompt's own closure against the teacher and `soft_closure_test`
+    the trained prompt's, each on the contexts its reader's answer is scored on (`closure_contexts`):
+    `fraction_of_soft` compares like with like.
     """
     import numpy as np
 
@@ -320,14 +323,25 @@ def recovery(fit_paths, pursuit_paths, stage_paths, verbalise_paths, score_paths
             answer([r[k] for k in keys], "verbalisation", "none", r["candidate"], r["kl_closure_test"], r["ci_low"],
                    r["ci_high"])
     table = pd.DataFrame(rows)
+    # Closures compared on the same contexts: the atom readers' plug-in closures come from the caches
+    # (the first logprobs.positions of each completion), as does the decomposed prompt's own closure in
+    # its Phase 1 fit (target_closure_test); the repaired projection and the verbalisation are scored
+    # like the soft prompt's evaluation (the bare slot, training.positions).
     scores = _read(score_paths)
-    soft = scores[scores["frame"] == "___"].set_index(keys)["kl_closure_test"].rename("soft_closure_test")
-    table = table.join(soft, on=keys)
+    evaluated = scores[scores["frame"] == "___"].set_index(keys)["kl_closure_test"]
+    own = fits.groupby(keys + ["prompt_kind"])["target_closure_test"].first()
+    cached = table["reader"].isin(CACHED_READERS)
+
+    def closure(r, kind):
+        if r.reader in CACHED_READERS:
+            return own.get((r.behavior, r.variant, r.seed, kind), np.nan)
+        return evaluated.get((r.behavior, r.variant, r.seed), np.nan) if kind == "soft" else np.nan
+
+    table["soft_closure_test"] = [closure(r, "soft") for r in table.itertuples()]
+    table["prompt_closure_test"] = [closure(r, "control" if r.control == "random_prompt" else "soft")
+                                    for r in table.itertuples()]
+    table["closure_contexts"] = np.where(cached, "cached positions", "evaluation positions")
     table["fraction_of_soft"] = table["plugin_closure_test"] / table["soft_closure_test"]
-    own = fits.groupby(keys + ["prompt_kind"])["target_closure_test"].first() if "target_closure_test" in fits else None
-    table["prompt_closure_test"] = [
-        r.soft_closure_test if r.control == "none" or own is None
-        else own.get((r.behavior, r.variant, r.seed, "control"), np.nan) for r in table.itertuples()]
 
     # the trained prompts' answers, also against every other behaviour's instruction
     others = [table[table["control"] == "none"].assign(control="other_instruction", compared_to=o)
