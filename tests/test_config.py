@@ -92,20 +92,22 @@ def test_model_value_that_is_neither_path_nor_hub_id(default_config, schema):
         validate_config(default_config, schema)
 
 
+def refuses_dictionary(config, schema, tmp_path, rows: str, message: str) -> None:
+    """`rows` (after the header) as the dictionary file: validation fails with `message`."""
+    path = tmp_path / "dictionary.tsv"
+    path.write_text("atom\tcategory\tprompt\n" + rows)
+    config["dictionary"]["file"] = str(path)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config, schema)
+
+
 def test_empty_dictionary(default_config, schema, tmp_path):
-    empty = tmp_path / "dictionary.tsv"
-    empty.write_text("atom\tcategory\tprompt\n")
-    default_config["dictionary"]["file"] = str(empty)
-    with pytest.raises(ConfigError, match="dictionary.file: .* has no entries"):
-        validate_config(default_config, schema)
+    refuses_dictionary(default_config, schema, tmp_path, "", "dictionary.file: .* has no entries")
 
 
 def test_duplicate_dictionary_prompt(default_config, schema, tmp_path):
-    dup = tmp_path / "dictionary.tsv"
-    dup.write_text("atom\tcategory\tprompt\na\tx\tBe concise.\nb\tx\tbe concise.\n")
-    default_config["dictionary"]["file"] = str(dup)
-    with pytest.raises(ConfigError, match="repeats the prompt 'be concise.'"):
-        validate_config(default_config, schema)
+    refuses_dictionary(default_config, schema, tmp_path, "a\tx\tBe concise.\nb\tx\tbe concise.\n",
+                       "repeats the prompt 'be concise.'")
 
 
 def test_steering_layer_out_of_range(default_config, schema):
@@ -127,7 +129,7 @@ def test_non_numeric_scale(default_config, schema):
 
 def test_duplicate_behavior_name(default_config, schema):
     default_config["behaviors"].append({"name": "spanish", "instruction": "Hable español."})
-    with pytest.raises(ConfigError, match=r"duplicate behaviour name 'spanish' \(first at behaviors\[0\]\)"):
+    with pytest.raises(ConfigError, match=r"duplicate behaviour name 'spanish' \(first at behaviors\[0\]"):
         validate_config(default_config, schema)
 
 
@@ -205,3 +207,58 @@ def test_a_fractional_integer_key_is_refused(default_config, schema):
     default_config["training"]["steps"] = 10.5
     with pytest.raises(ConfigError, match="10.5"):
         validate_config(default_config, schema)
+
+
+@pytest.mark.parametrize("atom", ["../../../../tmp/x", "a/b", "{behavior}", "-lead", "with space"])
+def test_an_atom_name_that_is_not_a_plain_name_is_refused(default_config, schema, tmp_path, atom):
+    refuses_dictionary(default_config, schema, tmp_path, f"{atom}\tx\tBe kind.\nconcise\tlength\tBe concise.\n",
+                       "names are letters, digits")
+
+
+def test_atoms_differing_only_in_case_are_refused(default_config, schema, tmp_path):
+    refuses_dictionary(default_config, schema, tmp_path, "kind\tx\tBe kind.\nKind\tx\tBe very kind.\n",
+                       "differing only in case: 'Kind'")
+
+
+def test_a_behaviour_case_variant_is_a_duplicate(default_config, schema):
+    default_config["behaviors"].append({"name": "Spanish", "instruction": "Hable español."})
+    with pytest.raises(ConfigError, match="duplicate behaviour name 'Spanish'"):
+        validate_config(default_config, schema)
+
+
+def test_a_behaviour_whose_new_instruction_would_take_an_atoms_name_is_refused(default_config, schema):
+    default_config["behaviors"][0]["instruction"] = "Respond in Spanish!"  # not the dictionary's "Respond in Spanish."
+    with pytest.raises(ConfigError, match="would join the fits as atom 'spanish'"):
+        validate_config(default_config, schema)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("", "is empty"),
+    ("message_id\tuser_message\nm1\tHello?\nm2\t\n", "line 3 has an empty field \\(user_message\\)"),
+    ("message_id\tuser_message\nm1\tHello?\nm2\tA\ttab\n", "not a 2-column TSV"),
+])
+def test_message_files_are_read_strictly_with_the_line(default_config, schema, tmp_path, body, message):
+    path = tmp_path / "m.tsv"
+    path.write_text(body)
+    default_config["messages"]["file"] = str(path)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(default_config, schema)
+
+
+def test_quotes_in_a_message_are_kept(default_config, tmp_path):
+    path = tmp_path / "m.tsv"
+    path.write_text('message_id\tuser_message\nm1\t"Quoted" words?\nm2\tWhy?\nm3\tHow?\nm4\tWhat?\n')
+    msgs = load_messages({**default_config["messages"], "file": str(path), "train_messages": None})
+    assert '"Quoted" words?' in set(msgs["user_message"])
+
+
+@pytest.mark.parametrize("overlay", ["full.yaml", "qwen3-4b.yaml"])
+def test_every_shipped_overlay_validates(default_config, schema, overlay):
+    """Each overlay as `--configfile` layers it over config/config.yaml (a YAML 5 is an int, not a word)."""
+    import yaml
+    from snakemake.utils import update_config
+
+    from conftest import ROOT
+
+    update_config(default_config, yaml.safe_load((ROOT / "config" / overlay).read_text()))
+    validate_config(default_config, schema)

@@ -221,7 +221,8 @@ def test_complete_run_plans_nothing(built):
 
 def test_editing_one_instruction_replans_only_that_behaviours_branch(built, tiny_dir):
     workdir, cfg = built
-    cfg["behaviors"][1]["instruction"] = "Be very brief."
+    # another prompt of the dictionary (one it lacks would need a new behaviour name: atom 'concise' is taken)
+    cfg["behaviors"][1]["instruction"] = "Answer in one sentence."
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
     try:
         plan = planned(workdir)

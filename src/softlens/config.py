@@ -59,8 +59,21 @@ def validate_config(config: dict, schema: str | Path) -> dict:
     _check_sae(config)
     model_source(config["model"])  # local directory must exist; hub ids must look like ids
     load_messages(config["messages"])
-    load_dictionary(config["dictionary"])
+    _check_atom_names(config["behaviors"], load_dictionary(config["dictionary"]))
     return config
+
+
+def _check_atom_names(behaviors: list[dict], dictionary: pd.DataFrame) -> None:
+    """A behaviour whose instruction the dictionary lacks joins its fits as an atom named after it: that
+    name may not be taken (up to case) by a different hand-written atom."""
+    atoms = {a.casefold(): (a, p) for a, p in zip(dictionary["atom"], dictionary["prompt"])}
+    prompts = {p.casefold() for p in dictionary["prompt"]}
+    for b in behaviors:
+        taken = atoms.get(b["name"].casefold())
+        if b.get("instruction") and b["instruction"].casefold() not in prompts and taken:
+            raise ConfigError(f"behaviors: {b['name']!r} has the instruction {b['instruction']!r}, which the "
+                              f"dictionary lacks, so it would join the fits as atom {b['name']!r}; the dictionary's "
+                              f"atom {taken[0]!r} is {taken[1]!r}. Rename the behaviour or the atom.")
 
 
 def _as_integers(value, schema: dict):
@@ -79,16 +92,28 @@ def _as_integers(value, schema: dict):
     return value
 
 
+# Behaviours and atoms name files and wildcards: one pattern for both (no path separators, no braces).
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def check_name(name, where: str) -> None:
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ConfigError(f"{where} {name!r}: names are letters, digits, '_' and '-', starting with a letter or "
+                          f"digit (they name files and wildcards)")
+
+
 def _check_behaviors(behaviors: list[dict]) -> None:
     seen: dict[str, int] = {}
     for i, b in enumerate(behaviors):
         name = b["name"]
         where = f"behaviors[{i}] ({name!r})"
-        if name == UNPROMPTED:
+        check_name(name, f"behaviors[{i}].name")
+        if name.casefold() == UNPROMPTED:
             raise ConfigError(f"{where}: the name {UNPROMPTED!r} is reserved for the unprompted model")
-        if name in seen:
-            raise ConfigError(f"{where}: duplicate behaviour name {name!r} (first at behaviors[{seen[name]}])")
-        seen[name] = i
+        if name.casefold() in seen:
+            raise ConfigError(f"{where}: duplicate behaviour name {name!r} (first at behaviors"
+                              f"[{seen[name.casefold()]}], names compared up to case)")
+        seen[name.casefold()] = i
         kinds = [k for k in ("instruction", "steering", "peft") if b.get(k) is not None]
         if len(kinds) != 1:
             raise ConfigError(f"{where}: give exactly one of 'instruction', 'steering' or 'peft' "
@@ -244,15 +269,27 @@ def model_tag(spec: str) -> str:
 # --- messages and dictionary ---------------------------------------------------------------------
 
 def _read_table(path: str | Path, columns: list[str], key: str) -> pd.DataFrame:
+    """A TSV read strictly: no quoting (a quote is text), every named field filled, errors with the line."""
+    import csv
+
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{key}: file {str(path)!r} does not exist")
-    df = pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False, comment=None)
+    try:
+        df = pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False, comment=None, quoting=csv.QUOTE_NONE)
+    except pd.errors.EmptyDataError:
+        raise ConfigError(f"{key}: file {str(path)!r} is empty (expected a header: {', '.join(columns)})") from None
+    except pd.errors.ParserError as e:  # e.g. a tab inside a message: one field too many on that line
+        raise ConfigError(f"{key}: file {str(path)!r} is not a {len(columns)}-column TSV: {e}") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ConfigError(f"{key}: file {str(path)!r} lacks column(s) {missing}; it has {list(df.columns)}")
     df = df[columns].apply(lambda s: s.str.strip())
-    df = df[df[columns[-1]] != ""]
+    empty = df.index[(df == "").any(axis=1)]
+    if len(empty):
+        row = df.loc[empty[0]]
+        raise ConfigError(f"{key}: file {str(path)!r} line {empty[0] + 2} has an empty field "
+                          f"({', '.join(c for c in columns if row[c] == '')})")
     if df.empty:
         raise ConfigError(f"{key}: file {str(path)!r} has no entries")
     dup = df[columns[0]][df[columns[0]].duplicated()]
@@ -293,6 +330,11 @@ def load_corpus_instructions(path: str | Path) -> list[str]:
 def load_dictionary(cfg: dict) -> pd.DataFrame:
     """The hand-written dictionary of hard prompts (columns atom, category, prompt)."""
     df = _read_table(cfg["file"], ["atom", "category", "prompt"], "dictionary.file")
+    for atom in df["atom"]:
+        check_name(atom, f"dictionary.file {cfg['file']!r}: atom")
+    dup = df["atom"][df["atom"].str.casefold().duplicated()]
+    if not dup.empty:
+        raise ConfigError(f"dictionary.file: file {cfg['file']!r} has atoms differing only in case: {dup.iloc[0]!r}")
     dup = df["prompt"][df["prompt"].str.casefold().duplicated()]
     if not dup.empty:
         raise ConfigError(f"dictionary.file: file {cfg['file']!r} repeats the prompt {dup.iloc[0]!r}")
