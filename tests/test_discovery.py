@@ -244,7 +244,7 @@ def test_screen_ranks_the_missing_instruction_first_and_pursuit_recovers_it(shar
     assert "Respond in Spanish." not in set(lexical["text"])  # out of reach: the instruction and its own atom
     assert (none.loc[none["dictionary_kind"] == "discovered", "n_candidates"] == 5 + 3).all()
     assert (lexical.loc[lexical["dictionary_kind"] == "discovered", "n_candidates"] == 4 + 2).all()
-    # the combination reader scores its texts by a forward pass: alone, the top atom closes as its cache says
+    # the combination reader's one-atom instruction is that atom (its cached states): it closes as the atom does
     single = none[(none["dictionary_kind"] == "combination") & (none["step"] == 1)].iloc[0]
     cached = found.loc[found["weight"].idxmax()]
     assert single["text"] == cached["text"]

@@ -264,15 +264,12 @@ def run_pursuit(manifest, teacher_path, screen_paths, pool_path, cache_dir, head
                               + [f"{cache_dir}/{target}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet",
                                  f"{cache_dir}/{TARGET}.parquet"])  # the last: the behaviour's teacher
     P, base, teacher_states = (X[K0], C[K0]), (X[K0 + 1], C[K0 + 1]), (X[K0 + 2], C[K0 + 2])
-    X, C = np.concatenate([X[:K0], np.empty((len(scored), *X.shape[1:]), np.float32)]), \
-        np.concatenate([C[:K0], np.empty((len(scored), C.shape[1]))])
     teacher = read_teacher(teacher_path)
     lm = load_model(manifest, model_settings)
     slot = PromptSlot.for_model(lm, model_settings.get("slot"))
-    for n, (text, k, states, lse) in enumerate(score_texts(lm, slot, teacher, list(scored["text"]), positions,
-                                                           model_settings.get("batch_size", 16))):
-        check_aligned(keys, k, f"pool candidate {text!r}", f"{cache_dir}/{target}.parquet")
-        X[K0 + n], C[K0 + n] = states, lse
+    Xs, Cs = _score_states(lm, slot, teacher, list(scored["text"]), keys, positions, model_settings,
+                           f"{cache_dir}/{target}.parquet")
+    X, C = np.concatenate([X[:K0], Xs]), np.concatenate([C[:K0], Cs])
     info = pd.concat([
         pd.DataFrame({"atom": atoms["atom"], "text": atoms["prompt"], "kind": "hand-written"}),
         pd.DataFrame({"atom": [f"pool-{c}" for c in scored["candidate"]], "text": scored["text"].to_numpy(),
@@ -312,8 +309,17 @@ def run_pursuit(manifest, teacher_path, screen_paths, pool_path, cache_dir, head
         part["exclusion"] = level
         frames.append(part)
     table = pd.concat(frames, ignore_index=True).merge(info, on="atom", how="left").merge(plugin, on="atom", how="left")
-    combined = combination_rows(table, lambda texts: _score_states(lm, slot, teacher, texts, keys, positions,
-                                                                   model_settings, f"{cache_dir}/{target}.parquet"),
+    row_of = {t: i for i, t in enumerate(info["text"])}  # a combination of one atom is that atom: no new forward
+
+    def combination_states(texts):
+        new = [t for t in texts if t not in row_of]
+        Xn, Cn = _score_states(lm, slot, teacher, new, keys, positions, model_settings,
+                               f"{cache_dir}/{target}.parquet") if new else (X[:0], C[:0])
+        at = {t: (X[row_of[t]], C[row_of[t]]) if t in row_of else (Xn[new.index(t)], Cn[new.index(t)])
+              for t in texts}
+        return np.stack([at[t][0] for t in texts]), np.stack([at[t][1] for t in texts])
+
+    combined = combination_rows(table, combination_states,
                                 lambda states, texts, split: plugin_closures(head, states, teacher_states, base, keys,
                                                                              texts, path_settings, split))
     table = pd.concat([table, combined], ignore_index=True)
@@ -367,7 +373,7 @@ def _score_states(lm, slot, teacher, texts, keys, positions, model_settings, ref
     """Texts as hard prompts on every cached context: (states (n, R, d), lse (n, R)) aligned with `keys`."""
     X, C = [], []
     for text, k, states, lse in score_texts(lm, slot, teacher, texts, positions, model_settings.get("batch_size", 16)):
-        check_aligned(keys, k, f"combination {text!r}", reference)
+        check_aligned(keys, k, f"prompt {text!r}", reference)
         X.append(states)
         C.append(lse)
     return np.stack(X), np.stack(C)

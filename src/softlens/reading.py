@@ -57,6 +57,15 @@ class Reader:
                                                   self.bs, None, steering_file)
         self.vocab = Vocabulary(self.lm)
 
+    def selection(self, messages: int, seed: int, exclude=()) -> tuple:
+        """(teacher, unprompted) targets on `messages` train messages drawn with `seed`, none of `exclude`:
+        where readers choose among their candidates, never on the test messages."""
+        train = self.teacher[(self.teacher["split"] == "train") & (self.teacher["completion_ids"].map(len) > 0)]
+        ids = train.loc[~train["message_id"].isin(exclude), "message_id"].unique()
+        chosen = np.random.default_rng(seed).permutation(ids)[:messages]
+        return teacher_and_base(self.lm, self.slot, self.spec, train[train["message_id"].isin(chosen)], "train",
+                                self.s.positions, self.bs, None, self.steering_file)
+
     def keys(self) -> dict:
         return {"behavior": self.spec["name"], "variant": self.variant, "seed": self.seed}
 
@@ -126,11 +135,9 @@ def run_reading(manifest, teacher_path, prompt_path, spec: dict, variant: str, s
     _, rep_hist = coordinate_search(objective, start.tolist(), allowed, settings, seed, tok, "repair")
     _, pure_hist = coordinate_search(objective, random_init, allowed, settings, seed, tok, "pure hotflip")
     # Each search's step is chosen on other train messages (the search's own loss only falls), then tested once.
-    train = r.teacher[(r.teacher["split"] == "train") & (r.teacher["completion_ids"].map(len) > 0)]  # as `contexts`
-    rest = train["message_id"].to_numpy()[[i for i in range(len(train)) if i not in set(pick)]]
-    chosen = np.random.default_rng(seed).permutation(rest)[:settings.select_messages]
-    select, select_base = teacher_and_base(r.lm, r.slot, spec, train[train["message_id"].isin(chosen)], "train",
-                                           r.s.positions, r.bs, None, r.steering_file)
+    searched = r.teacher.loc[(r.teacher["split"] == "train") & (r.teacher["completion_ids"].map(len) > 0),
+                             "message_id"].to_numpy()[pick]  # the rows `contexts` gave, in its order
+    select, select_base = r.selection(settings.select_messages, seed, exclude=searched)
     repaired, rep_hist = choose_step(rep_hist, lambda ids: r.score(r.tokens(ids), target=select, base=select_base))
     pure, pure_hist = choose_step(pure_hist, lambda ids: r.score(r.tokens(ids), target=select, base=select_base))
 
@@ -225,10 +232,7 @@ def run_verbalisation(manifest, teacher_path, prompt_path, spec: dict, variant: 
                              batch_size=r.bs)
     answers = generate(r.lm, r.slot, r.soft(r.vectors)(frame), [m for _, m in requests], gen, desc="verbalise")
     # the best candidate is chosen on train messages (a seeded sample), then scored once on test
-    train = r.teacher[r.teacher["split"] == "train"]
-    chosen = np.random.default_rng(seed).permutation(train["message_id"].unique())[:v.get("select_messages", 16)]
-    select, select_base = teacher_and_base(r.lm, r.slot, spec, train[train["message_id"].isin(chosen)], "train",
-                                           r.s.positions, r.bs, None, steering_file)
+    select, select_base = r.selection(v.get("select_messages", 16), seed)
     rows, scored = [], {}
     for (t, _), ids in zip(requests, answers):
         answer = r.lm.tokenizer.decode(ids, skip_special_tokens=True)
