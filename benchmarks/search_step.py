@@ -27,7 +27,7 @@ from softlens.io import read_teacher
 from softlens.models import load_model, set_threads
 from softlens.repair import SearchObjective, SearchSettings
 from softlens.slot import HardPrompt, PromptSlot, TokenPrompt
-from softlens.training import contexts, kl_terms, make_targets
+from softlens.scoring import contexts, kl_terms, make_targets
 
 
 def one_at_a_time(lm, slot, targets, cands, positions):

@@ -26,18 +26,13 @@ import time
 
 import torch
 
-from softlens.io import read_teacher
 from softlens.logprobs import forward_scored, prefix_cache
 from softlens.models import load_model, random_model, set_threads
 from softlens.slot import PromptSlot, SoftPrompt
-from softlens.training import (
-    TrainSettings,
-    initial_vectors,
-    kl_terms,
-    learning_rate,
-    mean_kl,
-    teacher_and_base,
-)
+from softlens.job import ModelJob
+from softlens.scoring import kl_terms, mean_kl
+from softlens.training import initial_vectors, learning_rate
+from softlens.training_settings import TrainSettings
 
 MODEL = "resources/models/SmolLM2-135M-Instruct.json"
 EMBEDDED = "resources/models/SmolLM2-135M-Instruct"
@@ -101,12 +96,14 @@ def main():
     lm = random_model(args.random_init, args.tokenizer, settings) if args.random_init else load_model(MODEL, settings)
     print(f"model: {args.random_init or MODEL}, {sum(p.numel() for p in lm.model.parameters()) / 1e6:.0f}M "
           f"parameters, {lm.dtype} on {lm.device}")
-    slot = PromptSlot.for_model(lm, cfg["model_settings"]["slot"])
     s = TrainSettings(steps=args.steps, positions=32, lr=0.03, batch_size=args.batch)
-    teacher = read_teacher(args.teacher or f"results/SmolLM2-135M-Instruct/teacher/{args.behavior}.parquet")
+    teacher = args.teacher or f"results/SmolLM2-135M-Instruct/teacher/{args.behavior}.parquet"
     steering = f"results/SmolLM2-135M-Instruct/steering/{args.behavior}.safetensors" if spec.get("steering") else None
-    tr, _ = teacher_and_base(lm, slot, spec, teacher, "train", s.positions, 16, None, steering)
-    te, base = teacher_and_base(lm, slot, spec, teacher, "test", s.positions, 16, None, steering)
+    job = ModelJob(model=MODEL, settings={**settings, "batch_size": 16, "slot": cfg["model_settings"]["slot"]},
+                   behavior=spec, teacher=teacher, steering=steering, lm=lm)
+    slot = job.slot
+    tr, _ = job.targets("train", s.positions)
+    te, base = job.targets("test", s.positions)
     kl_base = mean_kl(te, base.logp)
     tr = tr.to(lm.device)  # as train() does: no host-to-device copy of the targets per step
     g = torch.Generator().manual_seed(0)

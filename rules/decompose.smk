@@ -111,8 +111,7 @@ rule fit_phase0:
         atoms=fit_atoms,
         poe=config["poe"],
         exclusion=config["exclusion"],
-        cache_dir=cache_dir,
-        target="target",
+        decomposed="target",
     script:
         "../scripts/fit.py"
 
@@ -134,7 +133,6 @@ rule fit_noise:
     params:
         atoms=fit_atoms,
         poe=config["poe"],
-        cache_dir=cache_dir,
         noise=noise_of_seed,
     script:
         "../scripts/fit_noise.py"
@@ -257,8 +255,7 @@ rule fit_phase1:
         atoms=fit_atoms,
         poe=config["poe"],
         exclusion=config["exclusion"],
-        cache_dir=cache_dir,
-        target=lambda wc: prompt_key(wc.variant, wc.seed, wc.kind),
+        decomposed=lambda wc: prompt_key(wc.variant, wc.seed, wc.kind),
     script:
         "../scripts/fit.py"
 

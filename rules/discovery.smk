@@ -62,10 +62,7 @@ rule screen_pool:
         gpu=GPU,
     params:
         atoms=fit_atoms,
-        cache_dir=cache_dir,
-        targets=discovery_targets,
         seed=config["discovery"]["pool"]["seed"],
-        shards=len(SHARDS),
         screen=config["discovery"]["screen"],
         model_settings=config["model_settings"],
         positions=config["logprobs"]["positions"],
@@ -90,8 +87,8 @@ rule pursue_dictionary:
         mem_mb=4000,
         gpu=GPU,
     params:
+        behavior=get_behavior,
         atoms=fit_atoms,
-        cache_dir=cache_dir,
         screen=config["discovery"]["screen"],
         pursuit=config["discovery"]["pursuit"],
         poe=config["poe"],

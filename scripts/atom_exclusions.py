@@ -5,4 +5,9 @@ from softlens.workflow import start_job
 
 start_job(snakemake)
 p = snakemake.params
-run_atom_exclusions(p.behavior, pd.DataFrame(p.atoms), ExclusionSettings(**p.exclusion), snakemake.output[0])
+run_atom_exclusions(
+    spec=p.behavior,
+    atoms=pd.DataFrame(p.atoms),
+    settings=ExclusionSettings(**p.exclusion),
+    out=snakemake.output[0],
+)

@@ -4,5 +4,11 @@ from softlens.workflow import start_job
 
 start_job(snakemake)
 i, p = snakemake.input, snakemake.params
-run_pool(p.behavior, p.pool, ExclusionSettings(**p.exclusion), i.proposals, i.get("stages", []),
-         i.get("verbalise", []), snakemake.output[0])
+run_pool(
+    spec=p.behavior,
+    pool_cfg=p.pool,
+    exclusion=ExclusionSettings(**p.exclusion),
+    proposals=i.proposals,
+    readings=list(i.get("stages", [])) + list(i.get("verbalise", [])),
+    out=snakemake.output[0],
+)

@@ -1,18 +1,12 @@
-import pandas as pd
-
 from softlens.decompose import PathSettings, run_fit
-from softlens.exclusion import with_exclusions
-from softlens.workflow import start_job
+from softlens.workflow import caches, start_job
 
 start_job(snakemake)
 p = snakemake.params
 run_fit(
-    p.cache_dir,
-    snakemake.input.head,
-    with_exclusions(pd.DataFrame(p.atoms), snakemake.input.exclusions),
-    snakemake.wildcards.behavior,
-    p.target,
-    PathSettings(**p.poe),
-    snakemake.output[0],
+    caches=caches(snakemake, decomposed=p.decomposed),
+    behavior=snakemake.wildcards.behavior,
+    settings=PathSettings(**p.poe),
     levels=p.exclusion["levels"],
+    out=snakemake.output[0],
 )

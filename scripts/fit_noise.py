@@ -1,15 +1,11 @@
-import pandas as pd
-
 from softlens.decompose import PathSettings, run_noise
-from softlens.workflow import start_job
+from softlens.workflow import caches, start_job
 
 start_job(snakemake)
 run_noise(
-    snakemake.params.cache_dir,
-    snakemake.input.head,
-    pd.DataFrame(snakemake.params.atoms),
-    snakemake.wildcards.behavior,
-    snakemake.params.noise,
-    PathSettings(**snakemake.params.poe),
-    snakemake.output[0],
+    caches=caches(snakemake),
+    behavior=snakemake.wildcards.behavior,
+    noise_sources=snakemake.params.noise,
+    settings=PathSettings(**snakemake.params.poe),
+    out=snakemake.output[0],
 )

@@ -1,12 +1,12 @@
 from softlens.reading import run_geometry
-from softlens.workflow import soft_prompt_job, start_job
+from softlens.workflow import model_job, soft_prompt, start_job
 
 start_job(snakemake)
 run_geometry(
-    *soft_prompt_job(snakemake),
-    snakemake.params.reading,
-    snakemake.params.model_settings,
-    snakemake.output.geometry,
-    snakemake.output.robustness,
-    steering_file=snakemake.input.get("steering"),
+    job=model_job(snakemake),
+    prompt=soft_prompt(snakemake),
+    training=snakemake.params.training,
+    reading=snakemake.params.reading,
+    geometry_out=snakemake.output.geometry,
+    robustness_out=snakemake.output.robustness,
 )

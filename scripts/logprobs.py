@@ -1,14 +1,11 @@
 from softlens.logprobs import run_sources
-from softlens.workflow import start_job
+from softlens.workflow import model_job, start_job
 
 start_job(snakemake)
 sources = snakemake.params.sources
 run_sources(
-    snakemake.input.model,
-    snakemake.input.teacher,
-    sources,
-    dict(zip(sources, snakemake.output)),
-    snakemake.params.model_settings,
+    job=model_job(snakemake),
+    sources=sources,
+    outputs=dict(zip(sources, snakemake.output)),
     positions=snakemake.params.logprobs["positions"],
-    steering_file=snakemake.input.get("steering"),
 )

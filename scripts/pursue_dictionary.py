@@ -1,16 +1,17 @@
-import pandas as pd
-
 from softlens.config import prompt_key
 from softlens.decompose import PathSettings
-from softlens.discovery import PursuitSettings, ScreenSettings, run_pursuit
-from softlens.exclusion import with_exclusions
-from softlens.workflow import start_job
+from softlens.discovery import PursuitSettings, run_pursuit
+from softlens.workflow import caches, model_job, start_job
 
 start_job(snakemake)
-i, w, p = snakemake.input, snakemake.wildcards, snakemake.params
-s = dict(p.screen)
-run_pursuit(i.model, i.teacher, i.screens, i.pool, p.cache_dir, i.head,
-            with_exclusions(pd.DataFrame(p.atoms), i.exclusions), w.behavior, prompt_key(w.variant, w.seed, w.kind),
-            ScreenSettings(messages=s["messages"], top=s["top"]), PursuitSettings(**p.pursuit),
-            PathSettings(**p.poe), p.model_settings, p.positions, snakemake.output[0],
-            levels=p.exclusion["levels"])
+w, p = snakemake.wildcards, snakemake.params
+run_pursuit(
+    job=model_job(snakemake),
+    caches=caches(snakemake, decomposed=prompt_key(w.variant, w.seed, w.kind)),
+    screens=snakemake.input.screens,
+    settings=PursuitSettings(
+        **p.pursuit, top=p.screen["top"], positions=p.positions, levels=tuple(p.exclusion["levels"])
+    ),
+    path_settings=PathSettings(**p.poe),
+    out=snakemake.output[0],
+)

@@ -1,19 +1,14 @@
 from pathlib import Path
 
 from softlens.sae_reading import run_sae_reading
-from softlens.workflow import start_job
+from softlens.workflow import model_job, soft_prompt, start_job
 
 start_job(snakemake)
-w, p = snakemake.wildcards, snakemake.params
 run_sae_reading(
-    snakemake.input.model,
-    snakemake.input.prompt,
-    [Path(f).parent for f in snakemake.input.saes],
-    p.behavior,
-    w.variant,
-    int(w.seed),
-    p.training,
-    p.reading,
-    p.model_settings,
-    snakemake.output[0],
+    job=model_job(snakemake),
+    prompt=soft_prompt(snakemake),
+    sae_dirs=[Path(f).parent for f in snakemake.input.saes],
+    training=snakemake.params.training,
+    reading=snakemake.params.reading,
+    out=snakemake.output[0],
 )

@@ -1,12 +1,12 @@
 from softlens.reading import run_reading
-from softlens.workflow import soft_prompt_job, start_job
+from softlens.workflow import model_job, soft_prompt, start_job
 
 start_job(snakemake)
 run_reading(
-    *soft_prompt_job(snakemake),
-    snakemake.params.reading,
-    snakemake.params.model_settings,
-    snakemake.output.stages,
-    snakemake.output.search,
-    steering_file=snakemake.input.get("steering"),
+    job=model_job(snakemake),
+    prompt=soft_prompt(snakemake),
+    training=snakemake.params.training,
+    reading=snakemake.params.reading,
+    out=snakemake.output.stages,
+    search_out=snakemake.output.search,
 )

@@ -1,11 +1,13 @@
-import pandas as pd
-
 from softlens.discovery import ScreenSettings, run_screen
-from softlens.workflow import start_job
+from softlens.workflow import caches, model_job, start_job
 
 start_job(snakemake)
-i, w, p = snakemake.input, snakemake.wildcards, snakemake.params
-s = dict(p.screen)
-run_screen(i.model, i.teacher, i.pool, p.targets, p.cache_dir, i.head, pd.DataFrame(p.atoms), int(w.shard),
-           p.shards, ScreenSettings(messages=s["messages"], top=s["top"]), p.model_settings, p.positions, p.seed,
-           snakemake.output[0])
+p = snakemake.params
+run_screen(
+    job=model_job(snakemake),
+    caches=caches(snakemake),
+    pool=snakemake.input.pool,
+    fits=snakemake.input.fits,
+    settings=ScreenSettings(**p.screen, shard=int(snakemake.wildcards.shard), positions=p.positions, seed=p.seed),
+    out=snakemake.output[0],
+)

@@ -1,10 +1,5 @@
 from softlens.steering import compute_steering_vector
-from softlens.workflow import start_job
+from softlens.workflow import model_job, start_job
 
 start_job(snakemake)
-compute_steering_vector(
-    snakemake.input.model,
-    snakemake.params.behavior,
-    snakemake.params.model_settings,
-    snakemake.output[0],
-)
+compute_steering_vector(job=model_job(snakemake), out=snakemake.output[0])

@@ -1,5 +1,5 @@
 from softlens.reading import run_token_geometry
-from softlens.workflow import start_job
+from softlens.workflow import model_job, start_job
 
 start_job(snakemake)
-run_token_geometry(snakemake.input.model, snakemake.params.reading, snakemake.params.model_settings, snakemake.output[0])
+run_token_geometry(job=model_job(snakemake), reading=snakemake.params.reading, out=snakemake.output[0])

@@ -1,18 +1,12 @@
-from pathlib import Path
-
 from softlens.sae import run_train_sae
 from softlens.workflow import start_job
 
 start_job(snakemake)
-o = snakemake.output
 run_train_sae(
-    snakemake.input.model,
-    snakemake.input.shards,
-    int(snakemake.wildcards.layer),
-    snakemake.params.sae,
-    Path(o.weights).parent,
-    o.curve,
-    o.features,
-    o.contexts,
-    snakemake.params.device,
+    model=snakemake.input.model,
+    shards=snakemake.input.shards,
+    layer=int(snakemake.wildcards.layer),
+    sae_cfg=snakemake.params.sae,
+    device_setting=snakemake.params.device,
+    outputs=dict(snakemake.output.items()),
 )

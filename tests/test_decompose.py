@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from softlens.decompose import PathSettings, decline_per_sigma, dictionary_atoms, noise_verdict, run_noise, run_fit
+from softlens.decompose import Caches, PathSettings, decline_per_sigma, dictionary_atoms, noise_verdict, run_noise, run_fit
 from softlens.head import OutputHead, read_head
 from softlens.io import read_aligned, read_states, write_states
+from softlens.job import ModelJob
 from softlens.logprobs import run_head, run_sources, score
 from softlens.slot import HardPrompt, PromptSlot
 
@@ -49,6 +50,12 @@ def test_cached_scoring_equals_a_plain_forward(tiny_lm, teacher):
     assert [tuple(r) for r in rows[:3]] == [(0, 0), (0, 1), (0, 2)]
 
 
+def cache_set(d, atoms, decomposed="target"):
+    """Every cache in `d` as a job's declared inputs."""
+    return Caches(head=str(d / "head.safetensors"), files=tuple(sorted(map(str, d.glob("*.parquet")))), atoms=atoms,
+                  decomposed=decomposed)
+
+
 @pytest.fixture(scope="module")
 def caches(tiny_dir, teacher, tmp_path_factory):
     path, _ = teacher
@@ -57,9 +64,9 @@ def caches(tiny_dir, teacher, tmp_path_factory):
     sources = {f"atom-{a}": {"kind": "hard", "text": t} for a, t in zip(DICTIONARY["atom"], DICTIONARY["prompt"])}
     sources |= {"target": {"kind": "hard", "text": spec["instruction"]}, "unprompted": {"kind": "unprompted"}}
     sources |= {f"noise-{s:g}-0": {"kind": "noisy", "text": spec["instruction"], "sigma": s, "seed": 0} for s in (0.5, 2.0)}
-    run_sources(tiny_dir, path, sources, {n: str(d / f"{n}.parquet") for n in sources}, {"device": "cpu"},
-                positions=3)
-    run_head(tiny_dir, {"device": "cpu"}, d / "head.safetensors")
+    job = ModelJob(model=tiny_dir, settings={"device": "cpu"}, teacher=path)
+    run_sources(job=job, sources=sources, outputs={n: str(d / f"{n}.parquet") for n in sources}, positions=3)
+    run_head(model=tiny_dir, settings={"device": "cpu"}, out=d / "head.safetensors")
     return d, spec
 
 
@@ -113,8 +120,8 @@ def test_phase0_recovers_the_instruction_and_leave_one_out_cannot(caches, tmp_pa
     atoms = dictionary_atoms(spec, DICTIONARY)
     assert atoms.loc[atoms["is_target"], "source"].tolist() == ["target"]
     atoms["excluded_at"] = np.where(atoms["is_target"], "lexical", np.where(atoms["atom"] == "pirate", "reveal", ""))
-    df = run_fit(str(d), d / "head.safetensors", atoms, "spanish", "target", PathSettings(), tmp_path / "fit.parquet",
-                 levels=("none", "lexical", "reveal"))
+    df = run_fit(caches=cache_set(d, atoms), behavior="spanish", settings=PathSettings(),
+                 levels=("none", "lexical", "reveal"), out=tmp_path / "fit.parquet")
     sel = df[df["selected"]]
     full, loo, reveal = (sel[sel["exclusion"] == x] for x in ("none", "lexical", "reveal"))
     top = full.loc[full["weight"].idxmax()]
@@ -160,8 +167,8 @@ def test_noise_fits_report_distances_and_sigma_zero_is_the_clean_target(caches, 
     d, spec = caches
     noise = {"noise-0-0": {"sigma": 0.0, "seed": 0}, "noise-0.5-0": {"sigma": 0.5, "seed": 0},
              "noise-2-0": {"sigma": 2.0, "seed": 0}}
-    df = run_noise(str(d), d / "head.safetensors", dictionary_atoms(spec, DICTIONARY), "spanish", noise,
-                   PathSettings(), tmp_path / "n.parquet")
+    df = run_noise(caches=cache_set(d, dictionary_atoms(spec, DICTIONARY)), behavior="spanish",
+                   noise_sources=noise, settings=PathSettings(), out=tmp_path / "n.parquet")
     per = df[df["selected"]].groupby("sigma")[["kl_noisy_clean", "kl_noisy_base", "explained_kl_test"]].first()
     assert abs(per.loc[0.0, "kl_noisy_clean"]) < 1e-8 and per.loc[2.0, "kl_noisy_clean"] > per.loc[0.5, "kl_noisy_clean"] > 0
     assert per.loc[0.0, "explained_kl_test"] >= 0.99

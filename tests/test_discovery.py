@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from softlens.config import ConfigError
-from softlens.decompose import PathSettings, dictionary_atoms, run_fit
+from softlens.decompose import Caches, PathSettings, dictionary_atoms, run_fit
 from softlens.discovery import (
     combination_rows,
     combinations,
@@ -23,6 +23,7 @@ from softlens.discovery import (
 )
 from softlens.head import OutputHead
 from softlens.io import write_table
+from softlens.job import ModelJob
 from softlens.logprobs import run_head, run_sources
 from softlens.poe import FactoredProblem
 from softlens.exclusion import ExclusionSettings, atom_levels, exclusions, kept_at
@@ -202,27 +203,29 @@ def chain(sharp_dir, tmp_path_factory):
     atoms = dictionary_atoms(spec, HAND)
     sources = {s: {"kind": "hard", "text": t} for s, t in zip(atoms["source"], atoms["prompt"])}
     sources |= {"unprompted": {"kind": "unprompted"}}
-    run_sources(sharp_dir, d / "teacher.parquet", sources, {n: str(d / f"{n}.parquet") for n in sources},
-                {"device": "cpu"}, positions=3)
-    run_head(sharp_dir, {"device": "cpu"}, d / "head.safetensors")
-    run_fit(str(d), d / "head.safetensors", atoms, "spanish", "target", PathSettings(path_length=5),
-            d / "fit.parquet")
+    job = ModelJob(model=sharp_dir, settings={"device": "cpu"}, behavior=spec, teacher=d / "teacher.parquet")
+    run_sources(job=job, sources=sources, outputs={n: str(d / f"{n}.parquet") for n in sources}, positions=3)
+    run_head(model=sharp_dir, settings={"device": "cpu"}, out=d / "head.safetensors")
+    caches = Caches(head=str(d / "head.safetensors"), files=tuple(str(d / f"{n}.parquet") for n in sources),
+                    atoms=atoms)
+    (d / "fits").mkdir()
+    run_fit(caches=caches, behavior="spanish", settings=PathSettings(path_length=5), out=d / "fits" / "target.parquet")
     pool = build_pool(pd.DataFrame({"text": ["Talk like a pirate.", "Use many emojis.", "Respond in Spanish.",
                                              "Write a haiku.", "Be very formal."], "kind": "templated",
                                     "source": "t"}), 0.8)
     levels = ExclusionSettings(levels=("none", "lexical"))
     pool = pd.concat([pool, exclusions(list(pool["text"]), spec["instruction"], [], levels)], axis=1)
     write_table(pool, d / "pool.parquet")
-    return d, atoms
+    return d, job, caches
 
 
 def test_screen_ranks_the_missing_instruction_first_and_pursuit_recovers_it(sharp_dir, chain):
-    d, atoms = chain
+    d, job, caches = chain
     screens = []
     for i in range(2):
         out = d / f"screen-{i}.parquet"
-        run_screen(sharp_dir, d / "teacher.parquet", d / "pool.parquet", {"target": d / "fit.parquet"}, str(d),
-                   d / "head.safetensors", atoms, i, 2, ScreenSettings(messages=4, top=2), {"device": "cpu"}, 3, 0, out)
+        run_screen(job=job, caches=caches, pool=d / "pool.parquet", fits=[d / "fits" / "target.parquet"],
+                   settings=ScreenSettings(messages=4, top=2, shards=2, shard=i, positions=3), out=out)
         screens.append(out)
     screened = pd.concat([pd.read_parquet(p) for p in screens], ignore_index=True)
     assert sorted(screened["candidate"]) == list(range(5))  # the shards partition the pool
@@ -230,10 +233,9 @@ def test_screen_ranks_the_missing_instruction_first_and_pursuit_recovers_it(shar
     assert best["text"] == "Respond in Spanish."
     assert screened.set_index("text")["kl_alone"].idxmin() == "Respond in Spanish."
 
-    table = run_pursuit(sharp_dir, d / "teacher.parquet", screens, d / "pool.parquet", str(d), d / "head.safetensors",
-                        atoms, "spanish", "target", ScreenSettings(messages=4, top=2), PursuitSettings(max_atoms=4),
-                        PathSettings(path_length=5), {"device": "cpu"}, 3, d / "pursuit.parquet",
-                        levels=("none", "lexical"))
+    table = run_pursuit(job=job, caches=caches, screens=screens,
+                        settings=PursuitSettings(max_atoms=4, top=2, positions=3, levels=("none", "lexical")),
+                        path_settings=PathSettings(path_length=5), out=d / "pursuit.parquet")
     assert set(table["dictionary_kind"]) == {"generated", "discovered", "combination"}
     assert set(table["exclusion"]) == {"none", "lexical"}
     assert (table.loc[table["dictionary_kind"] == "generated", "dictionary_size"] == 2).all()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from softlens.config import ConfigError
-from softlens.evaluation import exact_match, frame_scores
+from softlens.scoring import exact_match, frame_scores
 from softlens.geometry import Vocabulary, ordinary_token_ids, rotate_toward, shrink
 from softlens.repair import (
     SearchObjective,
@@ -19,7 +19,8 @@ from softlens.repair import (
 )
 from softlens.slot import FramedSoftPrompt, HardPrompt, PromptSlot, TokenPrompt
 from softlens.teacher import GenerationSettings, generate
-from softlens.training import Targets, TrainSettings, distributions, make_targets, mean_kl
+from softlens.scoring import Targets, distributions, make_targets, mean_kl
+from softlens.training_settings import TrainSettings
 from softlens.verbalise import candidate_requests, clean_candidate
 
 MESSAGES = ["What is the capital of France?", "Why is the sky blue?", "How do plants make food?",
@@ -205,13 +206,13 @@ def test_bad_reading_input_fails_with_a_clear_error(lm, vocab, targets, tmp_path
 
 def test_a_soft_prompt_trained_for_another_model_is_refused_by_the_reader(sharp_dir, tmp_path):
     from softlens.io import write_soft_prompt
-    from softlens.reading import Reader
+    from softlens.job import ModelJob, SoftPrompt
 
     prompt = tmp_path / "p.safetensors"
     write_soft_prompt(prompt, torch.zeros(2, 64), {"model": "resources/models/Qwen3-4B.json"})
+    job = ModelJob(model=sharp_dir, settings={"device": "cpu", "dtype": "float32"})
     with pytest.raises(ValueError, match="trained for model 'resources/models/Qwen3-4B.json'"):
-        Reader(sharp_dir, tmp_path / "missing-teacher.parquet", prompt, {"name": "x", "instruction": "Hi."}, "prepend",
-               0, {}, {"device": "cpu", "dtype": "float32"})
+        job.soft_prompt(SoftPrompt(behavior="x", variant="prepend", seed=0, path=str(prompt)))
 
 
 def test_reading_config_names_the_offending_key(default_config, schema):

@@ -4,6 +4,7 @@ import torch
 from softlens.config import ConfigError
 from softlens.io import read_teacher, read_vector, write_table
 from softlens.slot import HardPrompt, PromptSlot
+from softlens.job import ModelJob
 from softlens.steering import compute_steering_vector, decoder_layers, mean_activation, steered, steering_direction
 from softlens.teacher import GenerationSettings, eos_ids, generate
 
@@ -70,12 +71,12 @@ def test_steering_direction_is_the_mean_difference_and_the_hook_adds_it(tiny_lm)
 
 def test_steering_vector_file_and_layer_out_of_range(tiny_dir, tmp_path):
     spec = {"name": "pirate", "steering": {"layer": 1, "scale": 2.0, "positive": ["Arr"], "negative": ["Hello"]}}
-    compute_steering_vector(tiny_dir, spec, {"device": "cpu"}, tmp_path / "v.safetensors")
+    compute_steering_vector(job=ModelJob(model=tiny_dir, settings={"device": "cpu"}, behavior=spec), out=tmp_path / "v.safetensors")
     tensors, meta = read_vector(tmp_path / "v.safetensors")
     assert tensors["direction"].shape == (64,) and meta["layer"] == 1 and meta["scale"] == 2.0
     spec["steering"]["layer"] = 4
     with pytest.raises(ConfigError, match=r"\('pirate'\).steering.layer = 4 is out of range: the model has 4 layers"):
-        compute_steering_vector(tiny_dir, spec, {"device": "cpu"}, tmp_path / "w.safetensors")
+        compute_steering_vector(job=ModelJob(model=tiny_dir, settings={"device": "cpu"}, behavior=spec), out=tmp_path / "w.safetensors")
     assert not (tmp_path / "w.safetensors").exists()
 
 

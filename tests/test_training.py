@@ -16,8 +16,10 @@ from softlens.config import ConfigError
 from softlens.logprobs import fed_completions, forward_scored, prefix_cache
 from softlens.slot import HardPrompt, PromptSlot, SoftPrompt
 from softlens.teacher import GenerationSettings, generate
-from softlens.training import (BARE, TrainSettings, load_checkpoint, losses, make_targets, mean_kl, settings_for,
-                               train)
+from softlens.checkpoints import load_checkpoint
+from softlens.scoring import make_targets, mean_kl
+from softlens.training import losses, train
+from softlens.training_settings import BARE, TrainSettings, settings_for
 
 MESSAGES = ["What is the capital of France?", "Why is the sky blue?", "How do plants make food?",
             "Tell me about the lazy dog.", "What is a fox?", "Hola, why is the sky blue?",
@@ -130,6 +132,7 @@ KILLED = textwrap.dedent("""
     import os, signal, sys, torch
     sys.path.insert(0, {tests!r})
     import softlens.training as T
+    from softlens.scoring import make_targets
     from test_training import MESSAGES, POSITIONS, settings
     from softlens.models import load_model
     from softlens.slot import HardPrompt, PromptSlot, SoftPrompt
@@ -139,7 +142,7 @@ KILLED = textwrap.dedent("""
     slot = PromptSlot.for_model(lm)
     teacher = HardPrompt("Respond in Spanish.")
     comps = generate(lm, slot, teacher, MESSAGES, GenerationSettings(max_new_tokens=POSITIONS))
-    tr = T.make_targets(lm, slot, teacher, MESSAGES, comps, POSITIONS, 4)
+    tr = make_targets(lm, slot, teacher, MESSAGES, comps, POSITIONS, 4)
     save = T.save_checkpoint
 
     def save_then_die(path, state):  # killed right after the checkpoint at step 6, mid-run
@@ -183,7 +186,7 @@ def test_fed_completions_pad_to_a_common_length():
 def test_a_split_without_completions_is_refused():
     import pandas as pd
 
-    from softlens.training import contexts
+    from softlens.scoring import contexts
 
     teacher = pd.DataFrame({"split": ["train", "test"], "user_message": ["a", "b"], "completion_ids": [[1, 2], []]})
     assert contexts(teacher, "train") == (["a"], [[1, 2]])

@@ -166,21 +166,17 @@ def read_tokens(paths: Sequence) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def run_activations(manifest, messages_cfg: dict, instructions_file, layers: Sequence[int] | None,
-                    corpus: dict, shard: int, model_settings: dict, out, docs_out) -> None:
-    """One shard of the activation store for the run's model."""
+def run_activations(*, job, corpus: dict, layers: Sequence[int] | None, shard: int, out, docs_out) -> None:
+    """One shard of the activation store for the job's model (a ModelJob). `corpus` is the config's
+    sae.corpus block with `messages` (the messages block) and `instructions` (its file) resolved."""
     from .config import load_corpus_instructions, load_messages
-    from .models import load_model
 
-    lm = load_model(manifest, model_settings)
-    n_layers = len(decoder_layers(lm.model))
-    layers = sorted(layers or default_layers(n_layers))
-    s = CorpusSettings(**{k: v for k, v in corpus.items() if k != "instructions"})
-    slot = PromptSlot.for_model(lm, model_settings.get("slot"))
-    prompts = corpus_prompts(list(load_messages(messages_cfg)["user_message"]),
-                             load_corpus_instructions(instructions_file), s.seed)
+    layers = sorted(layers or default_layers(len(decoder_layers(job.lm.model))))
+    s = CorpusSettings(**{k: v for k, v in corpus.items() if k not in ("instructions", "messages")})
+    prompts = corpus_prompts(list(load_messages(corpus["messages"])["user_message"]),
+                             load_corpus_instructions(corpus["instructions"]), s.seed)
     first_doc = shard * 1_000_000  # document ids unique across shards
-    tensors, docs = collect_shard(lm, slot, prompts, layers, s, shard, first_doc)
+    tensors, docs = collect_shard(job.lm, job.slot, prompts, layers, s, shard, first_doc)
     log.info("shard %d: %d tokens in %d conversations, layers %s", shard, len(tensors["doc"]), len(docs), layers)
-    write_shard(tensors, docs, out, docs_out, {"model": str(manifest), "layers": layers, "shard": shard,
-                                               "corpus": corpus})
+    write_shard(tensors, docs, out, docs_out, {"model": str(job.model), "layers": layers, "shard": shard,
+                                               "corpus": {k: v for k, v in corpus.items() if k != "messages"}})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -156,16 +157,38 @@ def exclusion_sets(atoms: pd.DataFrame, levels) -> dict[str, np.ndarray]:
     return {level: np.flatnonzero(kept_at(excluded, level)) for level in levels}
 
 
-def run_fit(cache_dir: str, head_path, atoms: pd.DataFrame, behavior: str, target: str, settings: PathSettings,
-            out, levels=LEVELS) -> pd.DataFrame:
+@dataclass(frozen=True, eq=False)
+class Caches:
+    """The log-prob caches one job reads, exactly as its rule declares them (each file is named for its
+    source: `{source}.parquet`), the output head they are read with, the dictionary's atoms (each
+    naming its source) and the source being decomposed (Phase 0: the teacher's hard prompt, "target";
+    Phase 1: a soft prompt's key)."""
+
+    head: str
+    files: tuple
+    atoms: pd.DataFrame
+    decomposed: str = TARGET
+
+    def path(self, source: str) -> str:
+        for f in self.files:
+            if Path(f).stem == source:
+                return str(f)
+        raise ValueError(f"the cache of source {source!r} is not among this job's declared inputs "
+                         f"({len(self.files)} cache files)")
+
+    def read(self, sources) -> tuple:
+        """(keys, states, lse) of `sources`, aligned (softlens.io.read_aligned)."""
+        return read_aligned([self.path(s) for s in sources])
+
+
+def run_fit(*, caches: Caches, behavior: str, settings: PathSettings, levels=LEVELS, out) -> pd.DataFrame:
     """Decompose the cached source `target` (Phase 0: the behaviour's hard prompt, "target"; Phase 1: a
     soft prompt) over the dictionary at each exclusion level (`atoms.excluded_at`; levels that keep the
     same atoms share one fit), with each atom's plug-in closure against the behaviour's teacher. All fits
     come from one read of the caches."""
-    paths = [f"{cache_dir}/{s}.parquet" for s in atoms["source"]]
-    keys, X, C = read_aligned(paths + [f"{cache_dir}/{target}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet",
-                                       f"{cache_dir}/{TARGET}.parquet"])  # the last: the behaviour's teacher
-    K, head = len(paths), read_head(head_path)
+    atoms, target = caches.atoms, caches.decomposed
+    keys, X, C = caches.read([*atoms["source"], target, UNPROMPTED_SOURCE, TARGET])  # the last: the teacher
+    K, head = len(atoms), read_head(caches.head)
     plugin = plugin_closures(head, (X[:K + 1], C[:K + 1]), (X[K + 2], C[K + 2]), (X[K + 1], C[K + 1]), keys,
                              list(atoms["atom"]) + [target], settings)
     own, plugin = plugin.iloc[K], plugin.iloc[:K]  # the decomposed target's own closure to the teacher
@@ -192,13 +215,13 @@ def run_fit(cache_dir: str, head_path, atoms: pd.DataFrame, behavior: str, targe
     return df
 
 
-def run_noise(cache_dir: str, head_path, atoms: pd.DataFrame, behavior: str, noise_sources: dict[str, dict],
-              settings: PathSettings, out) -> pd.DataFrame:
+def run_noise(*, caches: Caches, behavior: str, noise_sources: dict[str, dict], settings: PathSettings,
+              out) -> pd.DataFrame:
     """Phase 0.5: each noisy copy of the target fitted over the full dictionary, plus its distance
     from the clean target and from the unprompted model (test rows)."""
-    paths = [f"{cache_dir}/{s}.parquet" for s in atoms["source"]]
-    keys, X, C = read_aligned(paths + [f"{cache_dir}/{TARGET}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet"])
-    K, test, head = len(paths), (keys["split"] == "test").to_numpy(), read_head(head_path)
+    atoms = caches.atoms
+    keys, X, C = caches.read([*atoms["source"], TARGET, UNPROMPTED_SOURCE])
+    K, test, head = len(atoms), (keys["split"] == "test").to_numpy(), read_head(caches.head)
     clean, base, dictionary = (X[K], C[K]), (X[K + 1], C[K + 1]), (X[:K], C[:K])
     frames, clean_fit = [], None
     for name, spec in noise_sources.items():
@@ -208,9 +231,9 @@ def run_noise(cache_dir: str, head_path, atoms: pd.DataFrame, behavior: str, noi
                 clean_fit = fit_path(head, dictionary, noisy, base, keys, list(atoms["atom"]), settings)
             df = clean_fit.copy()
         else:
-            path = f"{cache_dir}/{name}.parquet"
+            path = caches.path(name)
             k, *noisy = read_states(path)
-            check_aligned(keys, k, path, paths[0])
+            check_aligned(keys, k, path, caches.path(atoms["source"].iloc[0]))
             df = fit_path(head, dictionary, noisy, base, keys, list(atoms["atom"]), settings)
         df["is_target"] = df["atom"].isin(atoms.loc[atoms["is_target"], "atom"])
         df["target"] = name

@@ -42,13 +42,21 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ScreenSettings:
+    """One screening job: which shard of the pool it scores, on how many train messages."""
+
     messages: int = 8        # train messages the gradient is measured on
-    top: int = 16            # best |gradient| candidates that go into full fits
+    top: int = 16            # best |gradient| candidates that go into full fits (used by the pursuit)
+    shards: int = 4          # the pool's shards (one job each)
+    shard: int = 0           # this job's shard
+    positions: int = 4       # completion positions scored per message (logprobs.positions)
+    seed: int = 0            # draws the messages (discovery.pool.seed)
 
     def __post_init__(self):
-        for key in ("messages", "top"):
+        for key in ("messages", "top", "shards", "positions"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"discovery.screen.{key} = {getattr(self, key)}: must be at least 1")
+        if not 0 <= self.shard < self.shards:
+            raise ValueError(f"screen shard {self.shard} out of range for {self.shards} shards")
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,9 @@ class PursuitSettings:
     lam: float = 1e-4        # a light L1 keeps each refit well-posed when atoms are near-collinear
     min_gain: float = 0.002  # held-out explained-KL an addition must add to count as progress
     patience: int = 2
+    top: int = 16            # best |gradient| screened candidates per exclusion level (discovery.screen.top)
+    positions: int = 4       # completion positions scored per message (logprobs.positions)
+    levels: tuple = LEVELS   # exclusion levels (exclusion.levels)
 
     def __post_init__(self):
         if self.max_atoms < 1 or self.patience < 1:
@@ -120,15 +131,12 @@ def score_texts(lm, slot, teacher: pd.DataFrame, texts, positions: int, batch_si
         yield text, keys, states, lse
 
 
-def residual(cache_dir, head: OutputHead, atoms: pd.DataFrame, target: str, fit_file, rows_seed: int,
-             messages: int) -> Residual:
+def residual(caches, head: OutputHead, target: str, fit_file, rows_seed: int, messages: int) -> Residual:
     """The target and the hand-written leave-one-out fit at its selected lambda (q_w) on `messages` train
-    messages."""
-    from .io import read_aligned
-
+    messages (`caches`: softlens.decompose.Caches)."""
     w = selected_weights(pd.read_parquet(fit_file))
-    use = atoms[atoms["atom"].isin(w[w != 0].index)]
-    keys, X, C = read_aligned([f"{cache_dir}/{s}.parquet" for s in use["source"]] + [f"{cache_dir}/{target}.parquet"])
+    use = caches.atoms[caches.atoms["atom"].isin(w[w != 0].index)]
+    keys, X, C = caches.read([*use["source"], target])
     rows = screening_rows(keys, rows_seed, messages)
     weights = np.array(w.loc[use["atom"]], dtype=np.float64)
     u = torch.einsum("k,knd->nd", torch.from_numpy(weights), torch.from_numpy(X[:-1][:, rows]).double()).float()
@@ -139,29 +147,25 @@ def residual(cache_dir, head: OutputHead, atoms: pd.DataFrame, target: str, fit_
                     float(P.kl_to(u, lse_q, s).mean()), list(use["atom"]))
 
 
-def run_screen(manifest, teacher_path, pool_path, targets: dict, cache_dir, head_path, atoms: pd.DataFrame,
-               shard_index: int, shards: int, settings: ScreenSettings, model_settings: dict, positions: int,
-               seed: int, out) -> pd.DataFrame:
-    """Score one shard of a pool against every target's residual (`targets`: name -> its hand-written
-    fit file). A candidate's log-probs do not depend on the target, so each costs one forward for all."""
-    from .io import read_teacher, write_table
-    from .models import load_model
-    from .pool import shard
-    from .slot import PromptSlot
+def run_screen(*, job, caches, pool, fits, settings: ScreenSettings, out) -> pd.DataFrame:
+    """Score one shard of the `pool` file against every target's residual (`fits`: each target's
+    hand-written fit file, named for its source). A candidate's log-probs do not depend on the target,
+    so each costs one forward (on the ModelJob `job`) for all."""
+    from pathlib import Path
 
-    head = read_head(head_path)
-    pool = shard(pd.read_parquet(pool_path), shard_index, shards)
-    residuals = {name: residual(cache_dir, head, atoms, name, fit, seed, settings.messages)
-                 for name, fit in targets.items()}
+    from .io import write_table
+    from .pool import shard
+
+    head = read_head(caches.head)
+    pool = shard(pd.read_parquet(pool), settings.shard, settings.shards)
+    residuals = {Path(fit).stem: residual(caches, head, Path(fit).stem, fit, settings.seed, settings.messages)
+                 for fit in fits}
     keys = next(iter(residuals.values())).keys
     for name, r in residuals.items():
         check_aligned(keys, r.keys, f"the cache of {name}", "the first target's cache")
 
-    teacher = read_teacher(teacher_path)
-    lm = load_model(manifest, model_settings)
-    slot = PromptSlot.for_model(lm, model_settings.get("slot"))
     out_rows = []
-    scored = score_texts(lm, slot, teacher, list(pool["text"]), positions, model_settings.get("batch_size", 16),
+    scored = score_texts(job.lm, job.slot, job.teacher, list(pool["text"]), settings.positions, job.batch_size,
                          message_ids=keys["message_id"].unique())
     for (_, cand), (_, k, states, lse) in tqdm(zip(pool.iterrows(), scored), total=len(pool), desc="screen",
                                                unit="cand"):
@@ -169,15 +173,15 @@ def run_screen(manifest, teacher_path, pool_path, targets: dict, cache_dir, head
         for name, r in residuals.items():
             g, kl_alone = screening_scores(states, lse, r)
             out_rows.append({"target": name, "candidate": int(cand["candidate"]), "text": cand["text"],
-                             "kind": cand["kind"], "gradient": g, "kl_alone": kl_alone,
-                             "kl_current": r.kl_current})
-    table = pd.DataFrame(out_rows, columns=["target", "candidate", "text", "kind", "gradient", "kl_alone",
-                                            "kl_current"])
-    table["shard"] = shard_index
+                             "kind": cand["kind"], "excluded_at": cand["excluded_at"], "gradient": g,
+                             "kl_alone": kl_alone, "kl_current": r.kl_current})
+    table = pd.DataFrame(out_rows, columns=["target", "candidate", "text", "kind", "excluded_at", "gradient",
+                                            "kl_alone", "kl_current"])
+    table["shard"] = settings.shard
     write_table(table, out, metadata={"settings": settings.__dict__, "rows": len(keys),
                                       "hand_written_support": {n: r.support for n, r in residuals.items()}})
     for name, part in table.groupby("target"):
-        log.info("%s shard %d/%d: %d candidates; current KL %.4f; best |g| %.4f", name, shard_index, shards,
+        log.info("%s shard %d/%d: %d candidates; current KL %.4f; best |g| %.4f", name, settings.shard, settings.shards,
                  len(part), part["kl_current"].iloc[0], part["gradient"].abs().max())
     return table
 
@@ -236,39 +240,31 @@ def pursue(problem, keys: pd.DataFrame, base_kl, settings: PursuitSettings, path
     return table
 
 
-def run_pursuit(manifest, teacher_path, screen_paths, pool_path, cache_dir, head_path, atoms: pd.DataFrame,
-                behavior: str, target: str, screen: ScreenSettings, pursuit: PursuitSettings,
-                path_settings: PathSettings, model_settings: dict, positions: int, out, levels=LEVELS) -> pd.DataFrame:
-    """Gather the screen; at each exclusion level take the best `top` candidates the level keeps, and fit
-    two dictionaries: `generated` (those candidates alone, along the lambda path) and `discovered`
-    (pursuit over them together with the hand-written atoms the level keeps), and the discovered fit's
-    weighted combination rendered as one instruction (`combination_rows`). Candidates are scored on
+def run_pursuit(*, job, caches, screens, settings: PursuitSettings, path_settings: PathSettings,
+                out) -> pd.DataFrame:
+    """Gather the screen of the decomposed prompt (`caches.decomposed`; `screens`: the shards' files); at
+    each exclusion level take the best `top` candidates the level keeps, and fit two dictionaries:
+    `generated` (those candidates alone, along the lambda path) and `discovered` (pursuit over them
+    together with the hand-written atoms the level keeps), and the discovered fit's weighted combination
+    rendered as one instruction (`combination_rows`). Candidates are scored (on the ModelJob `job`) on
     every context once, for all levels."""
-    from .io import read_aligned, read_teacher, write_table
-    from .models import load_model
-    from .slot import PromptSlot
+    from .io import write_table
 
-    screened = pd.concat([pd.read_parquet(p) for p in screen_paths], ignore_index=True)
+    atoms, target, behavior, positions = caches.atoms, caches.decomposed, job.behavior["name"], settings.positions
+    screened = pd.concat([pd.read_parquet(p) for p in screens], ignore_index=True)
     screened = screened[screened["target"] == target]
     if screened.empty:
         raise ValueError(f"the screen of {target} is empty: every pool candidate was removed")
-    pool = pd.read_parquet(pool_path).set_index("candidate")
-    screened = screened.assign(excluded_at=pool.loc[screened["candidate"], "excluded_at"].to_numpy())
     ranked = screened.reindex(screened["gradient"].abs().sort_values(ascending=False).index)
-    best = {level: ranked[kept_at(ranked["excluded_at"], level)].head(screen.top) for level in levels}
+    best = {level: ranked[kept_at(ranked["excluded_at"], level)].head(settings.top) for level in settings.levels}
     scored = pd.concat(best.values()).drop_duplicates("candidate").reset_index(drop=True)
 
-    head = read_head(head_path)
+    head = read_head(caches.head)
     K0 = len(atoms)
-    keys, X, C = read_aligned([f"{cache_dir}/{s}.parquet" for s in atoms["source"]]
-                              + [f"{cache_dir}/{target}.parquet", f"{cache_dir}/{UNPROMPTED_SOURCE}.parquet",
-                                 f"{cache_dir}/{TARGET}.parquet"])  # the last: the behaviour's teacher
+    keys, X, C = caches.read([*atoms["source"], target, UNPROMPTED_SOURCE, TARGET])  # the last: the teacher
     P, base, teacher_states = (X[K0], C[K0]), (X[K0 + 1], C[K0 + 1]), (X[K0 + 2], C[K0 + 2])
-    teacher = read_teacher(teacher_path)
-    lm = load_model(manifest, model_settings)
-    slot = PromptSlot.for_model(lm, model_settings.get("slot"))
-    Xs, Cs = _score_states(lm, slot, teacher, list(scored["text"]), keys, positions, model_settings,
-                           f"{cache_dir}/{target}.parquet")
+    reference = caches.path(target)
+    Xs, Cs = _score_states(job, list(scored["text"]), keys, positions, reference)
     X, C = np.concatenate([X[:K0], Xs]), np.concatenate([C[:K0], Cs])
     info = pd.concat([
         pd.DataFrame({"atom": atoms["atom"], "text": atoms["prompt"], "kind": "hand-written"}),
@@ -299,7 +295,7 @@ def run_pursuit(manifest, teacher_path, screen_paths, pool_path, cache_dir, head
         def problem(rows, use=use, names=names):
             return FactoredProblem(head, X[use][:, rows], C[use][:, rows], P[0][rows], P[1][rows], names)
 
-        discovered = pursue(problem, keys, base_kl, pursuit, path_settings,
+        discovered = pursue(problem, keys, base_kl, settings, path_settings,
                             dense=dense_rows(dense, slice(None), use)).assign(dictionary_kind="discovered")
         part = pd.concat([generated[cols + ["lambda"]], discovered[cols + ["added", "gradient"]]], ignore_index=True)
         generated_rows = part["dictionary_kind"] == "generated"
@@ -313,8 +309,7 @@ def run_pursuit(manifest, teacher_path, screen_paths, pool_path, cache_dir, head
 
     def combination_states(texts):
         new = [t for t in texts if t not in row_of]
-        Xn, Cn = _score_states(lm, slot, teacher, new, keys, positions, model_settings,
-                               f"{cache_dir}/{target}.parquet") if new else (X[:0], C[:0])
+        Xn, Cn = _score_states(job, new, keys, positions, reference) if new else (X[:0], C[:0])
         at = {t: (X[row_of[t]], C[row_of[t]]) if t in row_of else (Xn[new.index(t)], Cn[new.index(t)])
               for t in texts}
         return np.stack([at[t][0] for t in texts]), np.stack([at[t][1] for t in texts])
@@ -325,7 +320,7 @@ def run_pursuit(manifest, teacher_path, screen_paths, pool_path, cache_dir, head
     table = pd.concat([table, combined], ignore_index=True)
     table.insert(0, "target", target)
     table.insert(0, "behavior", behavior)
-    write_table(table, out, metadata={"screen": screen.__dict__, "pursuit": pursuit.__dict__,
+    write_table(table, out, metadata={"pursuit": settings.__dict__,
                                       "top": {level: b[["candidate", "text", "kind", "gradient"]].to_dict("records")
                                               for level, b in best.items()}})
     fitted = table["dictionary_kind"].isin(["generated", "discovered"])
@@ -369,10 +364,11 @@ def combination_rows(table: pd.DataFrame, score, closures, max_atoms: int = 3) -
     return pd.DataFrame(rows)
 
 
-def _score_states(lm, slot, teacher, texts, keys, positions, model_settings, reference) -> tuple:
-    """Texts as hard prompts on every cached context: (states (n, R, d), lse (n, R)) aligned with `keys`."""
+def _score_states(job, texts, keys, positions, reference) -> tuple:
+    """Texts as hard prompts on every cached context: (states (n, R, d), lse (n, R)) aligned with `keys`
+    (those of the cache file `reference`)."""
     X, C = [], []
-    for text, k, states, lse in score_texts(lm, slot, teacher, texts, positions, model_settings.get("batch_size", 16)):
+    for text, k, states, lse in score_texts(job.lm, job.slot, job.teacher, texts, positions, job.batch_size):
         check_aligned(keys, k, f"prompt {text!r}", reference)
         X.append(states)
         C.append(lse)
@@ -381,51 +377,50 @@ def _score_states(lm, slot, teacher, texts, keys, positions, model_settings, ref
 
 # --- the pool -------------------------------------------------------------------------------------------------
 
-def run_proposals(model, proposer: dict, model_settings: dict, out) -> pd.DataFrame:
-    """Phase 2: a proposer model (by default the run's own) writes candidate instructions, `per_category`
-    sampled answers per seed category; each answer is cleaned to its first line. Nothing is executed."""
+def run_proposals(*, job, proposer: dict, out) -> pd.DataFrame:
+    """Phase 2: a proposer model (the ModelJob `job`: by default the run's own) writes candidate
+    instructions, `per_category` sampled answers per seed category; each answer is cleaned to its first
+    line. Nothing is executed."""
     from .io import write_table
-    from .models import load_model
     from .pool import proposal_requests
-    from .slot import PromptSlot
-    from .teacher import GenerationSettings, generate
+    from .teacher import generate
     from .verbalise import clean_candidate
 
-    lm = load_model(model, model_settings)
-    slot = PromptSlot.for_model(lm, model_settings.get("slot"))
+    lm = job.lm
     requests = proposal_requests(proposer["categories"], proposer["per_category"], proposer["request"])
-    gen = GenerationSettings(max_new_tokens=proposer["max_new_tokens"], do_sample=True,
-                             temperature=proposer["temperature"], top_p=proposer["top_p"], seed=proposer["seed"],
-                             batch_size=model_settings.get("batch_size", 16))
-    answers = generate(lm, slot, None, [m for _, m in requests], gen, desc="propose")
+    gen = job.generation(max_new_tokens=proposer["max_new_tokens"], do_sample=True,
+                         temperature=proposer["temperature"], top_p=proposer["top_p"], seed=proposer["seed"])
+    answers = generate(lm, job.slot, None, [m for _, m in requests], gen, desc="propose")
     rows = []
     for (category, _), ids in zip(requests, answers):
         answer = lm.tokenizer.decode(ids, skip_special_tokens=True)
         rows.append({"category": category, "answer": answer, "text": clean_candidate(answer)})
     table = pd.DataFrame(rows)
-    write_table(table, out, metadata={"proposer": proposer, "model": str(model)})
+    write_table(table, out, metadata={"proposer": proposer, "model": str(job.model)})
     log.info("%d proposals, %d distinct", len(table), table["text"].nunique())
     return table
 
 
-def reading_candidates(stage_paths, verbalise_paths) -> pd.DataFrame:
-    """What reading the behaviour's soft prompts produced: repaired projections and pure-HotFlip
-    prompts (stages), and every cleaned self-verbalisation."""
+def reading_candidates(readings) -> pd.DataFrame:
+    """What reading the behaviour's soft prompts produced (`readings`: its stage tables and its
+    verbalisation tables): repaired projections and pure-HotFlip prompts, and every cleaned
+    self-verbalisation."""
     frames = []
-    for p in stage_paths:
+    for p in readings:
         t = pd.read_parquet(p)
-        t = t[t["stage"].isin(["repaired", "pure_hotflip"])]
-        frames.append(pd.DataFrame({"text": t["text"], "kind": "repaired",
-                                    "source": t["variant"] + "-seed" + t["seed"].astype(str) + " " + t["stage"]}))
-    for p in verbalise_paths:
-        t = pd.read_parquet(p)
+        if "stage" in t:
+            t = t[t["stage"].isin(["repaired", "pure_hotflip"])]
+            frames.append(pd.DataFrame({"text": t["text"], "kind": "repaired",
+                                        "source": t["variant"] + "-seed" + t["seed"].astype(str) + " "
+                                        + t["stage"]}))
+            continue
         t = t[t["candidate"].astype(str).str.len() > 0]
         frames.append(pd.DataFrame({"text": t["candidate"], "kind": "verbalised",
                                     "source": t["variant"] + "-seed" + t["seed"].astype(str)}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["text", "kind", "source"])
 
 
-def run_pool(spec: dict, pool_cfg: dict, exclusion: ExclusionSettings, proposals_path, stage_paths, verbalise_paths,
+def run_pool(*, spec: dict, pool_cfg: dict, exclusion: ExclusionSettings, proposals, readings,
              out) -> pd.DataFrame:
     """One behaviour's pool: its reading's candidates, the proposals and the templated instructions, with
     duplicates marked removed and each candidate's exclusion level (softlens.exclusion) against the
@@ -434,8 +429,8 @@ def run_pool(spec: dict, pool_cfg: dict, exclusion: ExclusionSettings, proposals
     from .pool import build_pool, templated
     from .semantic import Embedder
 
-    proposals = pd.read_parquet(proposals_path) if proposals_path else pd.DataFrame(columns=["text", "category"])
-    parts = [reading_candidates(stage_paths, verbalise_paths),
+    proposals = pd.read_parquet(proposals) if proposals else pd.DataFrame(columns=["text", "category"])
+    parts = [reading_candidates(readings),
              pd.DataFrame({"text": proposals["text"], "kind": "generated", "source": proposals["category"]}),
              pd.DataFrame({"text": templated(pool_cfg["templates"], pool_cfg["size"], pool_cfg["seed"]),
                            "kind": "templated", "source": "templates"})]

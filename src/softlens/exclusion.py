@@ -95,7 +95,7 @@ def kept_at(excluded_at, level: str) -> np.ndarray:
     return np.array([e == "" or LEVELS.index(e) > rank for e in excluded_at], dtype=bool)
 
 
-def run_atom_exclusions(spec: dict, atoms: pd.DataFrame, settings: ExclusionSettings, out) -> pd.DataFrame:
+def run_atom_exclusions(*, spec: dict, atoms: pd.DataFrame, settings: ExclusionSettings, out) -> pd.DataFrame:
     """A behaviour's dictionary atoms with the level that excludes each (columns atom, prompt, excluded_at,
     exclusion_reason, similarity): what its leave-one-out fits and discovery may not use."""
     from .io import write_table

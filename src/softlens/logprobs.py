@@ -111,31 +111,26 @@ def score(lm, slot: PromptSlot, content: SlotContent, messages: Sequence[str],
     return states.numpy(), head.lse(states).numpy(), np.array(rows, dtype=np.int64).reshape(-1, 2)
 
 
-def run_sources(manifest, teacher_path, sources: dict[str, dict], outputs: dict[str, str], model_settings: dict,
-                positions: int, steering_file=None) -> None:
-    """Score each named source on the behaviour's teacher contexts and write one cache per source."""
-    from .io import read_teacher, write_states
-    from .models import load_model
-    from .sources import activate
+def run_sources(*, job, sources: dict[str, dict], outputs: dict[str, str], positions: int) -> None:
+    """Score each named source on the job's teacher contexts (a ModelJob) and write one cache per source."""
+    from .io import write_states
 
-    lm = load_model(manifest, model_settings)
-    run_slot = PromptSlot.for_model(lm, model_settings.get("slot"))
-    head = OutputHead.from_model(lm.model)
-    teacher = read_teacher(teacher_path)
+    head = OutputHead.from_model(job.lm.model)
+    teacher = job.teacher
     messages, completions = list(teacher["user_message"]), [list(c) for c in teacher["completion_ids"]]
     for name, source in tqdm(sources.items(), desc="sources", unit="source"):
-        with activate(lm, run_slot, source, steering_file) as (slot, content):
-            states, lse, rows = score(lm, slot, content, messages, completions, positions,
-                                      model_settings.get("batch_size", 16), desc=name, head=head)
+        with job.activated(source) as (slot, content):
+            states, lse, rows = score(job.lm, slot, content, messages, completions, positions, job.batch_size,
+                                      desc=name, head=head)
         write_states(outputs[name], teacher, states, lse, rows,
                      metadata={"source": name, "spec": source, "behavior": str(teacher["behavior"].iloc[0]),
                                "positions": positions, "slot": slot.position})
 
 
-def run_head(manifest, model_settings: dict, out) -> None:
-    """Write the model's output head (the decoder every factored cache is read with)."""
+def run_head(*, model, settings: dict, out) -> None:
+    """Write the model's output head (the decoder every factored cache is read with), in float32."""
     from .head import save_head
-    from .models import load_model
+    from .job import ModelJob
 
-    lm = load_model(manifest, {**model_settings, "device": "cpu", "dtype": "float32"})
-    save_head(OutputHead.from_model(lm.model), out, {"model": str(manifest)})
+    job = ModelJob(model=model, settings={**settings, "device": "cpu", "dtype": "float32"})
+    save_head(OutputHead.from_model(job.lm.model), out, {"model": str(model)})

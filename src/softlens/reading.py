@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .evaluation import frame_scores
 from .geometry import Vocabulary, describe_vectors, rotate_toward, shrink
 from .repair import (
     SearchObjective,
@@ -24,9 +23,11 @@ from .repair import (
     random_start,
     roundtrips,
 )
-from .slot import HardPrompt, PromptSlot, TokenPrompt
-from .sources import activate, behavior_source, soft_content
-from .training import contexts, make_targets, settings_for, teacher_and_base
+from .job import ModelJob, SoftPrompt
+from .scoring import frame_scores
+from .slot import HardPrompt, TokenPrompt
+from .sources import soft_content
+from .training_settings import settings_for
 
 log = logging.getLogger(__name__)
 
@@ -34,40 +35,23 @@ STAGES = ("soft", "projected_cosine", "projected_l2", "repaired", "pure_hotflip"
 
 
 class Reader:
-    """One soft prompt with its model, slot, teacher targets on the test messages and vocabulary."""
+    """One soft prompt on its job: its vectors and training settings, the teacher's targets on the test
+    messages, and the vocabulary."""
 
-    def __init__(self, manifest, teacher_path, prompt_path, spec: dict, variant: str, seed: int, training: dict,
-                 model_settings: dict, steering_file=None):
-        from .io import read_soft_prompt, read_teacher
-        from .models import load_model
-
-        self.spec, self.variant, self.seed = spec, variant, seed
-        self.s = settings_for(training, variant)
-        self.lm = load_model(manifest, model_settings)
-        self.slot = PromptSlot.for_model(self.lm, model_settings.get("slot"))
-        vectors, meta = read_soft_prompt(prompt_path, self.lm.embeddings.weight.shape[1])
-        if meta.get("model") not in (None, str(manifest)):
-            raise ValueError(f"soft prompt {str(prompt_path)!r} was trained for model {meta['model']!r}, "
-                             f"not this run's {str(manifest)!r}")
-        self.vectors = vectors.to(self.lm.device)
-        self.teacher = read_teacher(teacher_path)
-        self.bs = model_settings.get("batch_size", 16)
-        self.steering_file = steering_file
-        self.target, self.base = teacher_and_base(self.lm, self.slot, spec, self.teacher, "test", self.s.positions,
-                                                  self.bs, None, steering_file)
+    def __init__(self, job: ModelJob, prompt: SoftPrompt, training: dict):
+        self.job, self.prompt = job, prompt
+        self.lm, self.slot, self.bs = job.lm, job.slot, job.batch_size
+        self.s = settings_for(training, prompt.variant)
+        self.vectors = job.soft_prompt(prompt)
+        self.target, self.base = job.targets("test", self.s.positions)
         self.vocab = Vocabulary(self.lm)
 
     def selection(self, messages: int, seed: int, exclude=()) -> tuple:
-        """(teacher, unprompted) targets on `messages` train messages drawn with `seed`, none of `exclude`:
-        where readers choose among their candidates, never on the test messages."""
-        train = self.teacher[(self.teacher["split"] == "train") & (self.teacher["completion_ids"].map(len) > 0)]
-        ids = train.loc[~train["message_id"].isin(exclude), "message_id"].unique()
-        chosen = np.random.default_rng(seed).permutation(ids)[:messages]
-        return teacher_and_base(self.lm, self.slot, self.spec, train[train["message_id"].isin(chosen)], "train",
-                                self.s.positions, self.bs, None, self.steering_file)
+        """(teacher, unprompted) targets on `messages` train messages (ModelJob.selection)."""
+        return self.job.selection(messages, self.s.positions, seed=seed, exclude=exclude)
 
     def keys(self) -> dict:
-        return {"behavior": self.spec["name"], "variant": self.variant, "seed": self.seed}
+        return self.prompt.labels()
 
     def score(self, make_content, frames=None, target=None, base=None) -> dict:
         """Mean held-out scores over `frames` (default: the prompt's training frames) of the content
@@ -102,13 +86,13 @@ def choose_step(history: pd.DataFrame, closure_on_selection) -> tuple[list[int],
     return [int(i) for i in history["ids"].iloc[best]], history
 
 
-def run_reading(manifest, teacher_path, prompt_path, spec: dict, variant: str, seed: int, training: dict,
-                reading: dict, model_settings: dict, out, search_out, steering_file=None) -> pd.DataFrame:
+def run_reading(*, job: ModelJob, prompt: SoftPrompt, training: dict, reading: dict, out,
+                search_out) -> pd.DataFrame:
     """Soft -> nearest-token projections (cosine, L2) -> repaired projection -> pure HotFlip, each scored
     on the test messages; writes the stage table and the searches' per-step records."""
     from .io import atomic_path, write_table
 
-    r = Reader(manifest, teacher_path, prompt_path, spec, variant, seed, training, model_settings, steering_file)
+    r, spec, seed = Reader(job, prompt, training), job.behavior, prompt.seed
     search = dict(reading.get("search", {}))
     banned_texts = list(search.pop("banned", []))
     if search.pop("ban_instruction", True) and spec.get("instruction"):
@@ -120,11 +104,10 @@ def run_reading(manifest, teacher_path, prompt_path, spec: dict, variant: str, s
     allowed = r.vocab.ids[allowed_mask]
 
     # The search's loss: the teacher on `messages` training messages drawn with the prompt's seed.
-    messages, completions = contexts(r.teacher, "train")
-    pick = torch.randperm(len(messages), generator=torch.Generator().manual_seed(seed))[:settings.messages].tolist()
-    with activate(r.lm, r.slot, behavior_source(spec), steering_file) as (tslot, content):
-        targets = make_targets(r.lm, tslot, content, [messages[i] for i in pick], [completions[i] for i in pick],
-                               settings.positions, r.bs)
+    train = job.teacher[(job.teacher["split"] == "train") & (job.teacher["completion_ids"].map(len) > 0)]
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:settings.messages].tolist()
+    searched = train["message_id"].to_numpy()[pick]
+    targets, _ = job.targets("train", settings.positions, rows=train.iloc[pick])
     objective = SearchObjective(r.lm, r.slot, targets, r.s.frames, r.vocab.all, settings)
 
     cos_ids, _ = r.vocab.nearest(r.vectors, "cosine")
@@ -135,8 +118,6 @@ def run_reading(manifest, teacher_path, prompt_path, spec: dict, variant: str, s
     _, rep_hist = coordinate_search(objective, start.tolist(), allowed, settings, seed, tok, "repair")
     _, pure_hist = coordinate_search(objective, random_init, allowed, settings, seed, tok, "pure hotflip")
     # Each search's step is chosen on other train messages (the search's own loss only falls), then tested once.
-    searched = r.teacher.loc[(r.teacher["split"] == "train") & (r.teacher["completion_ids"].map(len) > 0),
-                             "message_id"].to_numpy()[pick]  # the rows `contexts` gave, in its order
     select, select_base = r.selection(settings.select_messages, seed, exclude=searched)
     repaired, rep_hist = choose_step(rep_hist, lambda ids: r.score(r.tokens(ids), target=select, base=select_base))
     pure, pure_hist = choose_step(pure_hist, lambda ids: r.score(r.tokens(ids), target=select, base=select_base))
@@ -151,7 +132,7 @@ def run_reading(manifest, teacher_path, prompt_path, spec: dict, variant: str, s
     for k, v in reversed(list(r.keys().items())):
         table.insert(0, k, v)
     table["frames"] = " | ".join(r.s.frames)
-    write_table(table, out, metadata={"prompt": str(prompt_path), "search": settings.__dict__,
+    write_table(table, out, metadata={"prompt": str(prompt.path), "search": settings.__dict__,
                                       "banned": sorted(banned)})
     hist = pd.concat([rep_hist.assign(search="repaired"), pure_hist.assign(search="pure_hotflip")])
     hist = hist.assign(**r.keys())[["behavior", "variant", "seed", "search", "step", "loss", "kl_closure_select",
@@ -159,21 +140,21 @@ def run_reading(manifest, teacher_path, prompt_path, spec: dict, variant: str, s
     with atomic_path(search_out) as tmp:
         hist.to_csv(tmp, index=False)
     for row in rows:
-        log.info("%s/%s seed %d %-16s closure %.3f  %r", spec["name"], variant, seed, row["stage"],
+        log.info("%s/%s seed %d %-16s closure %.3f  %r", prompt.behavior, prompt.variant, seed, row["stage"],
                  row["kl_closure_test"], row["text"])
     return table
 
 
 # --- geometry and robustness -------------------------------------------------------------------------------
 
-def run_geometry(manifest, teacher_path, prompt_path, spec: dict, variant: str, seed: int, training: dict,
-                 reading: dict, model_settings: dict, geometry_out, robustness_out, steering_file=None) -> None:
+def run_geometry(*, job: ModelJob, prompt: SoftPrompt, training: dict, reading: dict, geometry_out,
+                 robustness_out) -> None:
     """Norms and nearest-token cosines of the soft vectors; KL closure when their magnitude is divided
     by each factor and when they are rotated toward their nearest token by each angle; the same for the
     behaviour's instruction tokens (the natural-token control) where it has one."""
     from .io import write_table
 
-    r = Reader(manifest, teacher_path, prompt_path, spec, variant, seed, training, model_settings, steering_file)
+    r, spec = Reader(job, prompt, training), job.behavior
     rob = reading.get("robustness", {})
     factors, angles = rob.get("magnitudes", [1, 2, 4, 8]), rob.get("angles", [0, 15, 30, 45, 60, 90])
     geometry = describe_vectors(r.vocab, r.vectors, r.lm.tokenizer).assign(kind="soft", **r.keys())
@@ -196,12 +177,11 @@ def run_geometry(manifest, teacher_path, prompt_path, spec: dict, variant: str, 
     write_table(pd.DataFrame(rows), robustness_out)
 
 
-def run_token_geometry(manifest, reading: dict, model_settings: dict, out) -> pd.DataFrame:
+def run_token_geometry(*, job: ModelJob, reading: dict, out) -> pd.DataFrame:
     """Norm and nearest-neighbour cosine (another token) of a seeded sample of natural tokens."""
     from .io import write_table
-    from .models import load_model
 
-    lm = load_model(manifest, model_settings)
+    lm = job.lm
     vocab = Vocabulary(lm)
     n = reading.get("robustness", {}).get("natural_tokens", 4096)
     ids = vocab.sample(min(n, len(vocab.ids)), seed=0).to(vocab.all.device)
@@ -213,23 +193,21 @@ def run_token_geometry(manifest, reading: dict, model_settings: dict, out) -> pd
 
 # --- self-verbalisation ----------------------------------------------------------------------------------
 
-def run_verbalisation(manifest, teacher_path, prompt_path, spec: dict, variant: str, seed: int, training: dict,
-                      reading: dict, model_settings: dict, out, steering_file=None) -> pd.DataFrame:
+def run_verbalisation(*, job: ModelJob, prompt: SoftPrompt, training: dict, reading: dict, out) -> pd.DataFrame:
     """Ask the model what the soft prompt means (each template, `samples` sampled answers), then score
     every distinct answer as a hard prompt in the bare slot: on `select_messages` train messages, which
     choose the best (`is_best`), and on the test messages, which are reported."""
     from .io import write_table
-    from .teacher import GenerationSettings, generate
+    from .teacher import generate
     from .verbalise import candidate_requests, clean_candidate
 
     v = reading.get("verbalisation", {})
     templates = v.get("templates", [])
     requests = candidate_requests(templates, v.get("samples", 4))
-    r = Reader(manifest, teacher_path, prompt_path, spec, variant, seed, training, model_settings, steering_file)
+    r, seed = Reader(job, prompt, training), prompt.seed
     frame = r.s.frames[0]  # a contextualised prompt is asked about inside its frame
-    gen = GenerationSettings(max_new_tokens=v.get("max_new_tokens", 32), do_sample=True,
-                             temperature=v.get("temperature", 1.0), top_p=v.get("top_p", 0.95), seed=seed,
-                             batch_size=r.bs)
+    gen = job.generation(max_new_tokens=v.get("max_new_tokens", 32), do_sample=True,
+                         temperature=v.get("temperature", 1.0), top_p=v.get("top_p", 0.95), seed=seed)
     answers = generate(r.lm, r.slot, r.soft(r.vectors)(frame), [m for _, m in requests], gen, desc="verbalise")
     # the best candidate is chosen on train messages (a seeded sample), then scored once on test
     select, select_base = r.selection(v.get("select_messages", 16), seed)
@@ -250,7 +228,8 @@ def run_verbalisation(manifest, teacher_path, prompt_path, spec: dict, variant: 
         table.loc[table.loc[ok, "kl_closure_train"].idxmax(), "is_best"] = True
     write_table(table, out)
     best = table[table["is_best"]]
-    log.info("%s/%s seed %d: %d distinct candidates; best %r closure %.3f", spec["name"], variant, seed, len(scored),
+    log.info("%s/%s seed %d: %d distinct candidates; best %r closure %.3f", prompt.behavior, prompt.variant, seed,
+             len(scored),
              best["candidate"].iloc[0] if len(best) else None, best["kl_closure_test"].max() if len(best) else float("nan"))
     return table
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .config import ConfigError
 from .logprobs import forward_scored, prefix_cache
 from .sources import soft_content
-from .training import Targets, early_weights, kl_terms
+from .scoring import Targets, early_weights, kl_terms
 
 log = logging.getLogger(__name__)
 

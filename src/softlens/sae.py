@@ -211,7 +211,7 @@ def train_sae(train: torch.Tensor, s: SAESettings, checkpoint=None, identity: di
 
     Deterministic for a seed; a killed run resumes from `checkpoint` and ends where it would have.
     """
-    from .training import load_checkpoint, save_checkpoint
+    from .checkpoints import load_checkpoint, save_checkpoint
 
     g = torch.Generator().manual_seed(s.seed)
     sae = initial_sae(train, s, g).to(device)
@@ -336,13 +336,17 @@ def feature_contexts(sae: SparseAutoencoder, x: torch.Tensor, tokens: pd.DataFra
     return pd.DataFrame(out, columns=["feature", "rank", "activation", "doc", "token", "context"])
 
 
-def run_train_sae(manifest, shard_paths, layer: int, sae_cfg: dict, out_dir, curve_out, features_out,
-                  contexts_out, device_setting: str = "auto") -> dict:
-    """Train (or, where the config names one, fetch) the SAE for one layer, then describe its features."""
+def run_train_sae(*, model, shards, layer: int, sae_cfg: dict, device_setting: str, outputs: dict) -> dict:
+    """Train (or, where the config names one, fetch) the SAE for one layer of `model` (its manifest) on the
+    activation store's `shards`, then describe its features. `outputs` names the files: weights (in the
+    SAE's directory), curve, features and contexts."""
     from .activations import read_layer, read_tokens
     from .io import write_table
     from .models import load_tokenizer, pick_device
 
+    out_dir, curve_out = Path(outputs["weights"]).parent, outputs["curve"]
+    features_out, contexts_out = outputs["features"], outputs["contexts"]
+    manifest, shard_paths = model, shards
     device = pick_device(device_setting)
 
     x = read_layer(shard_paths, layer)

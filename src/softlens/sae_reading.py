@@ -99,24 +99,20 @@ def read_prompt(lm, slot: PromptSlot, saes: dict[int, SparseAutoencoder], vector
     return pd.DataFrame(rows)
 
 
-def run_sae_reading(manifest, prompt_path, sae_dirs, spec: dict, variant: str, seed: int, training: dict,
-                    reading: dict, model_settings: dict, out) -> pd.DataFrame:
-    from .io import read_soft_prompt, write_table
-    from .models import load_model
-    from .training import settings_for
+def run_sae_reading(*, job, prompt, sae_dirs, training: dict, reading: dict, out) -> pd.DataFrame:
+    """The SAE features of one soft prompt (a SoftPrompt, on its ModelJob) beside its instruction's."""
+    from .io import write_table
+    from .training_settings import settings_for
 
-    lm = load_model(manifest, model_settings)
-    slot = PromptSlot.for_model(lm, model_settings.get("slot"))
-    vectors, _ = read_soft_prompt(prompt_path, lm.embeddings.weight.shape[1])
     saes = {}
     for d in sae_dirs:
         sae, cfg = load_sae(d)
         saes[int(cfg["layer"])] = sae
-    frames = settings_for(training, variant).frames
-    table = read_prompt(lm, slot, saes, vectors.to(lm.device).float(), frames, spec.get("instruction"),
-                        reading.get("random_draws", 8), seed)
-    table = table.assign(behavior=spec["name"], variant=variant, seed=seed)
-    log.info("%s %s seed %d:\n%s", spec["name"], variant, seed,
+    frames = settings_for(training, prompt.variant).frames
+    table = read_prompt(job.lm, job.slot, saes, job.soft_prompt(prompt).float(), frames,
+                        job.behavior.get("instruction"), reading.get("random_draws", 8), prompt.seed)
+    table = table.assign(**prompt.labels())
+    log.info("%s %s seed %d:\n%s", prompt.behavior, prompt.variant, prompt.seed,
              table[["frame", "layer", "recon_error", "baseline_recon_error", "jaccard_with_instruction"]])
     write_table(table, out)
     return table

@@ -90,13 +90,12 @@ def steered(model: torch.nn.Module, direction: torch.Tensor, layer: int, scale: 
         handle.remove()
 
 
-def compute_steering_vector(manifest, spec: dict, model_settings: dict, out) -> None:
-    """The steering behaviour `spec`'s direction, written with its layer and scale."""
+def compute_steering_vector(*, job, out) -> None:
+    """The direction of the job's steering behaviour (a ModelJob), written with its layer and scale."""
     from .config import check_steering_layers
     from .io import write_vector
-    from .models import load_model
 
-    lm = load_model(manifest, model_settings)
+    spec, lm = job.behavior, job.lm
     check_steering_layers([spec], lm.num_layers)
     s = spec["steering"]
     direction = steering_direction(lm, s["positive"], s["negative"], s["layer"])

@@ -74,22 +74,18 @@ def teacher_table(lm, slot: PromptSlot, content: SlotContent, messages: pd.DataF
     })
 
 
-def run_teacher(manifest, spec: dict, messages_cfg: dict, model_settings: dict, teacher_settings: dict,
-                out, steering_file=None) -> pd.DataFrame:
-    """Generate and write the teacher table for behaviour `spec` (instruction, steering, PEFT prompt or
-    unprompted)."""
+def run_teacher(*, job, messages: dict, generation: dict, out) -> pd.DataFrame:
+    """Generate and write the teacher table of the job's behaviour (a ModelJob: instruction, steering,
+    PEFT prompt or unprompted) on the configured `messages`."""
     from .config import load_messages
     from .io import write_table
-    from .models import load_model
-    from .sources import activate, behavior_source
 
-    lm = load_model(manifest, model_settings)
-    settings = GenerationSettings(batch_size=model_settings.get("batch_size", 16), **teacher_settings)
-    source = behavior_source(spec)
-    with activate(lm, PromptSlot.for_model(lm, model_settings.get("slot")), source, steering_file) as (slot, content):
-        table = teacher_table(lm, slot, content, load_messages(messages_cfg), spec["name"], settings)
+    spec = job.behavior
+    with job.activated() as (slot, content):
+        table = teacher_table(job.lm, slot, content, load_messages(messages), spec["name"],
+                              job.generation(**generation))
     log.info("%s: %d completions, mean %.1f tokens, %d ended with EOS", spec["name"], len(table),
              table["n_tokens"].mean(), table["finished"].sum())
-    write_table(table, out, metadata={"behavior": spec, "model": str(manifest), "slot": slot.position,
-                                      "teacher": teacher_settings})
+    write_table(table, out, metadata={"behavior": spec, "model": str(job.model), "slot": slot.position,
+                                      "teacher": generation})
     return table

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,74 +28,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoints import load_checkpoint, save_checkpoint
 from .config import ConfigError
-from .logprobs import fed_completions, forward_scored, prefix_cache
+from .job import ModelJob, SoftPrompt
+from .logprobs import forward_scored, prefix_cache
+from .scoring import Targets, distributions, early_weights, kl_terms, mean_kl
 from .slot import PromptSlot
 from .sources import soft_content
-from .training_settings import BARE, VARIANTS, TrainSettings, prompt_params, settings_for  # noqa: F401
+from .training_settings import TrainSettings, settings_for
 
 log = logging.getLogger(__name__)
 
-# --- targets ------------------------------------------------------------------------------------
-
-@dataclass
-class Targets:
-    """Teacher-forced contexts of some messages and what the teacher does there (computed once)."""
-
-    messages: list[str]
-    fed: list[list[int]]            # completion tokens fed as inputs (T-1 each)
-    tokens: torch.Tensor            # (M, T) the teacher's next tokens (CE labels); pad where invalid
-    mask: torch.Tensor              # (M, T) valid positions
-    logp: torch.Tensor              # (M, T, V) teacher log-probs
-    state: torch.Tensor | None      # (M, T, d) teacher residual after block `layer`
-
-    def to(self, device) -> "Targets":
-        """On the model's device once, so a training step copies nothing from the host (on a GPU the
-        (B, T, V) teacher log-probs of a 150k-token vocabulary are ~0.15 GB per batch of 8)."""
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return replace(self, tokens=move(self.tokens), mask=move(self.mask), logp=move(self.logp),
-                                   state=move(self.state))
-
-
-@torch.no_grad()
-def distributions(lm, slot: PromptSlot, content, messages, fed, positions: int, batch_size: int,
-                  layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(M, T, V) log-probs (and (M, T, d) states) of `content` on the contexts, batched."""
-    out, states, prefix = [], [], None
-    for i in range(0, len(messages), batch_size):
-        batch = slot.batch(content, messages[i:i + batch_size], fed[i:i + batch_size], padding_side="inner")
-        if prefix is None:
-            prefix = prefix_cache(lm, batch)
-        logp, h = forward_scored(lm, batch, positions, prefix, batch.slot_start, layer)
-        out.append(logp.cpu())
-        states.append(h.cpu() if h is not None else None)
-    return torch.cat(out), (torch.cat(states) if layer is not None else None)
-
-
-def make_targets(lm, slot, content, messages, completions, positions, batch_size, layer=None) -> Targets:
-    fed = fed_completions(completions, positions, slot.pad_id)
-    logp, state = distributions(lm, slot, content, messages, fed, positions, batch_size, layer)
-    tokens = torch.full((len(messages), positions), slot.pad_id, dtype=torch.long)
-    mask = torch.zeros(len(messages), positions, dtype=torch.bool)
-    for m, c in enumerate(completions):
-        n = min(positions, len(c))
-        tokens[m, :n] = torch.tensor(list(c[:n]))
-        mask[m, :n] = True
-    return Targets(list(messages), fed, tokens, mask, logp, state)
-
-
 # --- objective ------------------------------------------------------------------------------------
-
-def kl_terms(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
-    """KL(P || Q) per position, (..., V) -> (...)."""
-    return (p_logp.exp() * (p_logp - q_logp)).sum(-1)
-
-
-def early_weights(mask: torch.Tensor, early_tokens: int, early_weight: float) -> torch.Tensor:
-    w = torch.ones(mask.shape, dtype=torch.float32, device=mask.device)
-    w[:, :early_tokens] = early_weight
-    return w * mask
-
 
 def losses(s: TrainSettings, q_logp, q_state, target_logp, target_state, tokens, mask) -> dict[str, torch.Tensor]:
     """The objective's terms on one batch (means over valid positions) and their weighted sum."""
@@ -140,39 +83,7 @@ def initial_vectors(lm, s: TrainSettings, generator: torch.Generator) -> torch.T
     return torch.randn(s.length, emb.shape[1], generator=generator) * scale
 
 
-# --- checkpoints ------------------------------------------------------------------------------------
-
-def save_checkpoint(path, state: dict) -> None:
-    from .io import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path, identity: dict) -> dict | None:
-    """The checkpoint at `path` if any; an error naming the differing keys if it is from another config."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"resume checkpoint {str(path)!r} is unreadable ({e}); delete it to start over") from None
-    old = state.get("identity", {})
-    diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-    if diff:
-        detail = ", ".join(f"{k}: {old.get(k)!r} -> {identity.get(k)!r}" for k in diff[:5])
-        raise ConfigError(f"resume checkpoint {str(path)!r} was written for a different config ({detail}); "
-                          f"delete it to start over")
-    return state
-
-
 # --- training -------------------------------------------------------------------------------------
-
-def mean_kl(targets: Targets, logp: torch.Tensor) -> float:
-    m = targets.mask.float()
-    return float((kl_terms(targets.logp, logp) * m).sum() / m.sum())
-
 
 def evaluate(lm, slot, vectors, targets: Targets, frames, positions, batch_size) -> dict[str, float]:
     """Held-out mean KL(teacher || student) per frame."""
@@ -243,59 +154,35 @@ def train(lm, slot: PromptSlot, train_targets: Targets, test_targets: Targets | 
 
 # --- the workflow's jobs ------------------------------------------------------------------------------
 
-def contexts(teacher: pd.DataFrame, split: str) -> tuple[list[str], list[list[int]]]:
-    rows = teacher[teacher["split"] == split]
-    rows = rows[rows["completion_ids"].map(len) > 0]
-    if rows.empty:
-        raise ValueError(f"the teacher table has no {split} messages with a completion")
-    return list(rows["user_message"]), [list(c) for c in rows["completion_ids"]]
+def run_training(*, job: ModelJob, prompt: SoftPrompt, training: dict, out, curve_out) -> None:
+    """Train one soft prompt for the job's behaviour and write it (safetensors + metadata) and its
+    curve (CSV)."""
+    from .io import atomic_path, write_soft_prompt
 
-
-def teacher_and_base(lm, run_slot, spec, teacher, split, positions, batch_size, layer=None, steering_file=None):
-    """Targets of the behaviour's teacher and of the unprompted model on one split's contexts."""
-    from .sources import activate, behavior_source
-
-    messages, completions = contexts(teacher, split)
-    with activate(lm, run_slot, behavior_source(spec), steering_file) as (slot, content):
-        target = make_targets(lm, slot, content, messages, completions, positions, batch_size, layer)
-    base = make_targets(lm, run_slot, None, messages, completions, positions, batch_size)
-    return target, base
-
-
-def run_training(manifest, teacher_path, spec: dict, variant: str, seed: int, training: dict, model_settings: dict,
-                 out, curve_out, steering_file=None) -> None:
-    """Train one soft prompt for a behaviour and write it (safetensors + metadata) and its curve (CSV)."""
-    from .io import atomic_path, read_teacher, write_soft_prompt
-    from .models import load_model
-
-    s = settings_for(training, variant)
-    lm = load_model(manifest, model_settings)
-    slot = PromptSlot.for_model(lm, model_settings.get("slot"))
-    teacher = read_teacher(teacher_path)
-    bs = model_settings.get("batch_size", 16)
+    s = settings_for(training, prompt.variant)
+    lm = job.lm
     layer = (lm.num_layers // 2 if s.state_layer < 0 else s.state_layer) if s.state_weight else None
     if layer is not None and not 0 <= layer < lm.num_layers:
         raise ConfigError(f"training.state_layer = {s.state_layer} is out of range (the model has {lm.num_layers} layers)")
-    train_t, _ = teacher_and_base(lm, slot, spec, teacher, "train", s.positions, bs, layer, steering_file)
-    test_t, test_base = teacher_and_base(lm, slot, spec, teacher, "test", s.positions, bs, None, steering_file)
+    train_t, _ = job.targets("train", s.positions, layer=layer)
+    test_t, test_base = job.targets("test", s.positions)
     kl_base = mean_kl(test_t, test_base.logp)
-    identity = {"behavior": spec["name"], "variant": variant, "model": str(manifest), "slot": slot.position,
-                "teacher_messages": len(teacher)}
+    identity = {"behavior": prompt.behavior, "variant": prompt.variant, "model": str(job.model),
+                "slot": job.slot.position, "teacher_messages": len(job.teacher)}
     checkpoint = Path(out).with_suffix(".ckpt")
-    vectors, curve = train(lm, slot, train_t, test_t, s, seed, checkpoint, identity, bs)
+    vectors, curve = train(lm, job.slot, train_t, test_t, s, prompt.seed, checkpoint, identity, job.batch_size)
     curve["kl_closure_test"] = 1 - curve["kl_test"] / kl_base
-    curve.insert(0, "behavior", spec["name"])
-    curve.insert(1, "variant", variant)
-    curve.insert(2, "seed", seed)
+    for i, (k, v) in enumerate(prompt.labels().items()):
+        curve.insert(i, k, v)
     last = curve.iloc[-1]
     write_soft_prompt(out, vectors, {
-        "model": str(manifest), "behavior": spec["name"], "variant": variant, "seed": seed, "length": s.length,
-        "hidden_size": int(vectors.shape[1]), "slot": slot.position, "init": s.init, "frames": list(s.frames),
+        **prompt.labels(), "model": str(job.model), "length": s.length, "hidden_size": int(vectors.shape[1]),
+        "slot": job.slot.position, "init": s.init, "frames": list(s.frames),
         "objective": {"kl": s.kl_weight, "ce": s.ce_weight, "state": s.state_weight, "state_layer": layer},
         "steps": s.steps, "settings": s.describe(), "final_loss": float(last["loss"]),
         "final_kl_test": float(last["kl_test"]), "kl_base_test": kl_base})
     with atomic_path(curve_out) as tmp:
         curve.to_csv(tmp, index=False)
     checkpoint.unlink(missing_ok=True)
-    log.info("%s/%s seed %d: held-out KL %.4f (base %.4f), closure %.3f", spec["name"], variant, seed,
-             last["kl_test"], kl_base, 1 - last["kl_test"] / kl_base)
+    log.info("%s/%s seed %d: held-out KL %.4f (base %.4f), closure %.3f", prompt.behavior, prompt.variant,
+             prompt.seed, last["kl_test"], kl_base, 1 - last["kl_test"] / kl_base)

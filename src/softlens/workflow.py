@@ -19,12 +19,37 @@ def start_job(snakemake) -> None:
     set_threads(snakemake.threads)
 
 
-def soft_prompt_job(snakemake) -> tuple:
-    """The arguments every per-soft-prompt job starts with: (model manifest, teacher table, prompt file,
-    behaviour spec, variant, seed, training settings)."""
+def model_job(snakemake):
+    """The job's ModelJob from what its rule declares: input model (and teacher, steering where the rule
+    has them), params model_settings (and behavior)."""
+    from .job import ModelJob
+
+    i, p = snakemake.input, snakemake.params
+    return ModelJob(model=i.model, settings=p.model_settings, behavior=p.get("behavior"),
+                    teacher=i.get("teacher"), steering=i.get("steering"))
+
+
+def soft_prompt(snakemake):
+    """The SoftPrompt the job's wildcards name (behavior, variant, seed), at its input `prompt`."""
+    from .job import SoftPrompt
+
     w = snakemake.wildcards
-    return (snakemake.input.model, snakemake.input.teacher, snakemake.input.prompt, snakemake.params.behavior,
-            w.variant, int(w.seed), snakemake.params.training)
+    return SoftPrompt(behavior=w.behavior, variant=w.variant, seed=int(w.seed), path=snakemake.input.get("prompt"))
+
+
+def caches(snakemake, decomposed: str | None = None):
+    """The Caches the rule declares: input head and caches, params atoms (with the behaviour's input
+    exclusions where the rule has them); `decomposed` defaults to the behaviour's hard prompt."""
+    import pandas as pd
+
+    from .decompose import TARGET, Caches
+    from .exclusion import with_exclusions
+
+    i = snakemake.input
+    atoms = pd.DataFrame(snakemake.params.atoms)
+    if i.get("exclusions"):
+        atoms = with_exclusions(atoms, i.exclusions)
+    return Caches(head=i.head, files=tuple(i.caches), atoms=atoms, decomposed=decomposed or TARGET)
 
 
 def machine_memory_mb(share: float = 0.9) -> int:
