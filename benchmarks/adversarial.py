@@ -37,7 +37,7 @@ def main() -> None:
     a = ap.parse_args()
     set_threads(1)
     cfg = yaml.safe_load(open(a.config))
-    validate_config(cfg, "config/schema.yaml")
+    validate_config(cfg)
     lm = load_model(f"resources/models/{model_tag(cfg['model'])}.json", {"device": "cpu", "dtype": "float32"})
     slot = PromptSlot.for_model(lm, cfg["model_settings"]["slot"])
     messages = pd.read_csv(cfg["messages"]["file"], sep="\t")["user_message"].tolist()[:a.messages]

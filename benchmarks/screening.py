@@ -38,7 +38,7 @@ def main() -> None:
     a = ap.parse_args()
     set_threads(a.threads)
     cfg = yaml.safe_load(open(a.config))
-    validate_config(cfg, "config/schema.yaml")
+    validate_config(cfg)
     tag, d = model_tag(cfg["model"]), cfg["discovery"]["pool"]
     lm = load_model(f"resources/models/{tag}.json", {"device": "cpu", "dtype": "float32"})
     slot = PromptSlot.for_model(lm, cfg["model_settings"]["slot"])

@@ -19,7 +19,7 @@ from softlens.training_settings import prompt_params
 from softlens.workflow import gpus_for, machine_memory_mb
 
 # Config first: nothing below runs on an invalid config.
-validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
+validate_config(config)  # against softlens/schema.yaml, the one home of every default
 # Params compare by value and by order: sorted keys make the order of a config's keys irrelevant.
 config.update(sort_keys(config))
 
@@ -44,7 +44,6 @@ SAE_SEEDS = config["sae"]["seeds"] or SEEDS
 # `--resources mem_mb=...` says otherwise. Cluster jobs are sized by their profile instead.
 if workflow.local_exec and "mem_mb" not in workflow.global_resources:
     workflow.register_resource("mem_mb", Resource("mem_mb", machine_memory_mb()))
-# Rules that run the model ask for a GPU (SLURM: --gpus=1; locally `--resources gpu=1` runs one at a time).
 DISCOVER = config["discovery"]["behaviors"] or [b for b in TRAINED if b in INSTRUCTED]
 DISCOVER_VARIANTS = config["discovery"]["variants"] or VARIANTS
 DISCOVER_CONTROLS = config["discovery"]["controls"]
@@ -56,7 +55,15 @@ DISCOVER_CONTROLS = config["discovery"]["controls"]
 # thread: a two-thread job waits for both cores, and the one-thread jobs around it kept it waiting.
 ROOT_PRIORITY, DISCOVERY_PRIORITY = 20, 10
 SHARDS = list(range(config["discovery"]["screen"]["shards"]))
-GPU = gpus_for(config["model_settings"].get("device", "auto"))
+GPU = gpus_for(config["model_settings"]["device"])
+
+
+def model_resources(mem_mb):
+    """Resources of every job that runs the model (its host memory, in MB) and, where the device is a
+    GPU, one GPU on the cluster's GPU partition (SLURM: --gpus=1 there; locally `--resources gpu=1`
+    runs one at a time). The one place the workflow asks for a GPU."""
+    gpu = {"slurm_partition": config["cluster"]["gpu_partition"]} if GPU else {}
+    return {"mem_mb": mem_mb, "gpu": GPU, **gpu}
 
 
 wildcard_constraints:
@@ -233,6 +240,30 @@ def noise_fit_inputs(wildcards):
     return inputs
 
 
+# The study's stages, each a target a user can name (`snakemake --cores all train`): its figures.
+STAGES = {
+    "train": ["results/figures/training.png", "results/figures/training_curves.png"],
+    "decompose": [
+        "results/figures/phase0.png",
+        "results/figures/phase05.png",
+        "results/figures/phase1.png",
+        "results/figures/phase1_path.png",
+    ],
+    "read": [
+        "results/figures/reading.png",
+        "results/figures/geometry.png",
+        "results/figures/robustness.png",
+        "results/figures/verbalisation.png",
+    ],
+    "discover": [
+        "results/figures/dictionary.png",
+        "results/figures/dictionary_atoms.png",
+        "results/figures/recovery.png",
+    ],
+    "sae": ["results/figures/sae.png", "results/figures/sae_jaccard.png"],
+}
+
+
 def get_final_output():
     return all_but_costs() + ["results/figures/costs.png"]
 
@@ -245,23 +276,7 @@ def all_but_costs(wildcards=None):
             model=MODEL,
             behavior=BEHAVIORS + [UNPROMPTED],
         )
-        + [
-            "results/figures/phase0.png",
-            "results/figures/phase05.png",
-            "results/figures/training.png",
-            "results/figures/training_curves.png",
-            "results/figures/phase1.png",
-            "results/figures/phase1_path.png",
-            "results/figures/reading.png",
-            "results/figures/geometry.png",
-            "results/figures/robustness.png",
-            "results/figures/verbalisation.png",
-            "results/figures/dictionary.png",
-            "results/figures/dictionary_atoms.png",
-            "results/figures/recovery.png",
-            "results/figures/sae.png",
-            "results/figures/sae_jaccard.png",
-        ]
+        + [figure for figures in STAGES.values() for figure in figures]
         + expand(
             "results/{model}/peft/{behavior}/{variant}-seed{seed}/adapter_config.json",
             model=MODEL,

@@ -15,8 +15,7 @@ rule logprobs_dictionary:
         "../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        gpu=GPU,
+        **model_resources(2000),
     params:
         sources=dictionary_sources,
         model_settings=config["model_settings"],
@@ -40,8 +39,7 @@ rule logprobs_reference:
         "../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        gpu=GPU,
+        **model_resources(2000),
     params:
         sources=reference_sources,
         model_settings=config["model_settings"],
@@ -63,8 +61,7 @@ rule logprobs_noise:
         "../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        gpu=GPU,
+        **model_resources(2000),
     params:
         sources=noisy_sources,
         model_settings=config["model_settings"],
@@ -150,6 +147,7 @@ rule phase0_table:
         path="results/tables/phase0_path.csv",
     log:
         "logs/tables/phase0.log",
+    localrule: True
     conda:
         "../envs/fit.yaml"
     script:
@@ -168,6 +166,7 @@ rule phase05_table:
         "results/tables/phase05.csv",
     log:
         "logs/tables/phase05.log",
+    localrule: True
     conda:
         "../envs/fit.yaml"
     script:
@@ -186,6 +185,7 @@ rule figure_phase0:
         ),
     log:
         "logs/figures/phase0.log",
+    localrule: True
     conda:
         "../envs/figures.yaml"
     script:
@@ -204,6 +204,7 @@ rule figure_phase05:
         ),
     log:
         "logs/figures/phase05.log",
+    localrule: True
     conda:
         "../envs/figures.yaml"
     script:
@@ -226,8 +227,7 @@ rule logprobs_softprompt:
         "../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
-        gpu=GPU,
+        **model_resources(3000),
     params:
         sources=soft_source,
         model_settings=config["model_settings"],
@@ -274,6 +274,7 @@ rule phase1_table:
         path="results/tables/phase1_path.csv",
     log:
         "logs/tables/phase1.log",
+    localrule: True
     conda:
         "../envs/fit.yaml"
     script:
@@ -299,6 +300,7 @@ rule figure_phase1:
         ),
     log:
         "logs/figures/phase1.log",
+    localrule: True
     conda:
         "../envs/figures.yaml"
     script:

@@ -17,8 +17,7 @@ rule propose_instructions:
         "../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
-        gpu=GPU,
+        **model_resources(3000),
     params:
         proposer=config["discovery"]["proposer"],
         model_settings=config["model_settings"],
@@ -34,6 +33,7 @@ rule candidate_pool:
     log:
         "logs/{model}/discovery/{behavior}/pool.log",
     priority: DISCOVERY_PRIORITY
+    localrule: True
     conda:
         "../envs/fit.yaml"
     params:
@@ -58,8 +58,7 @@ rule screen_pool:
         "../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        gpu=GPU,
+        **model_resources(4000),
     params:
         atoms=fit_atoms,
         seed=config["discovery"]["pool"]["seed"],
@@ -84,8 +83,7 @@ rule pursue_dictionary:
         "../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        gpu=GPU,
+        **model_resources(4000),
     params:
         behavior=get_behavior,
         atoms=fit_atoms,
@@ -118,6 +116,7 @@ rule dictionary_table:
         atoms="results/tables/dictionary_atoms.csv",
     log:
         "logs/tables/dictionary.log",
+    localrule: True
     conda:
         "../envs/fit.yaml"
     params:
@@ -147,6 +146,7 @@ rule figure_dictionary:
         ),
     log:
         "logs/figures/dictionary.log",
+    localrule: True
     conda:
         "../envs/figures.yaml"
     script:

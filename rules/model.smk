@@ -1,3 +1,5 @@
+# On the submitting host under SLURM (`localrule`): it may need the network that compute nodes lack.
+# So do tables, figures and the PEFT export: they are seconds long.
 checkpoint prepare_model:
     output:
         manifest="resources/models/{model}.json",
@@ -5,6 +7,7 @@ checkpoint prepare_model:
         "logs/{model}/prepare_model.log",
     benchmark:
         "logs/{model}/benchmarks/prepare_model.tsv"
+    localrule: True
     conda:
         "../envs/model.yaml"
     resources:

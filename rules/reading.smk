@@ -19,8 +19,7 @@ rule read_softprompt:
         "../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
-        gpu=GPU,
+        **model_resources(3000),
     params:
         behavior=get_behavior,
         training=training_params,
@@ -45,8 +44,7 @@ rule geometry_softprompt:
         "../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
-        gpu=GPU,
+        **model_resources(3000),
     params:
         behavior=get_behavior,
         training=training_params,
@@ -71,8 +69,7 @@ rule verbalise_softprompt:
         "../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
-        gpu=GPU,
+        **model_resources(3000),
     params:
         behavior=get_behavior,
         training=training_params,
@@ -93,8 +90,7 @@ rule token_geometry:
         "../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
-        gpu=GPU,
+        **model_resources(3000),
     params:
         reading=lambda wc: {"robustness": config["reading"]["robustness"]},
         model_settings=config["model_settings"],
@@ -128,6 +124,7 @@ rule reading_table:
         verbalisation="results/tables/verbalisation.csv",
     log:
         "logs/tables/reading.log",
+    localrule: True
     conda:
         "../envs/fit.yaml"
     script:
@@ -168,6 +165,7 @@ rule figure_reading:
         ),
     log:
         "logs/figures/reading.log",
+    localrule: True
     conda:
         "../envs/figures.yaml"
     script:

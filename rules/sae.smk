@@ -19,8 +19,7 @@ rule sae_activations:
         "../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        gpu=GPU,
+        **model_resources(4000),
     params:
         layers=config["sae"]["layers"],
         corpus=config["sae"]["corpus"],
@@ -48,8 +47,7 @@ rule train_sae:
         "../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
-        gpu=GPU,
+        **model_resources(3000),
     params:
         sae={
             k: v
@@ -75,12 +73,11 @@ rule read_sae:
         "../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
-        gpu=GPU,
+        **model_resources(3000),
     params:
         behavior=get_behavior,
         training=training_params,
-        reading=lambda wc: {"random_draws": config["sae"]["random_draws"]},
+        random_draws=config["sae"]["random_draws"],
         model_settings=config["model_settings"],
     script:
         "../scripts/read_sae.py"
@@ -96,6 +93,7 @@ rule sae_table:
         manifold="results/tables/sae_manifold.csv",
     log:
         "logs/tables/sae.log",
+    localrule: True
     conda:
         "../envs/fit.yaml"
     script:
@@ -120,6 +118,7 @@ rule figure_sae:
         ),
     log:
         "logs/figures/sae.log",
+    localrule: True
     conda:
         "../envs/figures.yaml"
     script:

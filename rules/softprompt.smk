@@ -13,8 +13,7 @@ rule train_softprompt:
         "../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        gpu=GPU,
+        **model_resources(4000),
     params:
         behavior=get_behavior,
         training=training_params,
@@ -38,8 +37,7 @@ rule evaluate_softprompt:
         "../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
-        gpu=GPU,
+        **model_resources(3000),
     params:
         behavior=get_behavior,
         training=evaluation_params,
@@ -58,6 +56,7 @@ rule export_peft:
         weights="results/{model}/peft/{behavior}/{variant}-seed{seed}/adapter_model.safetensors",
     log:
         "logs/{model}/peft/{behavior}/{variant}-seed{seed}.log",
+    localrule: True
     conda:
         "../envs/model.yaml"
     script:
@@ -82,6 +81,7 @@ rule training_table:
         samples="results/tables/training_samples.csv",
     log:
         "logs/tables/training.log",
+    localrule: True
     conda:
         "../envs/fit.yaml"
     script:
@@ -107,6 +107,7 @@ rule figure_training:
         ),
     log:
         "logs/figures/training.log",
+    localrule: True
     conda:
         "../envs/figures.yaml"
     script:

@@ -12,8 +12,7 @@ rule steering_vector:
         "../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
-        gpu=GPU,
+        **model_resources(3000),
     params:
         behavior=get_behavior,
         model_settings=config["model_settings"],
@@ -35,8 +34,7 @@ rule teacher:
         "../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
-        gpu=GPU,
+        **model_resources(3000),
     params:
         behavior=get_behavior,
         messages=config["messages"],

@@ -9,6 +9,6 @@ run_sae_reading(
     prompt=soft_prompt(snakemake),
     sae_dirs=[Path(f).parent for f in snakemake.input.saes],
     training=snakemake.params.training,
-    reading=snakemake.params.reading,
+    random_draws=snakemake.params.random_draws,
     out=snakemake.output[0],
 )

@@ -55,7 +55,9 @@ def default_config() -> dict:
 
 @pytest.fixture
 def schema() -> Path:
-    return ROOT / "config" / "schema.yaml"
+    from softlens.config import SCHEMA
+
+    return SCHEMA
 
 
 @pytest.fixture(scope="session")

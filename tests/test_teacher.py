@@ -80,6 +80,25 @@ def test_steering_vector_file_and_layer_out_of_range(tiny_dir, tmp_path):
     assert not (tmp_path / "w.safetensors").exists()
 
 
+def test_a_one_token_steering_text_is_refused_and_nothing_is_written(tiny_dir, tmp_path):
+    spec = {"name": "pirate", "steering": {"layer": 1, "scale": 2.0, "positive": ["A"], "negative": ["Hello there"]}}
+    with pytest.raises(ConfigError, match=r"steering texts \['A'\] have fewer than 2 tokens"):
+        compute_steering_vector(job=ModelJob(model=tiny_dir, settings={"device": "cpu"}, behavior=spec),
+                                out=tmp_path / "v.safetensors")
+    assert not (tmp_path / "v.safetensors").exists()
+
+
+def test_a_tensor_holding_nan_is_never_written(tmp_path):
+    from softlens.io import save_tensors, write_soft_prompt
+
+    with pytest.raises(ValueError, match=r"'prompt' holds NaN or inf; nothing was written"):
+        write_soft_prompt(tmp_path / "p.safetensors", torch.tensor([[1.0, float("nan")]]), {})
+    with pytest.raises(ValueError, match=r"'w' holds NaN or inf"):
+        save_tensors({"w": torch.tensor([float("inf")])}, tmp_path / "w.safetensors")
+    assert list(tmp_path.iterdir()) == []
+    save_tensors({"ids": torch.tensor([1, 2])}, tmp_path / "ids.safetensors")  # integers: nothing to check
+
+
 def test_corrupt_vector_file_is_named(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")

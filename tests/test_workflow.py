@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -324,3 +325,72 @@ def test_the_costs_table_has_a_row_per_benchmarked_job(built):
     assert (per_rule["threads"] == 1).all()  # every CPU job takes one thread (rules/common.smk: scheduling)
     profile = yaml.safe_load((workdir / "results/tables/costs_profile.yaml").read_text())["set-resources"]
     assert profile["fit_phase0"]["mem_mb"] >= 1000 and profile["fit_phase0"]["runtime"] >= 5
+
+
+def dry_run_jobs(output: str) -> dict[str, list[str]]:
+    """rule -> the resources line of each job a dry run prints."""
+    jobs: dict[str, list[str]] = {}
+    for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \w+:)", output):
+        head = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", block)
+        res = re.search(r"^\s+resources: (.+)$", block, flags=re.M)
+        if head:
+            jobs.setdefault(head[1], []).append(res[1] if res else "")
+    return jobs
+
+
+MODEL_RULES = {"teacher", "steering_vector", "logprobs_dictionary", "logprobs_reference", "logprobs_noise",
+               "logprobs_softprompt", "train_softprompt", "evaluate_softprompt", "read_softprompt",
+               "geometry_softprompt", "verbalise_softprompt", "token_geometry", "propose_instructions",
+               "screen_pool", "pursue_dictionary", "sae_activations", "train_sae", "read_sae"}
+
+
+def test_on_a_gpu_every_model_rule_asks_the_slurm_profile_for_a_gpu_on_the_gpu_partition(built, tmp_path):
+    workdir, _ = built
+    (tmp_path / "cuda.yaml").write_text("model_settings: {device: cuda}\ncluster: {gpu_partition: a100}\n")
+    res = snakemake(workdir, "--dry-run", "--forceall", "--profile", str(ROOT / "profiles" / "slurm"),
+                    "--configfile", str(workdir / "config.yaml"), str(tmp_path / "cuda.yaml"))
+    jobs = dry_run_jobs(res.stdout + res.stderr)
+    assert MODEL_RULES <= set(jobs), MODEL_RULES - set(jobs)
+    for rule, lines in jobs.items():
+        for line in lines:
+            on_gpu = "gpu=1" in line.split(", ")
+            assert on_gpu == (rule in MODEL_RULES), (rule, line)
+            assert ("slurm_partition=a100" in line) == on_gpu, (rule, line)
+
+
+def test_touching_one_cache_replans_exactly_the_jobs_that_read_it(built, tiny_dir):
+    workdir, _ = built
+    tag = tiny_dir.name
+    cache = workdir / f"results/{tag}/logprobs/spanish/atom-pirate.parquet"
+    stat = cache.stat()
+    os.utime(cache, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    try:
+        plan = planned(workdir)
+    finally:
+        os.utime(cache, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    jobs = {p for p in plan if p.startswith(f"results/{tag}/")}
+    fits = {f"results/{tag}/fits/spanish/{n}.parquet" for n in
+            ["target", "noise-seed0", "noise-seed1"] + [f"{k}-{v}-seed{s}" for k in ("soft",) for v in
+                                                         ("prepend", "contextualised") for s in (0, 1)]
+            + [f"control-{v}-seed{s}" for v in ("prepend", "contextualised") for s in (0, 1)]}
+    discovery = {f"results/{tag}/discovery/spanish/{n}.parquet" for n in
+                 ["screen-0", "screen-1"] + [f"{k}-{v}-seed{s}" for k in ("soft", "control")
+                                             for v in ("prepend", "contextualised") for s in (0, 1)]}
+    assert jobs == fits | discovery, sorted(jobs ^ (fits | discovery))
+    assert not [p for p in plan if not p.startswith((f"results/{tag}/", "results/tables/", "results/figures/"))]
+
+
+def test_two_runs_of_one_config_give_identical_tables_and_a_stage_builds_only_its_part(built, tmp_path, tiny_dir):
+    workdir, cfg = built
+    write_config(tmp_path, tiny_dir)
+    snakemake(tmp_path, "train", "decompose")
+    made = {p.name for p in (tmp_path / "results" / "figures").iterdir()}
+    assert made == {"training.png", "training_curves.png", "phase0.png", "phase05.png", "phase1.png", "phase1_path.png"}
+    assert not (tmp_path / "results" / tiny_dir.name / "reading").exists()
+    assert not (tmp_path / "results" / tiny_dir.name / "sae").exists()
+    for table in sorted((tmp_path / "results" / "tables").glob("*.csv")):
+        again = pd.read_csv(table)
+        first = pd.read_csv(workdir / "results" / "tables" / table.name)
+        timing = [c for c in first.columns if c in ("seconds", "s", "wall_s")]
+        pd.testing.assert_frame_equal(again.drop(columns=timing), first.drop(columns=timing), check_exact=True,
+                                      obj=table.name)

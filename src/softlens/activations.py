@@ -127,17 +127,13 @@ def collect_shard(lm, slot: PromptSlot, prompts: Sequence[str], layers: Sequence
 def write_shard(tensors: dict[str, torch.Tensor], docs: pd.DataFrame, out, docs_out, metadata: dict) -> None:
     import json
 
-    from safetensors.torch import save_file
-
-    from .io import atomic_path, write_table
+    from .io import save_tensors, write_table
 
     big = [k for k, v in tensors.items() if k.startswith("layer") and not torch.isfinite(v).all()]
     if big:
         raise ValueError(f"activations overflow float16 at {big}: store them in float32 for this model")
     write_table(docs, docs_out, metadata=metadata)
-    with atomic_path(out) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={"softlens": json.dumps(metadata, sort_keys=True)})
+    save_tensors(tensors, out, {"softlens": json.dumps(metadata, sort_keys=True)})
 
 
 def read_layer(paths: Sequence, layer: int) -> torch.Tensor:

@@ -6,7 +6,10 @@ validated plain dicts. Every error names the offending key, file or value.
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import yaml
 
 EMBEDDED = "embedded"
 EMBEDDED_TAG = "SmolLM2-135M-Instruct"
+EMBEDDED_DEPTH = 30  # its decoder blocks (known before the model rule has run)
 UNPROMPTED = "unprompted"  # reserved pseudo-behaviour: the model with an empty slot
 TARGET, UNPROMPTED_SOURCE = "target", "unprompted"  # caches: a behaviour's teacher, the empty slot
 FRAME_PLACEHOLDER = "___"
@@ -40,7 +44,44 @@ def sort_keys(value):
     return value
 
 
-def validate_config(config: dict, schema: str | Path) -> dict:
+SCHEMA = Path(__file__).with_name("schema.yaml")  # the config's schema: the one home of every default
+
+
+@functools.lru_cache(maxsize=4)
+def _schema(path: str) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def schema_node(section: str, schema: str | Path = SCHEMA) -> dict:
+    """The schema of a dotted config section ("reading.robustness")."""
+    node = _schema(str(schema))
+    for key in filter(None, section.split(".")):
+        node = node["properties"][key]
+    return node
+
+
+def defaults(section: str) -> dict:
+    """The schema's defaults of a dotted config section, nested blocks filled too."""
+
+    def fill(node: dict):
+        if node.get("type") == "object" and "properties" in node:
+            base = dict(node.get("default") or {})
+            return {k: (base[k] if k in base else fill(sub)) for k, sub in node["properties"].items()
+                    if k in base or "default" in sub or sub.get("type") == "object"}
+        return node.get("default")
+
+    return copy.deepcopy(fill(schema_node(section)))
+
+
+def with_defaults(block: dict | None, section: str) -> dict:
+    """`block` (a config section, possibly partial: a library caller's) over the schema's defaults."""
+    merged = defaults(section)
+    for k, v in (block or {}).items():
+        merged[k] = with_defaults(v, f"{section}.{k}") if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def validate_config(config: dict, schema: str | Path = SCHEMA) -> dict:
     """Validate `config` in place against the JSON schema (filling defaults), then its semantics."""
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
@@ -57,7 +98,8 @@ def validate_config(config: dict, schema: str | Path) -> dict:
     _check_reading(config)
     _check_discovery(config)
     _check_sae(config)
-    model_source(config["model"])  # local directory must exist; hub ids must look like ids
+    model_tag(config["model"])  # local directory must exist and be named apart; hub ids must look like ids
+    _check_layers(config, model_depth(config["model"], config["model_settings"]["revision"]))
     load_messages(config["messages"])
     _check_atom_names(config["behaviors"], load_dictionary(config["dictionary"]))
     return config
@@ -214,6 +256,47 @@ def noise_sources(config: dict) -> dict[str, dict]:
             for s in config["noise"]["sigmas"] for seed in config["noise"]["seeds"]}
 
 
+def model_depth(spec: str, revision: str = "main") -> int | None:
+    """The model's number of decoder blocks from its config.json, without loading it; None where that
+    file is not on this machine yet (a hub model not yet downloaded: its jobs check then)."""
+    kind, where = model_source(spec)
+    if kind == EMBEDDED:
+        return EMBEDDED_DEPTH
+    if kind == "local":
+        path = Path(where) / "config.json"
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return None
+        found = try_to_load_from_cache(where, "config.json", revision=revision)
+        if not isinstance(found, str):
+            return None
+        path = Path(found)
+    cfg = json.loads(path.read_text())
+    depth = cfg.get("num_hidden_layers") or cfg.get("text_config", {}).get("num_hidden_layers")
+    return int(depth) if depth else None
+
+
+def _check_layers(config: dict, depth: int | None) -> None:
+    """Every configured layer indexes one of the model's decoder blocks (0 <= layer < depth)."""
+    if depth is None:
+        return
+    check_steering_layers(config["behaviors"], depth)
+    named = [("training.state_layer", config["training"]["state_layer"])]
+    named += [(f"sae.layers[{i}]", layer) for i, layer in enumerate(config["sae"]["layers"])]
+    named += [(f"sae.pretrained[{key!r}]", key) for key in config["sae"]["pretrained"]]
+    for key, layer in named:
+        try:
+            layer = int(layer)
+        except ValueError:
+            raise ConfigError(f"{key}: {layer!r} is not a layer number") from None
+        middle = key == "training.state_layer" and layer == -1  # -1: the middle block
+        if not middle and not 0 <= layer < depth:
+            raise ConfigError(f"{key} = {layer} is out of range: the model has {depth} layers "
+                              f"(valid 0..{depth - 1})")
+
+
 def check_steering_layers(behaviors: list[dict], num_layers: int) -> None:
     """Steering layers index decoder blocks: 0 <= layer < num_layers."""
     for i, b in enumerate(behaviors):
@@ -262,7 +345,16 @@ def model_tag(spec: str) -> str:
     if kind == EMBEDDED:
         return EMBEDDED_TAG
     if kind == "local":
-        return Path(where).name
+        name = Path(where).name
+        # results/{tag}/ must name one model: not the embedded one's, not a hub id's ("org--name")
+        if name == EMBEDDED_TAG:
+            raise ConfigError(f"model: the local directory {spec!r} is named like the embedded model: its "
+                              f"results would mix with the embedded model's in results/{name}/; rename it")
+        if "--" in name or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise ConfigError(f"model: the local directory {spec!r} is named {name!r}: a model's name in "
+                              f"results/ holds letters, digits, '.', '_' and single '-' ('--' marks a hub "
+                              f"id); rename it")
+        return name
     return where.replace("/", "--")
 
 
@@ -275,6 +367,12 @@ def _read_table(path: str | Path, columns: list[str], key: str) -> pd.DataFrame:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{key}: file {str(path)!r} does not exist")
+    lines = p.read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines[1:], start=2):  # every row as wide as the header (a tab in a field is not)
+        fields, want = line.count("\t") + 1, lines[0].count("\t") + 1
+        if line.strip() and fields != want:
+            raise ConfigError(f"{key}: file {str(path)!r} line {n} has {fields} tab-separated fields, its header "
+                              f"{want}")
     try:
         df = pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False, comment=None, quoting=csv.QUOTE_NONE)
     except pd.errors.EmptyDataError:

@@ -9,6 +9,7 @@ import logging
 
 import pandas as pd
 
+from .config import with_defaults
 from .job import ModelJob, SoftPrompt
 from .scoring import frame_scores
 from .sources import soft_content
@@ -24,11 +25,12 @@ def run_evaluation(*, job: ModelJob, prompt: SoftPrompt, training: dict, max_new
     from .io import write_table
     from .teacher import generate
 
+    training = with_defaults(training, "training")
     s = settings_for(training, prompt.variant)
     lm = job.lm
     vectors = job.soft_prompt(prompt).to(lm.dtype)
     target, base = job.targets("test", s.positions)
-    frames = list(dict.fromkeys([BARE, *training.get("frames", [])]))
+    frames = list(dict.fromkeys([BARE, *training["frames"]]))
     rows = []
     for frame in frames:
         scores = frame_scores(lm, job.slot, soft_content(vectors, frame), target, base, s.positions,
@@ -37,7 +39,7 @@ def run_evaluation(*, job: ModelJob, prompt: SoftPrompt, training: dict, max_new
     table = pd.DataFrame(rows)
     write_table(table, out, metadata={"prompt": str(prompt.path), "positions": s.positions})
 
-    n = min(training.get("samples", 3), len(target.messages))
+    n = min(training["samples"], len(target.messages))
     test = job.teacher[job.teacher["split"] == "test"].head(n)
     frame = s.frames[0]
     student = generate(lm, job.slot, soft_content(vectors, frame), list(test["user_message"]),

@@ -63,13 +63,22 @@ def read_teacher(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def write_vector(tensors: dict, path: str | Path, metadata: dict) -> None:
-    """Tensors plus JSON metadata as safetensors, atomically (steering vectors, soft prompts)."""
+def save_tensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Tensors as safetensors, atomically; refused (naming the file and tensor) if any holds NaN or inf:
+    every tensor the workflow writes goes through here."""
+    import torch
     from safetensors.torch import save_file
 
+    for name, v in tensors.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{str(path)!r}: tensor {name!r} holds NaN or inf; nothing was written")
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
-                  metadata={"softlens": json.dumps(metadata, sort_keys=True)})
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+def write_vector(tensors: dict, path: str | Path, metadata: dict) -> None:
+    """Tensors plus JSON metadata as safetensors, atomically (steering vectors, soft prompts)."""
+    save_tensors(tensors, path, {"softlens": json.dumps(metadata, sort_keys=True)})
 
 
 def read_vector(path: str | Path) -> tuple[dict, dict]:
@@ -146,8 +155,6 @@ def read_peft_prompt(adapter_dir, hidden_size: int | None = None) -> tuple:
 
 def write_peft_prompt(adapter_dir, vectors, base_model: str, model_config) -> None:
     """Export a soft prompt as a PEFT prompt-tuning adapter that `PeftModel.from_pretrained` loads."""
-    from safetensors.torch import save_file
-
     adapter_dir = Path(adapter_dir)
     adapter_dir.mkdir(parents=True, exist_ok=True)
     text = model_config.get_text_config()
@@ -157,21 +164,17 @@ def write_peft_prompt(adapter_dir, vectors, base_model: str, model_config) -> No
            "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None, "tokenizer_name_or_path": None,
            "base_model_name_or_path": base_model, "inference_mode": True, "revision": None,
            "modules_to_save": None}
-    with atomic_path(adapter_dir / PEFT_WEIGHTS) as tmp:
-        save_file({"prompt_embeddings": vectors.detach().float().cpu().contiguous()}, tmp)
+    save_tensors({"prompt_embeddings": vectors.detach().float()}, adapter_dir / PEFT_WEIGHTS)
     with atomic_path(adapter_dir / PEFT_CONFIG) as tmp:
         Path(tmp).write_text(json.dumps(cfg, indent=2) + "\n")
 
 
-def export_peft(prompt_path, manifest, adapter_dir) -> None:
-    """Write our soft prompt as a PEFT prompt-tuning adapter for the model in `manifest`."""
+def export_peft(prompt_path, model_path, adapter_dir) -> None:
+    """Write our soft prompt as a PEFT prompt-tuning adapter for the model in directory `model_path`."""
     import logging
 
     from transformers import AutoConfig
 
-    from .models import read_manifest
-
-    model_path = read_manifest(manifest)["path"]
     model_config = AutoConfig.from_pretrained(model_path)
     vectors, meta = read_soft_prompt(prompt_path, model_config.get_text_config().hidden_size)
     if meta.get("slot", "before_template") != "before_template":

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .config import prompt_key
+from .config import prompt_key, with_defaults
 from .scoring import Targets, contexts, make_targets
 
 
@@ -46,10 +46,11 @@ class ModelJob:
         from .models import load_model
         from .slot import PromptSlot
 
+        settings = with_defaults(settings, "model_settings")
         self.model, self.settings, self.behavior, self.steering = model, settings, behavior, steering
         self.lm = lm if lm is not None else load_model(model, settings)
-        self.slot = PromptSlot.for_model(self.lm, settings.get("slot"))
-        self.batch_size = settings.get("batch_size", 16)
+        self.slot = PromptSlot.for_model(self.lm, settings["slot"])
+        self.batch_size = settings["batch_size"]
         self.teacher: pd.DataFrame | None = None if teacher is None else read_teacher(teacher)
 
     @contextmanager

@@ -130,7 +130,7 @@ def run_sources(*, job, sources: dict[str, dict], outputs: dict[str, str], posit
 def run_head(*, model, settings: dict, out) -> None:
     """Write the model's output head (the decoder every factored cache is read with), in float32."""
     from .head import save_head
-    from .job import ModelJob
+    from .models import load_model
 
-    job = ModelJob(model=model, settings={**settings, "device": "cpu", "dtype": "float32"})
-    save_head(OutputHead.from_model(job.lm.model), out, {"model": str(model)})
+    lm = load_model(model, {**settings, "device": "cpu", "dtype": "float32"})
+    save_head(OutputHead.from_model(lm.model), out, {"model": str(model)})

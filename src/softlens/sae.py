@@ -255,14 +255,11 @@ def train_sae(train: torch.Tensor, s: SAESettings, checkpoint=None, identity: di
 
 def save_sae(sae: SparseAutoencoder, out_dir, metadata: dict) -> None:
     """cfg.json + sae_weights.safetensors (the layout sae-lens reads and writes)."""
-    from safetensors.torch import save_file
-
-    from .io import atomic_path
+    from .io import atomic_path, save_tensors
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "sae_weights.safetensors") as tmp:
-        save_file({k: v.detach().contiguous() for k, v in sae.state_dict().items()}, str(tmp))
+    save_tensors(sae.state_dict(), out / "sae_weights.safetensors")
     with atomic_path(out / "cfg.json") as tmp:
         tmp.write_text(json.dumps({**sae.describe(), **metadata}, indent=1, sort_keys=True))
 

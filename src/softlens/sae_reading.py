@@ -99,7 +99,7 @@ def read_prompt(lm, slot: PromptSlot, saes: dict[int, SparseAutoencoder], vector
     return pd.DataFrame(rows)
 
 
-def run_sae_reading(*, job, prompt, sae_dirs, training: dict, reading: dict, out) -> pd.DataFrame:
+def run_sae_reading(*, job, prompt, sae_dirs, training: dict, random_draws: int, out) -> pd.DataFrame:
     """The SAE features of one soft prompt (a SoftPrompt, on its ModelJob) beside its instruction's."""
     from .io import write_table
     from .training_settings import settings_for
@@ -110,7 +110,7 @@ def run_sae_reading(*, job, prompt, sae_dirs, training: dict, reading: dict, out
         saes[int(cfg["layer"])] = sae
     frames = settings_for(training, prompt.variant).frames
     table = read_prompt(job.lm, job.slot, saes, job.soft_prompt(prompt).float(), frames,
-                        job.behavior.get("instruction"), reading.get("random_draws", 8), prompt.seed)
+                        job.behavior.get("instruction"), random_draws, prompt.seed)
     table = table.assign(**prompt.labels())
     log.info("%s %s seed %d:\n%s", prompt.behavior, prompt.variant, prompt.seed,
              table[["frame", "layer", "recon_error", "baseline_recon_error", "jaccard_with_instruction"]])

@@ -123,8 +123,10 @@ class PromptSlot:
 
     @classmethod
     def for_model(cls, lm, slot_settings: dict | None = None) -> "PromptSlot":
-        s = slot_settings or {}
-        return cls(lm.tokenizer, lm.embeddings, s.get("position", "user_start"), s.get("separator", " "))
+        from .config import with_defaults
+
+        s = with_defaults(slot_settings, "model_settings.slot")
+        return cls(lm.tokenizer, lm.embeddings, s["position"], s["separator"])
 
     # -- text ----------------------------------------------------------------------------------
 

@@ -57,6 +57,10 @@ def mean_activation(lm, texts: Sequence[str], layer: int, batch_size: int = 16) 
     layers = decoder_layers(lm.model)
     if not 0 <= layer < len(layers):
         raise ConfigError(f"steering layer {layer} is out of range: the model has {len(layers)} layers")
+    short = [t for t in texts if len(lm.tokenizer(t, add_special_tokens=False)["input_ids"]) < 2]
+    if short:  # its only token is the one left out: it would average nothing (a NaN direction)
+        raise ConfigError(f"steering texts {short} have fewer than 2 tokens (each text's first token is left "
+                          f"out); use longer texts")
     total, count = torch.zeros(lm.model.config.get_text_config().hidden_size), 0
     with captured(lm.model, [layer]) as record:
         for i in range(0, len(texts), batch_size):

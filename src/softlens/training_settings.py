@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .config import FRAME_PLACEHOLDER, ConfigError
+from .config import FRAME_PLACEHOLDER, ConfigError, with_defaults
 
 BARE = FRAME_PLACEHOLDER  # the frame that is no frame: the vectors alone in the slot
 VARIANTS = ("prepend", "contextualised")
@@ -59,8 +59,9 @@ def settings_for(training: dict, variant: str) -> TrainSettings:
     """TrainSettings for a variant from the config's `training` block."""
     if variant not in VARIANTS:
         raise ConfigError(f"training variant {variant!r}: expected one of {VARIANTS}")
+    training = with_defaults(training, "training")
     keys = {k: v for k, v in training.items() if k in TrainSettings.__dataclass_fields__ and k != "frames"}
-    frames = tuple(training.get("frames", ())) if variant == "contextualised" else (BARE,)
+    frames = tuple(training["frames"]) if variant == "contextualised" else (BARE,)
     return TrainSettings(frames=frames, **keys)
 
 
