@@ -1,9 +1,11 @@
 """Pool screening cost: seconds per candidate as the pool grows, and the work split over shards.
 
-    python benchmarks/screening.py [behavior] [--sizes 16 32 64] [--shards 4] [--messages 8] [--threads 1]
+    python benchmarks/screening.py [behavior] [--sizes 16 32 64] [--shards 4] [--messages 8]
+    [--threads 1]
 
 Needs the default run's teacher table, target cache and embedded model. Scores the first n templated
-candidates of the default pool against the behaviour's target with the uniform mixture as the current
+candidates of the default pool against the behaviour's target with the uniform mixture as the
+current
 fit (the cost does not depend on it), exactly as a screening job does (discovery.score_texts and
 screening_scores). Prints seconds per candidate for each size, the ratio of total time to size (flat
 = linear), and the largest shard's share of the candidates for `--shards` (round robin).
@@ -50,13 +52,27 @@ def main() -> None:
     P = head.moments(torch.from_numpy(x[rows]), torch.from_numpy(lse[rows]))
     u = torch.zeros(int(rows.sum()), x.shape[1])  # the uniform mixture as the current fit
     lse_u = head.lse(u, 0.0)
-    residual = Residual(keys[rows], P, head.moments(u, lse_u, 0.0), float(P.kl_to(u, lse_u, 0.0).mean()), [])
-    pool = build_pool(pd.DataFrame({"text": templated(d["templates"], d["size"], d["seed"]), "kind": "templated",
-                                    "source": "templates"}), [], d["near_duplicate"])
+    residual = Residual(
+        keys[rows], P, head.moments(u, lse_u, 0.0), float(P.kl_to(u, lse_u, 0.0).mean()), []
+    )
+    pool = build_pool(
+        pd.DataFrame(
+            {
+                "text": templated(d["templates"], d["size"], d["seed"]),
+                "kind": "templated",
+                "source": "templates",
+            }
+        ),
+        [],
+        d["near_duplicate"],
+    )
     texts = list(pool.loc[pool["removed"] == "", "text"])
     positions = cfg["logprobs"]["positions"]
     list(score_texts(lm, slot, teacher, texts[:2], positions, 16, ids))  # warm-up
-    print(f"{a.messages} messages x {positions} positions, {a.threads} thread(s); pool of {len(texts)} kept")
+    print(
+        f"{a.messages} messages x {positions} positions, {a.threads} thread(s); pool of "
+        f"{len(texts)} kept"
+    )
     per = []
     for n in a.sizes:
         t0 = time.perf_counter()
@@ -66,8 +82,10 @@ def main() -> None:
         print(f"  {n:4d} candidates: {per[-1] * n:7.2f} s, {per[-1]:.3f} s per candidate")
     print(f"  per-candidate time, largest pool / smallest: {per[-1] / per[0]:.2f} (1.00 = linear)")
     largest = max(len(shard(pool, i, a.shards)) for i in range(a.shards))
-    print(f"  {a.shards} shards of the {len(texts)}-candidate pool: the largest holds {largest} "
-          f"({largest / len(texts):.3f} of the work; ideal {1 / a.shards:.3f})")
+    print(
+        f"  {a.shards} shards of the {len(texts)}-candidate pool: the largest holds {largest} "
+        f"({largest / len(texts):.3f} of the work; ideal {1 / a.shards:.3f})"
+    )
 
 
 if __name__ == "__main__":

@@ -1,14 +1,19 @@
 """HotFlip/GCG candidate evaluation: our batched scoring against scoring each candidate alone.
 
-    python benchmarks/search_step.py [behavior] [--candidates 16] [--messages 4] [--positions 8] [--threads 1]
+    python benchmarks/search_step.py [behavior] [--candidates 16] [--messages 4] [--positions 8]
+    [--threads 1]
 
-Needs the default run's teacher table for the behaviour. Both score the same random candidates (token
-sequences of length L in the bare slot) by KL(teacher || prompted) at the first `positions` completion
+Needs the default run's teacher table for the behaviour. Both score the same random candidates
+(token
+sequences of length L in the bare slot) by KL(teacher || prompted) at the first `positions`
+completion
 positions of the same training messages:
 
-- ours (repair.SearchObjective.losses): candidates x messages in one batch per chunk, the KV cache of
+- ours (repair.SearchObjective.losses): candidates x messages in one batch per chunk, the KV cache
+of
   the text before the slot computed once, logits only at the scored positions;
-- one at a time: each candidate's sequences through a plain full forward (all positions, all logits).
+- one at a time: each candidate's sequences through a plain full forward (all positions, all
+logits).
 
 Prints seconds per candidate batch for both, the ratio, and the largest difference in the losses.
 """
@@ -26,8 +31,8 @@ from softlens.geometry import Vocabulary
 from softlens.io import read_teacher
 from softlens.models import load_model, set_threads
 from softlens.repair import SearchObjective, SearchSettings
-from softlens.slot import HardPrompt, PromptSlot, TokenPrompt
 from softlens.scoring import contexts, kl_terms, make_targets
+from softlens.slot import HardPrompt, PromptSlot, TokenPrompt
 
 
 def one_at_a_time(lm, slot, targets, cands, positions):
@@ -60,12 +65,21 @@ def main() -> None:
     tag = model_tag(cfg["model"])
     lm = load_model(f"resources/models/{tag}.json", {"device": "cpu", "dtype": "float32"})
     slot = PromptSlot.for_model(lm, cfg["model_settings"]["slot"])
-    messages, completions = contexts(read_teacher(f"results/{tag}/teacher/{a.behavior}.parquet"), "train")
+    messages, completions = contexts(
+        read_teacher(f"results/{tag}/teacher/{a.behavior}.parquet"), "train"
+    )
     instruction = behavior(cfg, a.behavior).get("instruction")
     if not instruction:
         raise SystemExit(f"{a.behavior!r} has no instruction: pick an instruction behaviour")
-    targets = make_targets(lm, slot, HardPrompt(instruction), messages[:a.messages], completions[:a.messages],
-                           a.positions, 16)
+    targets = make_targets(
+        lm,
+        slot,
+        HardPrompt(instruction),
+        messages[: a.messages],
+        completions[: a.messages],
+        a.positions,
+        16,
+    )
     vocab = Vocabulary(lm)
     s = SearchSettings(positions=a.positions, messages=a.messages)
     objective = SearchObjective(lm, slot, targets, ("___",), vocab.all, s)
@@ -83,12 +97,17 @@ def main() -> None:
 
     t_ours, ours = timed(lambda: objective.losses(cands))
     t_naive, naive = timed(lambda: one_at_a_time(lm, slot, targets, cands, a.positions))
-    print(f"{a.candidates} candidates x {a.messages} messages x {a.positions} positions, L={a.length}, "
-          f"{a.threads} thread(s), best of {a.repeats}")
+    print(
+        f"{a.candidates} candidates x {a.messages} messages x {a.positions} positions, "
+        f"L={a.length}, "
+        f"{a.threads} thread(s), best of {a.repeats}"
+    )
     print(f"  ours (batched, prefix KV cache, scored logits only): {t_ours:.2f} s")
     print(f"  one candidate at a time, full forward:               {t_naive:.2f} s")
-    print(f"  ratio ours/one-at-a-time: {t_ours / t_naive:.2f}; max |loss difference| "
-          f"{float((ours - naive).abs().max()):.2e}")
+    print(
+        f"  ratio ours/one-at-a-time: {t_ours / t_naive:.2f}; max |loss difference| "
+        f"{float((ours - naive).abs().max()):.2e}"
+    )
 
 
 if __name__ == "__main__":

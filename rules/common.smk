@@ -265,7 +265,7 @@ STAGES = {
 
 
 def get_final_output():
-    return all_but_costs() + ["results/figures/costs.png"]
+    return all_but_costs() + ["results/figures/costs.png", "results/RESULTS.md"]
 
 
 def all_but_costs(wildcards=None):

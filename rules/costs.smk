@@ -33,3 +33,32 @@ rule figure_costs:
         "../envs/figures.yaml"
     script:
         "../scripts/figure_costs.py"
+
+
+rule results_page:
+    input:
+        expand(
+            "results/tables/{table}.csv",
+            table=[
+                "training",
+                "phase0",
+                "phase05",
+                "phase1",
+                "dictionary",
+                "recovery",
+                "reading",
+                "sae",
+                "costs",
+            ],
+        ),
+    output:
+        "results/RESULTS.md",
+    log:
+        "logs/tables/results_page.log",
+    localrule: True
+    conda:
+        "../envs/fit.yaml"
+    params:
+        configs=[str(c) for c in workflow.configfiles],
+    script:
+        "../scripts/results_page.py"

@@ -8,6 +8,8 @@ run_screen(
     caches=caches(snakemake),
     pool=snakemake.input.pool,
     fits=snakemake.input.fits,
-    settings=ScreenSettings(**p.screen, shard=int(snakemake.wildcards.shard), positions=p.positions, seed=p.seed),
+    settings=ScreenSettings(
+        **p.screen, shard=int(snakemake.wildcards.shard), positions=p.positions, seed=p.seed
+    ),
     out=snakemake.output[0],
 )

@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny import write_tiny_model  # noqa: E402
 
-# SOFTLENS_TEST_DEVICE=cuda runs the model tests on a GPU (the same assertions, the CUDA code paths).
+# SOFTLENS_TEST_DEVICE=cuda runs the model tests on a GPU (the same assertions, the CUDA code
+# paths).
 DEVICE = os.environ.get("SOFTLENS_TEST_DEVICE", "cpu")
 
 
@@ -62,7 +63,8 @@ def schema() -> Path:
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory, tiny_dir):
-    """One complete run of the tiny workflow (workdir, config), shared by the tests that read or replan it."""
+    """One complete run of the tiny workflow (workdir, config), shared by the tests that read or
+    replan it."""
     from snakemake_runs import snakemake, write_config
 
     workdir = tmp_path_factory.mktemp("run")

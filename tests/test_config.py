@@ -34,7 +34,9 @@ def test_train_messages_caps_train_and_keeps_the_test_split(default_config):
     every = load_messages({**default_config["messages"], "train_messages": None})
     capped = load_messages({**default_config["messages"], "train_messages": 10})
     assert len(every) == 200 and (every["split"] == "test").sum() == 50
-    assert set(capped.loc[capped["split"] == "test", "message_id"]) == set(every.loc[every["split"] == "test", "message_id"])
+    assert set(capped.loc[capped["split"] == "test", "message_id"]) == set(
+        every.loc[every["split"] == "test", "message_id"]
+    )
     assert (capped["split"] == "train").sum() == 10
     assert set(capped["message_id"]) <= set(every["message_id"])
 
@@ -55,7 +57,10 @@ def test_unknown_top_level_key(default_config, schema):
 def test_behavior_without_instruction_or_steering(default_config, schema):
     default_config["behaviors"].append({"name": "empty"})
     n = len(default_config["behaviors"]) - 1
-    with pytest.raises(ConfigError, match=rf"behaviors\[{n}\] \('empty'\).*exactly one of 'instruction', 'steering' or 'peft'"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"behaviors\[{n}\] \('empty'\).*exactly one of 'instruction', 'steering' or 'peft'",
+    ):
         validate_config(default_config, schema)
 
 
@@ -76,7 +81,9 @@ def test_no_user_messages(default_config, schema, tmp_path):
 
 def test_missing_messages_file(default_config, schema):
     default_config["messages"]["file"] = "/nonexistent/messages.tsv"
-    with pytest.raises(ConfigError, match="messages.file: file '/nonexistent/messages.tsv' does not exist"):
+    with pytest.raises(
+        ConfigError, match="messages.file: file '/nonexistent/messages.tsv' does not exist"
+    ):
         validate_config(default_config, schema)
 
 
@@ -106,15 +113,24 @@ def test_empty_dictionary(default_config, schema, tmp_path):
 
 
 def test_duplicate_dictionary_prompt(default_config, schema, tmp_path):
-    refuses_dictionary(default_config, schema, tmp_path, "a\tx\tBe concise.\nb\tx\tbe concise.\n",
-                       "repeats the prompt 'be concise.'")
+    refuses_dictionary(
+        default_config,
+        schema,
+        tmp_path,
+        "a\tx\tBe concise.\nb\tx\tbe concise.\n",
+        "repeats the prompt 'be concise.'",
+    )
 
 
 def test_steering_layer_out_of_range(default_config, schema):
     cfg = validate_config(default_config, schema)
     cfg["behaviors"][-1]["steering"]["layer"] = 30
     n = len(cfg["behaviors"]) - 1
-    with pytest.raises(ConfigError, match=rf"behaviors\[{n}\] \('pirate_steer'\).steering.layer = 30 is out of range.*30 layers"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"behaviors\[{n}\] \('pirate_steer'\).steering.layer = 30 is out of range"
+        r".*30 layers",
+    ):
         check_steering_layers(cfg["behaviors"], 30)
     cfg["behaviors"][-1]["steering"]["layer"] = -1
     with pytest.raises(ConfigError, match="layer"):
@@ -129,7 +145,9 @@ def test_non_numeric_scale(default_config, schema):
 
 def test_duplicate_behavior_name(default_config, schema):
     default_config["behaviors"].append({"name": "spanish", "instruction": "Hable español."})
-    with pytest.raises(ConfigError, match=r"duplicate behaviour name 'spanish' \(first at behaviors\[0\]"):
+    with pytest.raises(
+        ConfigError, match=r"duplicate behaviour name 'spanish' \(first at behaviors\[0\]"
+    ):
         validate_config(default_config, schema)
 
 
@@ -144,14 +162,21 @@ def test_model_tags():
     assert model_tag("Qwen/Qwen3-4B") == "Qwen--Qwen3-4B"
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("length", 0, r"length"),
-    ("frames", ["Be nice."], r"training.frames\[0\] = 'Be nice.' must contain the placeholder '___'"),
-    ("frames", ["___ and ___"], r"training.frames\[0\].*exactly once"),
-    ("behaviors", ["klingon"], r"training.behaviors: 'klingon' is not a behaviour"),
-    ("init", "text", r"init_text"),
-    ("variants", ["appended"], r"appended"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("length", 0, r"length"),
+        (
+            "frames",
+            ["Be nice."],
+            r"training.frames\[0\] = 'Be nice.' must contain the placeholder '___'",
+        ),
+        ("frames", ["___ and ___"], r"training.frames\[0\].*exactly once"),
+        ("behaviors", ["klingon"], r"training.behaviors: 'klingon' is not a behaviour"),
+        ("init", "text", r"init_text"),
+        ("variants", ["appended"], r"appended"),
+    ],
+)
 def test_bad_training_settings(default_config, schema, key, value, message):
     default_config["training"] = {key: value}
     with pytest.raises(ConfigError, match=message):
@@ -162,14 +187,19 @@ def test_bad_training_settings(default_config, schema, key, value, message):
 def test_read_or_discovered_variant_must_be_trained(default_config, schema, block):
     default_config["training"] = {"variants": ["prepend"]}
     default_config[block] = {"variants": ["contextualised"]}
-    with pytest.raises(ConfigError, match=rf"{block}.variants: 'contextualised' is not a trained variant "
-                                          r"\(training.variants: \['prepend'\]\)"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"{block}.variants: 'contextualised' is not a trained variant "
+        r"\(training.variants: \['prepend'\]\)",
+    ):
         validate_config(default_config, schema)
 
 
 def test_peft_behaviour_must_point_at_an_adapter(default_config, schema, tmp_path):
     default_config["behaviors"].append({"name": "imported", "peft": str(tmp_path)})
-    with pytest.raises(ConfigError, match=r"\('imported'\).peft: .* is not a PEFT adapter directory"):
+    with pytest.raises(
+        ConfigError, match=r"\('imported'\).peft: .* is not a PEFT adapter directory"
+    ):
         validate_config(default_config, schema)
 
 
@@ -181,7 +211,9 @@ def test_the_shipped_gpu_config_validates_over_the_default(default_config, schem
     from softlens.workflow import gpus_for
 
     update_config(default_config, yaml.safe_load((ROOT / "config" / "qwen3-4b.yaml").read_text()))
-    cfg = validate_config(default_config, schema)  # as `--configfile config/qwen3-4b.yaml` merges it
+    cfg = validate_config(
+        default_config, schema
+    )  # as `--configfile config/qwen3-4b.yaml` merges it
     assert cfg["model"] == "Qwen/Qwen3-4B" and model_tag(cfg["model"]) == "Qwen--Qwen3-4B"
     assert gpus_for(cfg["model_settings"]["device"]) == 1 and gpus_for("cpu") == 0
 
@@ -197,8 +229,13 @@ def test_integer_keys_written_as_floats_arrive_as_ints(default_config, schema):
     default_config["poe"]["path_length"] = 20.0
     default_config["discovery"]["screen"]["shards"] = 4.0
     cfg = validate_config(default_config, schema)
-    values = [cfg["training"]["steps"], cfg["training"]["length"], *cfg["training"]["seeds"],
-              cfg["poe"]["path_length"], cfg["discovery"]["screen"]["shards"]]
+    values = [
+        cfg["training"]["steps"],
+        cfg["training"]["length"],
+        *cfg["training"]["seeds"],
+        cfg["poe"]["path_length"],
+        cfg["discovery"]["screen"]["shards"],
+    ]
     assert values == [10, 8, 0, 1, 20, 4] and all(type(v) is int for v in values)
     assert type(cfg["training"]["lr"]) is float  # numbers stay numbers
 
@@ -211,13 +248,23 @@ def test_a_fractional_integer_key_is_refused(default_config, schema):
 
 @pytest.mark.parametrize("atom", ["../../../../tmp/x", "a/b", "{behavior}", "-lead", "with space"])
 def test_an_atom_name_that_is_not_a_plain_name_is_refused(default_config, schema, tmp_path, atom):
-    refuses_dictionary(default_config, schema, tmp_path, f"{atom}\tx\tBe kind.\nconcise\tlength\tBe concise.\n",
-                       "names are letters, digits")
+    refuses_dictionary(
+        default_config,
+        schema,
+        tmp_path,
+        f"{atom}\tx\tBe kind.\nconcise\tlength\tBe concise.\n",
+        "names are letters, digits",
+    )
 
 
 def test_atoms_differing_only_in_case_are_refused(default_config, schema, tmp_path):
-    refuses_dictionary(default_config, schema, tmp_path, "kind\tx\tBe kind.\nKind\tx\tBe very kind.\n",
-                       "differing only in case: 'Kind'")
+    refuses_dictionary(
+        default_config,
+        schema,
+        tmp_path,
+        "kind\tx\tBe kind.\nKind\tx\tBe very kind.\n",
+        "differing only in case: 'Kind'",
+    )
 
 
 def test_a_behaviour_case_variant_is_a_duplicate(default_config, schema):
@@ -226,18 +273,30 @@ def test_a_behaviour_case_variant_is_a_duplicate(default_config, schema):
         validate_config(default_config, schema)
 
 
-def test_a_behaviour_whose_new_instruction_would_take_an_atoms_name_is_refused(default_config, schema):
-    default_config["behaviors"][0]["instruction"] = "Respond in Spanish!"  # not the dictionary's "Respond in Spanish."
+def test_a_behaviour_whose_new_instruction_would_take_an_atoms_name_is_refused(
+    default_config, schema
+):
+    default_config["behaviors"][0]["instruction"] = (
+        "Respond in Spanish!"  # not the dictionary's "Respond in Spanish."
+    )
     with pytest.raises(ConfigError, match="would join the fits as atom 'spanish'"):
         validate_config(default_config, schema)
 
 
-@pytest.mark.parametrize("body, message", [
-    ("", "is empty"),
-    ("message_id\tuser_message\nm1\tHello?\nm2\t\n", "line 3 has an empty field \\(user_message\\)"),
-    ("message_id\tuser_message\nm1\tHello?\nm2\tA\ttab\n", "line 3 has 3 tab-separated fields"),
-])
-def test_message_files_are_read_strictly_with_the_line(default_config, schema, tmp_path, body, message):
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("", "is empty"),
+        (
+            "message_id\tuser_message\nm1\tHello?\nm2\t\n",
+            "line 3 has an empty field \\(user_message\\)",
+        ),
+        ("message_id\tuser_message\nm1\tHello?\nm2\tA\ttab\n", "line 3 has 3 tab-separated fields"),
+    ],
+)
+def test_message_files_are_read_strictly_with_the_line(
+    default_config, schema, tmp_path, body, message
+):
     path = tmp_path / "m.tsv"
     path.write_text(body)
     default_config["messages"]["file"] = str(path)
@@ -247,14 +306,17 @@ def test_message_files_are_read_strictly_with_the_line(default_config, schema, t
 
 def test_quotes_in_a_message_are_kept(default_config, tmp_path):
     path = tmp_path / "m.tsv"
-    path.write_text('message_id\tuser_message\nm1\t"Quoted" words?\nm2\tWhy?\nm3\tHow?\nm4\tWhat?\n')
+    path.write_text(
+        'message_id\tuser_message\nm1\t"Quoted" words?\nm2\tWhy?\nm3\tHow?\nm4\tWhat?\n'
+    )
     msgs = load_messages({**default_config["messages"], "file": str(path), "train_messages": None})
     assert '"Quoted" words?' in set(msgs["user_message"])
 
 
 @pytest.mark.parametrize("overlay", ["full.yaml", "qwen3-4b.yaml"])
 def test_every_shipped_overlay_validates(default_config, schema, overlay):
-    """Each overlay as `--configfile` layers it over config/config.yaml (a YAML 5 is an int, not a word)."""
+    """Each overlay as `--configfile` layers it over config/config.yaml (a YAML 5 is an int, not a
+    word)."""
     import yaml
     from snakemake.utils import update_config
 

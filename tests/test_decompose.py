@@ -5,17 +5,36 @@ import pandas as pd
 import pytest
 import torch
 
-from softlens.decompose import Caches, PathSettings, decline_per_sigma, dictionary_atoms, noise_verdict, run_noise, run_fit
+from softlens.decompose import (
+    Caches,
+    PathSettings,
+    decline_per_sigma,
+    dictionary_atoms,
+    noise_verdict,
+    run_fit,
+    run_noise,
+)
 from softlens.head import OutputHead, read_head
 from softlens.io import read_aligned, read_states, write_states
 from softlens.job import ModelJob
 from softlens.logprobs import run_head, run_sources, score
 from softlens.slot import HardPrompt, PromptSlot
 
-MESSAGES = ["What is the capital of France?", "Why is the sky blue?", "How do I boil an egg?", "Hi",
-            "What is gravity?", "How do bees make honey?"]
-DICTIONARY = pd.DataFrame({"atom": ["spanish", "concise", "pirate", "cats"], "category": ["x"] * 4,
-                           "prompt": ["Respond in Spanish.", "Be concise.", "Talk like a pirate.", "Talk about cats."]})
+MESSAGES = [
+    "What is the capital of France?",
+    "Why is the sky blue?",
+    "How do I boil an egg?",
+    "Hi",
+    "What is gravity?",
+    "How do bees make honey?",
+]
+DICTIONARY = pd.DataFrame(
+    {
+        "atom": ["spanish", "concise", "pirate", "cats"],
+        "category": ["x"] * 4,
+        "prompt": ["Respond in Spanish.", "Be concise.", "Talk like a pirate.", "Talk about cats."],
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +43,22 @@ def teacher(tiny_lm, tmp_path_factory):
     from softlens.io import write_table
     from softlens.teacher import GenerationSettings, teacher_table
 
-    msgs = pd.DataFrame({"message_id": [f"m{i}" for i in range(len(MESSAGES))], "user_message": MESSAGES,
-                         "split": ["train", "train", "train", "train", "test", "test"]})
+    msgs = pd.DataFrame(
+        {
+            "message_id": [f"m{i}" for i in range(len(MESSAGES))],
+            "user_message": MESSAGES,
+            "split": ["train", "train", "train", "train", "test", "test"],
+        }
+    )
     slot = PromptSlot.for_model(tiny_lm)
-    table = teacher_table(tiny_lm, slot, HardPrompt("Respond in Spanish."), msgs, "spanish", GenerationSettings(max_new_tokens=5))
+    table = teacher_table(
+        tiny_lm,
+        slot,
+        HardPrompt("Respond in Spanish."),
+        msgs,
+        "spanish",
+        GenerationSettings(max_new_tokens=5),
+    )
     path = tmp_path_factory.mktemp("teacher") / "spanish.parquet"
     write_table(table, path)
     return path, table
@@ -37,23 +68,33 @@ def test_cached_scoring_equals_a_plain_forward(tiny_lm, teacher):
     _, table = teacher
     slot = PromptSlot.for_model(tiny_lm)
     completions = [list(c) for c in table["completion_ids"]]
-    states, lse, rows = score(tiny_lm, slot, HardPrompt("Be concise."), MESSAGES, completions, positions=4,
-                              batch_size=4)
-    got = OutputHead.from_model(tiny_lm.model).log_probs(torch.from_numpy(states), torch.from_numpy(lse))
+    states, lse, rows = score(
+        tiny_lm, slot, HardPrompt("Be concise."), MESSAGES, completions, positions=4, batch_size=4
+    )
+    got = OutputHead.from_model(tiny_lm.model).log_probs(
+        torch.from_numpy(states), torch.from_numpy(lse)
+    )
     b = slot.batch(HardPrompt("Be concise."), MESSAGES, [c[:4] for c in completions])
     with torch.no_grad():
         lp = torch.log_softmax(tiny_lm.model(**b.model_inputs()).logits, -1)
     idx, mask = b.scored_positions(4)
     ref = torch.cat([lp[i, idx[i][mask[i]]] for i in range(len(MESSAGES))])
     assert got.shape == ref.shape and (got - ref.double()).abs().max() < 1e-5
-    assert states.shape == (len(rows), tiny_lm.model.config.hidden_size)  # d numbers a context, not V
+    assert states.shape == (
+        len(rows),
+        tiny_lm.model.config.hidden_size,
+    )  # d numbers a context, not V
     assert [tuple(r) for r in rows[:3]] == [(0, 0), (0, 1), (0, 2)]
 
 
 def cache_set(d, atoms, decomposed="target"):
     """Every cache in `d` as a job's declared inputs."""
-    return Caches(head=str(d / "head.safetensors"), files=tuple(sorted(map(str, d.glob("*.parquet")))), atoms=atoms,
-                  decomposed=decomposed)
+    return Caches(
+        head=str(d / "head.safetensors"),
+        files=tuple(sorted(map(str, d.glob("*.parquet")))),
+        atoms=atoms,
+        decomposed=decomposed,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,27 +102,47 @@ def caches(tiny_dir, teacher, tmp_path_factory):
     path, _ = teacher
     d = tmp_path_factory.mktemp("logprobs")
     spec = {"name": "spanish", "instruction": "Respond in Spanish."}
-    sources = {f"atom-{a}": {"kind": "hard", "text": t} for a, t in zip(DICTIONARY["atom"], DICTIONARY["prompt"])}
-    sources |= {"target": {"kind": "hard", "text": spec["instruction"]}, "unprompted": {"kind": "unprompted"}}
-    sources |= {f"noise-{s:g}-0": {"kind": "noisy", "text": spec["instruction"], "sigma": s, "seed": 0} for s in (0.5, 2.0)}
+    sources = {
+        f"atom-{a}": {"kind": "hard", "text": t}
+        for a, t in zip(DICTIONARY["atom"], DICTIONARY["prompt"])
+    }
+    sources |= {
+        "target": {"kind": "hard", "text": spec["instruction"]},
+        "unprompted": {"kind": "unprompted"},
+    }
+    sources |= {
+        f"noise-{s:g}-0": {"kind": "noisy", "text": spec["instruction"], "sigma": s, "seed": 0}
+        for s in (0.5, 2.0)
+    }
     job = ModelJob(model=tiny_dir, settings={"device": "cpu"}, teacher=path)
-    run_sources(job=job, sources=sources, outputs={n: str(d / f"{n}.parquet") for n in sources}, positions=3)
+    run_sources(
+        job=job, sources=sources, outputs={n: str(d / f"{n}.parquet") for n in sources}, positions=3
+    )
     run_head(model=tiny_dir, settings={"device": "cpu"}, out=d / "head.safetensors")
     return d, spec
 
 
 def test_caches_align_and_the_instruction_atom_equals_the_target(caches):
     d, _ = caches
-    keys, X, C = read_aligned([d / "atom-spanish.parquet", d / "target.parquet", d / "unprompted.parquet"])
-    assert list(keys.columns) == ["message_id", "split", "position"] and set(keys["split"]) == {"train", "test"}
-    assert np.array_equal(X[0], X[1]) and np.array_equal(C[0], C[1]) and not np.array_equal(X[0], X[2])
+    keys, X, C = read_aligned(
+        [d / "atom-spanish.parquet", d / "target.parquet", d / "unprompted.parquet"]
+    )
+    assert list(keys.columns) == ["message_id", "split", "position"] and set(keys["split"]) == {
+        "train",
+        "test",
+    }
+    assert (
+        np.array_equal(X[0], X[1]) and np.array_equal(C[0], C[1]) and not np.array_equal(X[0], X[2])
+    )
     head = read_head(d / "head.safetensors")
     p = head.log_probs(torch.from_numpy(X[2]), torch.from_numpy(C[2])).exp()
     assert torch.allclose(p.sum(-1), torch.ones(len(keys), dtype=torch.float64), atol=1e-5)
 
 
 def _rewrite(path, keys, states, lse):
-    teacher = pd.DataFrame({"message_id": keys["message_id"].to_numpy(), "split": keys["split"].to_numpy()})
+    teacher = pd.DataFrame(
+        {"message_id": keys["message_id"].to_numpy(), "split": keys["split"].to_numpy()}
+    )
     rows = np.stack([np.arange(len(keys)), keys["position"].to_numpy()], 1)
     write_states(path, teacher, states, lse, rows, {})
 
@@ -108,9 +169,17 @@ def test_a_dense_cache_from_before_is_named_for_rebuilding(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"message_id": ["m0"], "split": ["train"], "position": [0],
-                             "logprobs": pa.FixedSizeListArray.from_arrays(pa.array([0.0, -1.0]), 2)}),
-                   tmp_path / "old.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "message_id": ["m0"],
+                "split": ["train"],
+                "position": [0],
+                "logprobs": pa.FixedSizeListArray.from_arrays(pa.array([0.0, -1.0]), 2),
+            }
+        ),
+        tmp_path / "old.parquet",
+    )
     with pytest.raises(ValueError, match="old.parquet' is not a factored log-prob cache"):
         read_states(tmp_path / "old.parquet")
 
@@ -119,21 +188,41 @@ def test_phase0_recovers_the_instruction_and_leave_one_out_cannot(caches, tmp_pa
     d, spec = caches
     atoms = dictionary_atoms(spec, DICTIONARY)
     assert atoms.loc[atoms["is_target"], "source"].tolist() == ["target"]
-    atoms["excluded_at"] = np.where(atoms["is_target"], "lexical", np.where(atoms["atom"] == "pirate", "reveal", ""))
-    df = run_fit(caches=cache_set(d, atoms), behavior="spanish", settings=PathSettings(),
-                 levels=("none", "lexical", "reveal"), out=tmp_path / "fit.parquet")
+    atoms["excluded_at"] = np.where(
+        atoms["is_target"], "lexical", np.where(atoms["atom"] == "pirate", "reveal", "")
+    )
+    df = run_fit(
+        caches=cache_set(d, atoms),
+        behavior="spanish",
+        settings=PathSettings(),
+        levels=("none", "lexical", "reveal"),
+        out=tmp_path / "fit.parquet",
+    )
     sel = df[df["selected"]]
     full, loo, reveal = (sel[sel["exclusion"] == x] for x in ("none", "lexical", "reveal"))
     top = full.loc[full["weight"].idxmax()]
     assert top["atom"] == "spanish" and top["is_target"] and top["weight"] >= 0.9
     assert full["explained_kl_test"].iloc[0] >= 0.99
-    assert "spanish" not in set(loo["atom"]) and loo["explained_kl_test"].iloc[0] < full["explained_kl_test"].iloc[0]
-    assert set(reveal["atom"]) == {"concise", "cats"} and set(reveal["excluded_atoms"]) == {"spanish, pirate"}
+    assert (
+        "spanish" not in set(loo["atom"])
+        and loo["explained_kl_test"].iloc[0] < full["explained_kl_test"].iloc[0]
+    )
+    assert set(reveal["atom"]) == {"concise", "cats"} and set(reveal["excluded_atoms"]) == {
+        "spanish, pirate"
+    }
     assert df.groupby(["exclusion"])["lambda_index"].nunique().tolist() == [20, 20, 20]
     assert (df["status"] == "converged").all()
-    plugin = df.groupby("atom")["plugin_closure_test"].first()  # each atom alone against the teacher
-    assert plugin["spanish"] == pytest.approx(1.0, abs=1e-4) and (plugin.drop("spanish") < 0.999).all()
-    for part in (full, loo, reveal):  # the test score carries its interval; lambda came from the folds
+    plugin = df.groupby("atom")[
+        "plugin_closure_test"
+    ].first()  # each atom alone against the teacher
+    assert (
+        plugin["spanish"] == pytest.approx(1.0, abs=1e-4) and (plugin.drop("spanish") < 0.999).all()
+    )
+    for part in (
+        full,
+        loo,
+        reveal,
+    ):  # the test score carries its interval; lambda came from the folds
         r = part.iloc[0]
         assert r["ci_low"] <= r["explained_kl_test"] <= r["ci_high"]
         assert np.isfinite(r["explained_kl_cv"])
@@ -145,18 +234,37 @@ def test_lambda_is_chosen_by_cross_validation_not_by_the_test_messages(caches):
 
     d, spec = caches
     atoms = dictionary_atoms(spec, DICTIONARY)
-    keys, X, C = read_aligned([f"{d}/{s}.parquet" for s in atoms["source"]] + [f"{d}/target.parquet",
-                                                                               f"{d}/unprompted.parquet"])
+    keys, X, C = read_aligned(
+        [f"{d}/{s}.parquet" for s in atoms["source"]]
+        + [f"{d}/target.parquet", f"{d}/unprompted.parquet"]
+    )
     head, K = read_head(d / "head.safetensors"), len(atoms)
     settings = PathSettings(path_length=20)
-    honest = decompose.fit_path(head, (X[:K], C[:K]), (X[K], C[K]), (X[K + 1], C[K + 1]), keys,
-                                list(atoms["atom"]), settings)
+    honest = decompose.fit_path(
+        head,
+        (X[:K], C[:K]),
+        (X[K], C[K]),
+        (X[K + 1], C[K + 1]),
+        keys,
+        list(atoms["atom"]),
+        settings,
+    )
     test = (keys["split"] == "test").to_numpy()
     cats = list(atoms["atom"]).index("cats")
     scrambled_x, scrambled_c = X[K].copy(), C[K].copy()
-    scrambled_x[test], scrambled_c[test] = X[cats][test], C[cats][test]  # the test rows' target: another prompt
-    scrambled = decompose.fit_path(head, (X[:K], C[:K]), (scrambled_x, scrambled_c), (X[K + 1], C[K + 1]), keys,
-                                   list(atoms["atom"]), settings)
+    scrambled_x[test], scrambled_c[test] = (
+        X[cats][test],
+        C[cats][test],
+    )  # the test rows' target: another prompt
+    scrambled = decompose.fit_path(
+        head,
+        (X[:K], C[:K]),
+        (scrambled_x, scrambled_c),
+        (X[K + 1], C[K + 1]),
+        keys,
+        list(atoms["atom"]),
+        settings,
+    )
     pick = lambda df: int(df.loc[df["selected"], "lambda_index"].iloc[0])  # noqa: E731
     assert pick(honest) == pick(scrambled)
     assert not np.allclose(honest["explained_kl_test"], scrambled["explained_kl_test"])
@@ -165,19 +273,36 @@ def test_lambda_is_chosen_by_cross_validation_not_by_the_test_messages(caches):
 
 def test_noise_fits_report_distances_and_sigma_zero_is_the_clean_target(caches, tmp_path):
     d, spec = caches
-    noise = {"noise-0-0": {"sigma": 0.0, "seed": 0}, "noise-0.5-0": {"sigma": 0.5, "seed": 0},
-             "noise-2-0": {"sigma": 2.0, "seed": 0}}
-    df = run_noise(caches=cache_set(d, dictionary_atoms(spec, DICTIONARY)), behavior="spanish",
-                   noise_sources=noise, settings=PathSettings(), out=tmp_path / "n.parquet")
-    per = df[df["selected"]].groupby("sigma")[["kl_noisy_clean", "kl_noisy_base", "explained_kl_test"]].first()
-    assert abs(per.loc[0.0, "kl_noisy_clean"]) < 1e-8 and per.loc[2.0, "kl_noisy_clean"] > per.loc[0.5, "kl_noisy_clean"] > 0
+    noise = {
+        "noise-0-0": {"sigma": 0.0, "seed": 0},
+        "noise-0.5-0": {"sigma": 0.5, "seed": 0},
+        "noise-2-0": {"sigma": 2.0, "seed": 0},
+    }
+    df = run_noise(
+        caches=cache_set(d, dictionary_atoms(spec, DICTIONARY)),
+        behavior="spanish",
+        noise_sources=noise,
+        settings=PathSettings(),
+        out=tmp_path / "n.parquet",
+    )
+    per = (
+        df[df["selected"]]
+        .groupby("sigma")[["kl_noisy_clean", "kl_noisy_base", "explained_kl_test"]]
+        .first()
+    )
+    assert (
+        abs(per.loc[0.0, "kl_noisy_clean"]) < 1e-8
+        and per.loc[2.0, "kl_noisy_clean"] > per.loc[0.5, "kl_noisy_clean"] > 0
+    )
     assert per.loc[0.0, "explained_kl_test"] >= 0.99
 
 
 def test_verdict_rule():
     sig = [0, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2]
     smooth = pd.DataFrame({"sigma": sig, "explained_kl_test": np.linspace(1.0, 0.3, 8)})
-    cliff = pd.DataFrame({"sigma": sig, "explained_kl_test": [1, 0.99, 0.98, 0.97, 0.3, 0.28, 0.27, 0.26]})
+    cliff = pd.DataFrame(
+        {"sigma": sig, "explained_kl_test": [1, 0.99, 0.98, 0.97, 0.3, 0.28, 0.27, 0.26]}
+    )
     flat = pd.DataFrame({"sigma": sig, "explained_kl_test": [1, 1, 1, 1, 0.97, 0.97, 0.97, 0.97]})
     assert noise_verdict(smooth) == "smooth"
     assert noise_verdict(cliff) == "phase transition"
@@ -185,9 +310,16 @@ def test_verdict_rule():
 
 
 def test_decline_per_sigma_is_per_seed_and_per_unit_sigma():
-    curve = pd.DataFrame({"behavior": "spanish", "seed": [1, 0, 0, 0, 1, 1], "sigma": [0.5, 0, 0.5, 1.0, 0, 1.0],
-                          "explained_kl_test": [0.8, 1.0, 0.9, 0.5, 1.0, 0.7]})
+    curve = pd.DataFrame(
+        {
+            "behavior": "spanish",
+            "seed": [1, 0, 0, 0, 1, 1],
+            "sigma": [0.5, 0, 0.5, 1.0, 0, 1.0],
+            "explained_kl_test": [0.8, 1.0, 0.9, 0.5, 1.0, 0.7],
+        }
+    )
     got = decline_per_sigma(curve)
-    # seed 0: (1.0 - 0.9) / 0.5 = 0.2, then (0.9 - 0.5) / 0.5 = 0.8; seed 1: 0.4, then 0.2; NaN at sigma 0
+    # seed 0: (1.0 - 0.9) / 0.5 = 0.2, then (0.9 - 0.5) / 0.5 = 0.8; seed 1: 0.4, then 0.2; NaN at
+    # sigma 0
     assert got.index.equals(curve.index)
     assert np.allclose(got.to_numpy(), [0.4, np.nan, 0.2, 0.8, np.nan, 0.2], equal_nan=True)

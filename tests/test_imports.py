@@ -1,4 +1,5 @@
-"""The package's import graph: no cycle (function-level imports included), and the modules that building
+"""The package's import graph: no cycle (function-level imports included), and the modules that
+building
 the DAG and the figures environment (envs/figures.yaml, no torch) load import no torch."""
 
 import ast
@@ -31,7 +32,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         stack.append(module)
         for dep in sorted(graph.get(module, ())):
             if state.get(dep) == "open":
-                found.append(stack[stack.index(dep):] + [dep])
+                found.append(stack[stack.index(dep) :] + [dep])
             elif dep not in state:
                 visit(dep, stack)
         stack.pop()
@@ -53,10 +54,16 @@ def test_cycles_are_found_where_there_are_some():
 
 
 def test_the_dag_and_the_figures_import_no_torch():
-    code = ("import sys; import softlens.config, softlens.workflow, softlens.training_settings, "
-            "softlens.figures, softlens.costs; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""})
+    code = (
+        "import sys; import softlens.config, softlens.workflow, softlens.training_settings, "
+        "softlens.figures, softlens.costs; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""},
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"

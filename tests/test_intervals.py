@@ -12,7 +12,9 @@ def test_folds_keep_each_message_whole_and_balance_the_messages():
     for m in np.unique(ids):
         assert len(set(folds[ids == m])) == 1
     assert sorted(np.bincount(folds) // 3) == [3, 3, 4]
-    assert (folds == message_folds(ids, 3, seed=0)).all() and not (folds == message_folds(ids, 3, seed=1)).all()
+    assert (folds == message_folds(ids, 3, seed=0)).all() and not (
+        folds == message_folds(ids, 3, seed=1)
+    ).all()
     with pytest.raises(ValueError, match="3 folds need at least 3 train messages; there are 2"):
         message_folds(["a", "b"], 3)
 

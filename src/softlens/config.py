@@ -1,6 +1,8 @@
-"""Run configuration: schema validation, the checks a schema cannot express, and the tables it names.
+"""Run configuration: schema validation, the checks a schema cannot express, and the tables it
+names.
 
-The workflow calls :func:`validate_config` before any rule is defined; the library functions take the
+The workflow calls :func:`validate_config` before any rule is defined; the library functions take
+the
 validated plain dicts. Every error names the offending key, file or value.
 """
 
@@ -44,7 +46,9 @@ def sort_keys(value):
     return value
 
 
-SCHEMA = Path(__file__).with_name("schema.yaml")  # the config's schema: the one home of every default
+SCHEMA = Path(__file__).with_name(
+    "schema.yaml"
+)  # the config's schema: the one home of every default
 
 
 @functools.lru_cache(maxsize=4)
@@ -66,18 +70,26 @@ def defaults(section: str) -> dict:
     def fill(node: dict):
         if node.get("type") == "object" and "properties" in node:
             base = dict(node.get("default") or {})
-            return {k: (base[k] if k in base else fill(sub)) for k, sub in node["properties"].items()
-                    if k in base or "default" in sub or sub.get("type") == "object"}
+            return {
+                k: (base[k] if k in base else fill(sub))
+                for k, sub in node["properties"].items()
+                if k in base or "default" in sub or sub.get("type") == "object"
+            }
         return node.get("default")
 
     return copy.deepcopy(fill(schema_node(section)))
 
 
 def with_defaults(block: dict | None, section: str) -> dict:
-    """`block` (a config section, possibly partial: a library caller's) over the schema's defaults."""
+    """`block` (a config section, possibly partial: a library caller's) over the schema's
+    defaults."""
     merged = defaults(section)
     for k, v in (block or {}).items():
-        merged[k] = with_defaults(v, f"{section}.{k}") if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+        merged[k] = (
+            with_defaults(v, f"{section}.{k}")
+            if isinstance(v, dict) and isinstance(merged.get(k), dict)
+            else v
+        )
     return merged
 
 
@@ -98,7 +110,9 @@ def validate_config(config: dict, schema: str | Path = SCHEMA) -> dict:
     _check_reading(config)
     _check_discovery(config)
     _check_sae(config)
-    model_tag(config["model"])  # local directory must exist and be named apart; hub ids must look like ids
+    model_tag(
+        config["model"]
+    )  # local directory must exist and be named apart; hub ids must look like ids
     _check_layers(config, model_depth(config["model"], config["model_settings"]["revision"]))
     load_messages(config["messages"])
     _check_atom_names(config["behaviors"], load_dictionary(config["dictionary"]))
@@ -106,20 +120,25 @@ def validate_config(config: dict, schema: str | Path = SCHEMA) -> dict:
 
 
 def _check_atom_names(behaviors: list[dict], dictionary: pd.DataFrame) -> None:
-    """A behaviour whose instruction the dictionary lacks joins its fits as an atom named after it: that
+    """A behaviour whose instruction the dictionary lacks joins its fits as an atom named after it:
+    that
     name may not be taken (up to case) by a different hand-written atom."""
     atoms = {a.casefold(): (a, p) for a, p in zip(dictionary["atom"], dictionary["prompt"])}
     prompts = {p.casefold() for p in dictionary["prompt"]}
     for b in behaviors:
         taken = atoms.get(b["name"].casefold())
         if b.get("instruction") and b["instruction"].casefold() not in prompts and taken:
-            raise ConfigError(f"behaviors: {b['name']!r} has the instruction {b['instruction']!r}, which the "
-                              f"dictionary lacks, so it would join the fits as atom {b['name']!r}; the dictionary's "
-                              f"atom {taken[0]!r} is {taken[1]!r}. Rename the behaviour or the atom.")
+            raise ConfigError(
+                f"behaviors: {b['name']!r} has the instruction {b['instruction']!r}, which the "
+                f"dictionary lacks, so it would join the fits as atom {b['name']!r}; the "
+                "dictionary's "
+                f"atom {taken[0]!r} is {taken[1]!r}. Rename the behaviour or the atom."
+            )
 
 
 def _as_integers(value, schema: dict):
-    """Integer keys as ints: JSON schema counts 10.0 as an integer, and range() would not (in place)."""
+    """Integer keys as ints: JSON schema counts 10.0 as an integer, and range() would not (in
+    place)."""
     types = schema.get("type")
     types = types if isinstance(types, list) else [types]
     if isinstance(value, dict):
@@ -134,14 +153,17 @@ def _as_integers(value, schema: dict):
     return value
 
 
-# Behaviours and atoms name files and wildcards: one pattern for both (no path separators, no braces).
+# Behaviours and atoms name files and wildcards: one pattern for both (no path separators, no
+# braces).
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
 def check_name(name, where: str) -> None:
     if not isinstance(name, str) or not NAME.match(name):
-        raise ConfigError(f"{where} {name!r}: names are letters, digits, '_' and '-', starting with a letter or "
-                          f"digit (they name files and wildcards)")
+        raise ConfigError(
+            f"{where} {name!r}: names are letters, digits, '_' and '-', starting with a letter or "
+            f"digit (they name files and wildcards)"
+        )
 
 
 def _check_behaviors(behaviors: list[dict]) -> None:
@@ -151,20 +173,32 @@ def _check_behaviors(behaviors: list[dict]) -> None:
         where = f"behaviors[{i}] ({name!r})"
         check_name(name, f"behaviors[{i}].name")
         if name.casefold() == UNPROMPTED:
-            raise ConfigError(f"{where}: the name {UNPROMPTED!r} is reserved for the unprompted model")
+            raise ConfigError(
+                f"{where}: the name {UNPROMPTED!r} is reserved for the unprompted model"
+            )
         if name.casefold() in seen:
-            raise ConfigError(f"{where}: duplicate behaviour name {name!r} (first at behaviors"
-                              f"[{seen[name.casefold()]}], names compared up to case)")
+            raise ConfigError(
+                f"{where}: duplicate behaviour name {name!r} (first at behaviors"
+                f"[{seen[name.casefold()]}], names compared up to case)"
+            )
         seen[name.casefold()] = i
         kinds = [k for k in ("instruction", "steering", "peft") if b.get(k) is not None]
         if len(kinds) != 1:
-            raise ConfigError(f"{where}: give exactly one of 'instruction', 'steering' or 'peft' "
-                              f"(found {kinds or 'neither'})")
+            raise ConfigError(
+                f"{where}: give exactly one of 'instruction', 'steering' or 'peft' "
+                f"(found {kinds or 'neither'})"
+            )
         if "peft" in kinds:
             adapter = Path(b["peft"])
-            missing = [f for f in ("adapter_config.json", "adapter_model.safetensors") if not (adapter / f).is_file()]
+            missing = [
+                f
+                for f in ("adapter_config.json", "adapter_model.safetensors")
+                if not (adapter / f).is_file()
+            ]
             if missing:
-                raise ConfigError(f"{where}.peft: {b['peft']!r} is not a PEFT adapter directory (lacks {missing})")
+                raise ConfigError(
+                    f"{where}.peft: {b['peft']!r} is not a PEFT adapter directory (lacks {missing})"
+                )
         if "instruction" in kinds and not b["instruction"].strip():
             raise ConfigError(f"{where}: 'instruction' is empty")
 
@@ -173,7 +207,10 @@ def _check_noise(config: dict) -> None:
     hard = {b["name"] for b in config["behaviors"] if b.get("instruction")}
     for name in config["noise"]["behaviors"]:
         if name not in hard:
-            raise ConfigError(f"noise.behaviors: {name!r} is not an instruction behaviour (those are {sorted(hard)})")
+            raise ConfigError(
+                f"noise.behaviors: {name!r} is not an instruction behaviour (those are "
+                f"{sorted(hard)})"
+            )
 
 
 def _check_training(config: dict) -> None:
@@ -181,18 +218,26 @@ def _check_training(config: dict) -> None:
     t = config["training"]
     for name in t["behaviors"]:
         if name not in names:
-            raise ConfigError(f"training.behaviors: {name!r} is not a behaviour (those are {sorted(names)})")
+            raise ConfigError(
+                f"training.behaviors: {name!r} is not a behaviour (those are {sorted(names)})"
+            )
     for i, frame in enumerate(t["frames"]):
         if frame.count(FRAME_PLACEHOLDER) != 1:
-            raise ConfigError(f"training.frames[{i}] = {frame!r} must contain the placeholder "
-                              f"{FRAME_PLACEHOLDER!r} exactly once")
+            raise ConfigError(
+                f"training.frames[{i}] = {frame!r} must contain the placeholder "
+                f"{FRAME_PLACEHOLDER!r} exactly once"
+            )
     if t["init"] == "text" and not t["init_text"].strip():
         raise ConfigError("training.init = 'text' needs a non-empty training.init_text")
     for seed in config["phase1"]["seeds"] or []:
         if seed not in t["seeds"]:
-            raise ConfigError(f"phase1.seeds: {seed} is not a training seed (those are {t['seeds']})")
+            raise ConfigError(
+                f"phase1.seeds: {seed} is not a training seed (those are {t['seeds']})"
+            )
     if t["kl_weight"] == t["ce_weight"] == t["state_weight"] == 0:
-        raise ConfigError("training: kl_weight, ce_weight and state_weight are all 0 (nothing to train)")
+        raise ConfigError(
+            "training: kl_weight, ce_weight and state_weight are all 0 (nothing to train)"
+        )
 
 
 def _check_trained_prompts(config: dict, block: str) -> None:
@@ -201,10 +246,15 @@ def _check_trained_prompts(config: dict, block: str) -> None:
     trained = t["behaviors"] or [x["name"] for x in config["behaviors"]]
     for name in b["behaviors"]:
         if name not in trained:
-            raise ConfigError(f"{block}.behaviors: {name!r} has no trained soft prompt (trained: {sorted(trained)})")
+            raise ConfigError(
+                f"{block}.behaviors: {name!r} has no trained soft prompt (trained: "
+                f"{sorted(trained)})"
+            )
     for seed in b["seeds"] or []:
         if seed not in t["seeds"]:
-            raise ConfigError(f"{block}.seeds: {seed} is not a training seed (those are {t['seeds']})")
+            raise ConfigError(
+                f"{block}.seeds: {seed} is not a training seed (those are {t['seeds']})"
+            )
     _check_variants(config, block)
 
 
@@ -212,8 +262,10 @@ def _check_variants(config: dict, block: str) -> None:
     """`block`.variants (reading, discovery) name variants that are trained."""
     for v in config[block].get("variants", []):
         if v not in config["training"]["variants"]:
-            raise ConfigError(f"{block}.variants: {v!r} is not a trained variant "
-                              f"(training.variants: {config['training']['variants']})")
+            raise ConfigError(
+                f"{block}.variants: {v!r} is not a trained variant "
+                f"(training.variants: {config['training']['variants']})"
+            )
 
 
 def _check_reading(config: dict) -> None:
@@ -226,12 +278,18 @@ def _check_discovery(config: dict) -> None:
     instructed = {b["name"] for b in config["behaviors"] if b.get("instruction")}
     for name in d["behaviors"]:
         if name not in trained or name not in instructed:
-            raise ConfigError(f"discovery.behaviors: {name!r} needs a trained soft prompt and an instruction to hide "
-                              f"(trained instruction behaviours: {sorted(set(trained) & instructed)})")
+            raise ConfigError(
+                f"discovery.behaviors: {name!r} needs a trained soft prompt and an instruction to "
+                "hide "
+                f"(trained instruction behaviours: {sorted(set(trained) & instructed)})"
+            )
     discovered = d["behaviors"] or sorted(set(trained) & instructed)
     for name in d.get("controls", []):
         if name not in discovered:
-            raise ConfigError(f"discovery.controls: {name!r} is not a discovered behaviour (discovered: {discovered})")
+            raise ConfigError(
+                f"discovery.controls: {name!r} is not a discovered behaviour (discovered: "
+                f"{discovered})"
+            )
     _check_variants(config, "discovery")
     if not d["pool"]["templates"]["verbs"] and d["pool"]["size"] > 0:
         raise ConfigError("discovery.pool.templates.verbs is empty but discovery.pool.size > 0")
@@ -251,13 +309,18 @@ def _check_sae(config: dict) -> None:
 
 
 def noise_sources(config: dict) -> dict[str, dict]:
-    """Phase 0.5 sources by name, e.g. 'noise-0.25-1' (sigma 0 is the clean target, never scored)."""
-    return {f"noise-{s:g}-{seed}": {"sigma": float(s), "seed": int(seed)}
-            for s in config["noise"]["sigmas"] for seed in config["noise"]["seeds"]}
+    """Phase 0.5 sources by name, e.g. 'noise-0.25-1' (sigma 0 is the clean target, never
+    scored)."""
+    return {
+        f"noise-{s:g}-{seed}": {"sigma": float(s), "seed": int(seed)}
+        for s in config["noise"]["sigmas"]
+        for seed in config["noise"]["seeds"]
+    }
 
 
 def model_depth(spec: str, revision: str = "main") -> int | None:
-    """The model's number of decoder blocks from its config.json, without loading it; None where that
+    """The model's number of decoder blocks from its config.json, without loading it; None where
+    that
     file is not on this machine yet (a hub model not yet downloaded: its jobs check then)."""
     kind, where = model_source(spec)
     if kind == EMBEDDED:
@@ -293,8 +356,10 @@ def _check_layers(config: dict, depth: int | None) -> None:
             raise ConfigError(f"{key}: {layer!r} is not a layer number") from None
         middle = key == "training.state_layer" and layer == -1  # -1: the middle block
         if not middle and not 0 <= layer < depth:
-            raise ConfigError(f"{key} = {layer} is out of range: the model has {depth} layers "
-                              f"(valid 0..{depth - 1})")
+            raise ConfigError(
+                f"{key} = {layer} is out of range: the model has {depth} layers "
+                f"(valid 0..{depth - 1})"
+            )
 
 
 def check_steering_layers(behaviors: list[dict], num_layers: int) -> None:
@@ -320,6 +385,7 @@ def behavior(config: dict, name: str) -> dict:
 
 # --- the model ---------------------------------------------------------------------------------
 
+
 def model_source(spec: str) -> tuple[str, str]:
     """Classify the `model` value: ('embedded', ''), ('local', abs path) or ('hub', id)."""
     if spec == EMBEDDED:
@@ -330,12 +396,15 @@ def model_source(spec: str) -> tuple[str, str]:
         if not path.is_dir():
             raise ConfigError(f"model: directory {spec!r} does not exist")
         if not (path / "config.json").is_file():
-            raise ConfigError(f"model: directory {spec!r} has no config.json (not a transformers model)")
+            raise ConfigError(
+                f"model: directory {spec!r} has no config.json (not a transformers model)"
+            )
         return "local", str(path.resolve())
     if _HUB_ID.match(spec):
         return "hub", spec
     raise ConfigError(
-        f"model: {spec!r} is neither 'embedded', an existing directory, nor a Hugging Face id (org/name)"
+        f"model: {spec!r} is neither 'embedded', an existing directory, nor a Hugging Face id "
+        "(org/name)"
     )
 
 
@@ -348,46 +417,68 @@ def model_tag(spec: str) -> str:
         name = Path(where).name
         # results/{tag}/ must name one model: not the embedded one's, not a hub id's ("org--name")
         if name == EMBEDDED_TAG:
-            raise ConfigError(f"model: the local directory {spec!r} is named like the embedded model: its "
-                              f"results would mix with the embedded model's in results/{name}/; rename it")
+            raise ConfigError(
+                f"model: the local directory {spec!r} is named like the embedded model: its "
+                f"results would mix with the embedded model's in results/{name}/; rename it"
+            )
         if "--" in name or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-            raise ConfigError(f"model: the local directory {spec!r} is named {name!r}: a model's name in "
-                              f"results/ holds letters, digits, '.', '_' and single '-' ('--' marks a hub "
-                              f"id); rename it")
+            raise ConfigError(
+                f"model: the local directory {spec!r} is named {name!r}: a model's name in "
+                f"results/ holds letters, digits, '.', '_' and single '-' ('--' marks a hub "
+                f"id); rename it"
+            )
         return name
     return where.replace("/", "--")
 
 
 # --- messages and dictionary ---------------------------------------------------------------------
 
+
 def _read_table(path: str | Path, columns: list[str], key: str) -> pd.DataFrame:
-    """A TSV read strictly: no quoting (a quote is text), every named field filled, errors with the line."""
+    """A TSV read strictly: no quoting (a quote is text), every named field filled, errors with the
+    line."""
     import csv
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{key}: file {str(path)!r} does not exist")
     lines = p.read_text(encoding="utf-8").splitlines()
-    for n, line in enumerate(lines[1:], start=2):  # every row as wide as the header (a tab in a field is not)
+    for n, line in enumerate(
+        lines[1:], start=2
+    ):  # every row as wide as the header (a tab in a field is not)
         fields, want = line.count("\t") + 1, lines[0].count("\t") + 1
         if line.strip() and fields != want:
-            raise ConfigError(f"{key}: file {str(path)!r} line {n} has {fields} tab-separated fields, its header "
-                              f"{want}")
+            raise ConfigError(
+                f"{key}: file {str(path)!r} line {n} has {fields} tab-separated fields, its header "
+                f"{want}"
+            )
     try:
-        df = pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False, comment=None, quoting=csv.QUOTE_NONE)
+        df = pd.read_csv(
+            p, sep="\t", dtype=str, keep_default_na=False, comment=None, quoting=csv.QUOTE_NONE
+        )
     except pd.errors.EmptyDataError:
-        raise ConfigError(f"{key}: file {str(path)!r} is empty (expected a header: {', '.join(columns)})") from None
-    except pd.errors.ParserError as e:  # e.g. a tab inside a message: one field too many on that line
-        raise ConfigError(f"{key}: file {str(path)!r} is not a {len(columns)}-column TSV: {e}") from None
+        raise ConfigError(
+            f"{key}: file {str(path)!r} is empty (expected a header: {', '.join(columns)})"
+        ) from None
+    except (
+        pd.errors.ParserError
+    ) as e:  # e.g. a tab inside a message: one field too many on that line
+        raise ConfigError(
+            f"{key}: file {str(path)!r} is not a {len(columns)}-column TSV: {e}"
+        ) from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ConfigError(f"{key}: file {str(path)!r} lacks column(s) {missing}; it has {list(df.columns)}")
+        raise ConfigError(
+            f"{key}: file {str(path)!r} lacks column(s) {missing}; it has {list(df.columns)}"
+        )
     df = df[columns].apply(lambda s: s.str.strip())
     empty = df.index[(df == "").any(axis=1)]
     if len(empty):
         row = df.loc[empty[0]]
-        raise ConfigError(f"{key}: file {str(path)!r} line {empty[0] + 2} has an empty field "
-                          f"({', '.join(c for c in columns if row[c] == '')})")
+        raise ConfigError(
+            f"{key}: file {str(path)!r} line {empty[0] + 2} has an empty field "
+            f"({', '.join(c for c in columns if row[c] == '')})"
+        )
     if df.empty:
         raise ConfigError(f"{key}: file {str(path)!r} has no entries")
     dup = df[columns[0]][df[columns[0]].duplicated()]
@@ -397,26 +488,38 @@ def _read_table(path: str | Path, columns: list[str], key: str) -> pd.DataFrame:
 
 
 def load_messages(cfg: dict) -> pd.DataFrame:
-    """User messages with a deterministic train/test split (columns message_id, user_message, split).
+    """User messages with a deterministic train/test split (columns message_id, user_message,
+    split).
 
     The split ranks messages by a seeded hash of their id, so it does not depend on file order and
     adding a message moves no other message between splits except at the boundary. The first
-    round(test_fraction x all) ranked messages are test; `train_messages` (if set) keeps only the next
+    round(test_fraction x all) ranked messages are test; `train_messages` (if set) keeps only the
+    next
     that many as train, so a small run can score on the full test split and fit on fewer messages.
     """
     df = _read_table(cfg["file"], ["message_id", "user_message"], "messages.file")
-    rank = df["message_id"].map(lambda m: hashlib.sha256(f"{cfg['split_seed']}:{m}".encode()).hexdigest())
+    rank = df["message_id"].map(
+        lambda m: hashlib.sha256(f"{cfg['split_seed']}:{m}".encode()).hexdigest()
+    )
     n_test = round(cfg["test_fraction"] * len(df))
     if n_test < 1:
-        raise ConfigError(f"messages.test_fraction = {cfg['test_fraction']} of {len(df)} messages in "
-                          f"{cfg['file']!r} leaves no test messages")
+        raise ConfigError(
+            f"messages.test_fraction = {cfg['test_fraction']} of {len(df)} messages in "
+            f"{cfg['file']!r} leaves no test messages"
+        )
     if len(df) - n_test < 1:
-        raise ConfigError(f"messages.test_fraction = {cfg['test_fraction']} leaves no training messages")
+        raise ConfigError(
+            f"messages.test_fraction = {cfg['test_fraction']} leaves no training messages"
+        )
     order = rank.argsort().to_numpy()
-    n_train = len(df) - n_test if cfg.get("train_messages") is None else min(cfg["train_messages"], len(df) - n_test)
+    n_train = (
+        len(df) - n_test
+        if cfg.get("train_messages") is None
+        else min(cfg["train_messages"], len(df) - n_test)
+    )
     df["split"] = None
     df.loc[df.index[order[:n_test]], "split"] = "test"
-    df.loc[df.index[order[n_test:n_test + n_train]], "split"] = "train"
+    df.loc[df.index[order[n_test : n_test + n_train]], "split"] = "train"
     return df[df["split"].notna()].reset_index(drop=True)
 
 
@@ -432,31 +535,61 @@ def load_dictionary(cfg: dict) -> pd.DataFrame:
         check_name(atom, f"dictionary.file {cfg['file']!r}: atom")
     dup = df["atom"][df["atom"].str.casefold().duplicated()]
     if not dup.empty:
-        raise ConfigError(f"dictionary.file: file {cfg['file']!r} has atoms differing only in case: {dup.iloc[0]!r}")
+        raise ConfigError(
+            f"dictionary.file: file {cfg['file']!r} has atoms differing only in case: "
+            f"{dup.iloc[0]!r}"
+        )
     dup = df["prompt"][df["prompt"].str.casefold().duplicated()]
     if not dup.empty:
-        raise ConfigError(f"dictionary.file: file {cfg['file']!r} repeats the prompt {dup.iloc[0]!r}")
+        raise ConfigError(
+            f"dictionary.file: file {cfg['file']!r} repeats the prompt {dup.iloc[0]!r}"
+        )
     return df
 
 
-def dictionary_atoms(spec: dict, dictionary: pd.DataFrame, include_unprompted: bool = False) -> pd.DataFrame:
+def dictionary_atoms(
+    spec: dict, dictionary: pd.DataFrame, include_unprompted: bool = False
+) -> pd.DataFrame:
     """The atoms a behaviour's fits use: columns atom, prompt, source, is_target.
 
-    The behaviour's own instruction is the atom whose cache is the `target` source; if the hand-written
+    The behaviour's own instruction is the atom whose cache is the `target` source; if the
+    hand-written
     dictionary lacks it, it is added (Phase 0 must be able to recover it).
     """
     own = (spec.get("instruction") or "").casefold()
-    rows = [{"atom": a, "prompt": t, "source": TARGET if t.casefold() == own else f"atom-{a}",
-             "is_target": t.casefold() == own} for a, t in zip(dictionary["atom"], dictionary["prompt"])]
+    rows = [
+        {
+            "atom": a,
+            "prompt": t,
+            "source": TARGET if t.casefold() == own else f"atom-{a}",
+            "is_target": t.casefold() == own,
+        }
+        for a, t in zip(dictionary["atom"], dictionary["prompt"])
+    ]
     if own and not any(r["is_target"] for r in rows):
-        rows.append({"atom": spec["name"], "prompt": spec["instruction"], "source": TARGET, "is_target": True})
+        rows.append(
+            {
+                "atom": spec["name"],
+                "prompt": spec["instruction"],
+                "source": TARGET,
+                "is_target": True,
+            }
+        )
     if include_unprompted:
-        rows.append({"atom": UNPROMPTED_SOURCE, "prompt": "", "source": UNPROMPTED_SOURCE, "is_target": False})
+        rows.append(
+            {
+                "atom": UNPROMPTED_SOURCE,
+                "prompt": "",
+                "source": UNPROMPTED_SOURCE,
+                "is_target": False,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def prompt_key(variant: str, seed: int, kind: str = "soft") -> str:
-    """The source key of a trained soft prompt (kind "soft") or of its random control ("control")."""
+    """The source key of a trained soft prompt (kind "soft") or of its random control
+    ("control")."""
     if kind not in PROMPT_KINDS:
         raise ValueError(f"prompt kind {kind!r} is not one of {PROMPT_KINDS}")
     return f"{kind}-{variant}-seed{int(seed)}"
@@ -469,7 +602,8 @@ def parse_prompt_key(key: str) -> dict | None:
 
 
 def behavior_source(spec: dict) -> dict:
-    """The source that defines a behaviour's teacher: its instruction, steering vector or PEFT prompt."""
+    """The source that defines a behaviour's teacher: its instruction, steering vector or PEFT
+    prompt."""
     if spec.get("instruction"):
         return {"kind": "hard", "text": spec["instruction"]}
     if spec.get("steering"):

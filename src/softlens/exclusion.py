@@ -1,11 +1,13 @@
 """How far a hidden-instruction experiment keeps the answer out of reach.
 
-An experiment that must explain a behaviour without being handed its instruction (a leave-one-out fit,
+An experiment that must explain a behaviour without being handed its instruction (a leave-one-out
+fit,
 a discovered dictionary) is run at each level below; each level removes what the one before it does,
 and more. Removed candidates stay in the tables with the level and the reason.
 
 - ``none``: nothing removed (the instruction itself may be in reach: a positive control);
-- ``lexical``: the instruction, anything containing it or contained in it (case- and punctuation-folded
+- ``lexical``: the instruction, anything containing it or contained in it (case- and
+punctuation-folded
   words), and anything sharing word-set Jaccard >= ``lexical_jaccard`` with it;
 - ``semantic``: also anything whose sentence embedding (MiniLM) has cosine >= ``semantic_threshold``
   with the instruction: its paraphrases;
@@ -35,7 +37,9 @@ class ExclusionSettings:
     def __post_init__(self):
         unknown = [x for x in self.levels if x not in LEVELS]
         if unknown or not self.levels:
-            raise ConfigError(f"exclusion.levels = {list(self.levels)}: each must be one of {list(LEVELS)}")
+            raise ConfigError(
+                f"exclusion.levels = {list(self.levels)}: each must be one of {list(LEVELS)}"
+            )
         object.__setattr__(self, "levels", tuple(sorted(set(self.levels), key=LEVELS.index)))
         for key in ("lexical_jaccard", "semantic_threshold"):
             if not 0 < getattr(self, key) <= 1:
@@ -47,13 +51,21 @@ def _contains(a: str, b: str) -> bool:
     return bool(b) and f" {b} " in f" {a} "
 
 
-def exclusions(texts: list[str], hidden: str | None, giveaways: list[str], settings: ExclusionSettings,
-               embed=None) -> pd.DataFrame:
+def exclusions(
+    texts: list[str],
+    hidden: str | None,
+    giveaways: list[str],
+    settings: ExclusionSettings,
+    embed=None,
+) -> pd.DataFrame:
     """Per text: `excluded_at` (the first level that removes it, "" if none does), the reason, and
-    `similarity` (MiniLM cosine to the hidden instruction; NaN without one). `embed` (softlens.semantic
+    `similarity` (MiniLM cosine to the hidden instruction; NaN without one). `embed`
+    (softlens.semantic
     Embedder) is needed for the semantic level."""
     n = len(texts)
-    out = pd.DataFrame({"excluded_at": [""] * n, "exclusion_reason": [""] * n, "similarity": np.full(n, np.nan)})
+    out = pd.DataFrame(
+        {"excluded_at": [""] * n, "exclusion_reason": [""] * n, "similarity": np.full(n, np.nan)}
+    )
     if not hidden or not normalise(hidden) or n == 0:
         return out
     h = normalise(hidden)
@@ -68,7 +80,10 @@ def exclusions(texts: list[str], hidden: str | None, giveaways: list[str], setti
     words = [normalise(g) for g in giveaways if normalise(g)]
     for i, t in enumerate(folded):
         if _contains(t, h) or _contains(h, t):
-            level, reason = "lexical", "contains the instruction" if _contains(t, h) else "contained in the instruction"
+            level, reason = (
+                "lexical",
+                "contains the instruction" if _contains(t, h) else "contained in the instruction",
+            )
         elif jac[i] >= settings.lexical_jaccard:
             level, reason = "lexical", f"word Jaccard {jac[i]:.2f}"
         elif out.at[i, "similarity"] >= settings.semantic_threshold:
@@ -82,7 +97,8 @@ def exclusions(texts: list[str], hidden: str | None, giveaways: list[str], setti
 
 
 def atom_levels(atoms: pd.DataFrame) -> pd.Series:
-    """A dictionary's `excluded_at` per atom; without exclusions computed, at least the instruction's own
+    """A dictionary's `excluded_at` per atom; without exclusions computed, at least the
+    instruction's own
     atom (`is_target`) is lexical, so no experiment is handed the answer by omission."""
     if "excluded_at" in atoms:
         return atoms["excluded_at"].fillna("").astype(str)
@@ -95,8 +111,11 @@ def kept_at(excluded_at, level: str) -> np.ndarray:
     return np.array([e == "" or LEVELS.index(e) > rank for e in excluded_at], dtype=bool)
 
 
-def run_atom_exclusions(*, spec: dict, atoms: pd.DataFrame, settings: ExclusionSettings, out) -> pd.DataFrame:
-    """A behaviour's dictionary atoms with the level that excludes each (columns atom, prompt, excluded_at,
+def run_atom_exclusions(
+    *, spec: dict, atoms: pd.DataFrame, settings: ExclusionSettings, out
+) -> pd.DataFrame:
+    """A behaviour's dictionary atoms with the level that excludes each (columns atom, prompt,
+    excluded_at,
     exclusion_reason, similarity): what its leave-one-out fits and discovery may not use."""
     from .io import write_table
 
@@ -106,14 +125,24 @@ def run_atom_exclusions(*, spec: dict, atoms: pd.DataFrame, settings: ExclusionS
         from .semantic import Embedder
 
         embed = Embedder()
-    table = pd.concat([atoms[["atom", "prompt"]].reset_index(drop=True),
-                       exclusions(list(atoms["prompt"]), hidden, spec.get("giveaways", []), settings, embed)], axis=1)
-    write_table(table, out, metadata={"behavior": spec["name"], "hidden": hidden, "settings": settings.__dict__})
+    table = pd.concat(
+        [
+            atoms[["atom", "prompt"]].reset_index(drop=True),
+            exclusions(list(atoms["prompt"]), hidden, spec.get("giveaways", []), settings, embed),
+        ],
+        axis=1,
+    )
+    write_table(
+        table,
+        out,
+        metadata={"behavior": spec["name"], "hidden": hidden, "settings": settings.__dict__},
+    )
     return table
 
 
 def with_exclusions(atoms: pd.DataFrame, path) -> pd.DataFrame:
-    """The fit's atoms with `excluded_at` from a behaviour's exclusion table (run_atom_exclusions)."""
+    """The fit's atoms with `excluded_at` from a behaviour's exclusion table
+    (run_atom_exclusions)."""
     table = pd.read_parquet(path).set_index("atom")
     missing = sorted(set(atoms["atom"]) - set(table.index))
     if missing:

@@ -1,4 +1,5 @@
-"""Where soft vectors sit among the model's token embeddings (seed 004): nearest tokens by cosine and
+"""Where soft vectors sit among the model's token embeddings (seed 004): nearest tokens by cosine
+and
 by L2, norms, nearest-neighbour cosine, and the two perturbations whose effect on KL closure tells
 how word-like a soft prompt is: shrinking its magnitude and rotating it toward its nearest token.
 
@@ -27,11 +28,16 @@ def ordinary_token_ids(lm) -> torch.Tensor:
 
 @torch.no_grad()
 def token_embeddings(lm, chunk: int = 16384) -> torch.Tensor:
-    """(V, d) float32 input embeddings of every token id as the slot sees them, on the model's device."""
+    """(V, d) float32 input embeddings of every token id as the slot sees them, on the model's
+    device."""
     V = lm.embeddings.weight.shape[0]
     dev = lm.embeddings.weight.device
-    return torch.cat([lm.embeddings(torch.arange(i, min(V, i + chunk), device=dev)).float()
-                      for i in range(0, V, chunk)])
+    return torch.cat(
+        [
+            lm.embeddings(torch.arange(i, min(V, i + chunk), device=dev)).float()
+            for i in range(0, V, chunk)
+        ]
+    )
 
 
 class Vocabulary:
@@ -45,8 +51,14 @@ class Vocabulary:
         self.unit = self.E / self.norms[:, None].clamp(min=1e-12)
 
     @torch.no_grad()
-    def nearest(self, vectors: torch.Tensor, metric: str = "cosine", exclude: torch.Tensor | None = None,
-                allowed: torch.Tensor | None = None, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    def nearest(
+        self,
+        vectors: torch.Tensor,
+        metric: str = "cosine",
+        exclude: torch.Tensor | None = None,
+        allowed: torch.Tensor | None = None,
+        chunk: int = 4096,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(token ids, cosine or L2 distance) of the nearest ordinary token to each vector.
 
         exclude: a token id per vector that may not be its answer (a natural token's neighbour is
@@ -57,21 +69,26 @@ class Vocabulary:
         v = vectors.to(self.E.device, torch.float32)
         ids, vals = [], []
         for i in range(0, v.shape[0], chunk):
-            q = v[i:i + chunk]
+            q = v[i : i + chunk]
             if metric == "cosine":
                 score = (q / q.norm(dim=-1, keepdim=True).clamp(min=1e-12)) @ self.unit.T
             else:  # -||q - e||^2 up to the query's own norm, which does not change the argmax
                 score = 2 * q @ self.E.T - self.norms[None, :] ** 2
             if exclude is not None:
-                score = score.masked_fill(self.ids[None, :] == exclude[i:i + chunk].to(self.ids.device)[:, None],
-                                          -math.inf)
+                score = score.masked_fill(
+                    self.ids[None, :] == exclude[i : i + chunk].to(self.ids.device)[:, None],
+                    -math.inf,
+                )
             if allowed is not None:
                 score = score.masked_fill(~allowed.to(score.device)[None, :], -math.inf)
             best = score.argmax(-1)
             e = self.E[best]
             ids.append(self.ids[best])
-            vals.append(torch.nn.functional.cosine_similarity(q, e, dim=-1) if metric == "cosine"
-                        else (q - e).norm(dim=-1))
+            vals.append(
+                torch.nn.functional.cosine_similarity(q, e, dim=-1)
+                if metric == "cosine"
+                else (q - e).norm(dim=-1)
+            )
         return torch.cat(ids), torch.cat(vals)
 
     def sample(self, n: int, seed: int) -> torch.Tensor:
@@ -83,22 +100,29 @@ class Vocabulary:
 
 # --- geometry -------------------------------------------------------------------------------------
 
-def describe_vectors(vocab: Vocabulary, vectors: torch.Tensor, tokenizer, exclude: torch.Tensor | None = None
-                     ) -> pd.DataFrame:
+
+def describe_vectors(
+    vocab: Vocabulary, vectors: torch.Tensor, tokenizer, exclude: torch.Tensor | None = None
+) -> pd.DataFrame:
     """Per vector: its norm, its cosine with the nearest token by cosine, that token, and the L2
-    distance to the nearest token by L2 (`exclude`: each vector's own token id, for natural tokens)."""
+    distance to the nearest token by L2 (`exclude`: each vector's own token id, for natural
+    tokens)."""
     cos_ids, cos = vocab.nearest(vectors, "cosine", exclude)
     _, l2 = vocab.nearest(vectors, "l2", exclude)
-    return pd.DataFrame({
-        "index": np.arange(vectors.shape[0]),
-        "norm": vectors.float().norm(dim=-1).cpu().numpy(),
-        "nn_cosine": cos.cpu().numpy(),
-        "nn_l2": l2.cpu().numpy(),
-        "nn_token": [tokenizer.decode([int(i)]) for i in cos_ids.tolist()],
-    })
+    return pd.DataFrame(
+        {
+            "index": np.arange(vectors.shape[0]),
+            "norm": vectors.float().norm(dim=-1).cpu().numpy(),
+            "nn_cosine": cos.cpu().numpy(),
+            "nn_l2": l2.cpu().numpy(),
+            "nn_token": [tokenizer.decode([int(i)]) for i in cos_ids.tolist()],
+        }
+    )
 
 
-# --- perturbations (seed 004) ---------------------------------------------------------------------------
+# --- perturbations (seed 004)
+# ---------------------------------------------------------------------------
+
 
 def shrink(vectors: torch.Tensor, factor: float) -> torch.Tensor:
     """Every vector's magnitude divided by `factor` (direction kept)."""

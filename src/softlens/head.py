@@ -32,7 +32,7 @@ class NonLinearHead(ValueError):
 class OutputHead:
     """logits = x W^T + b, in float32 (the states' dtype)."""
 
-    weight: torch.Tensor              # (V, d)
+    weight: torch.Tensor  # (V, d)
     bias: torch.Tensor | None = None  # (V,)
 
     def __post_init__(self):
@@ -45,12 +45,15 @@ class OutputHead:
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> OutputHead:
-        """The head of a transformers causal LM, after checking its logits are linear in its input."""
+        """The head of a transformers causal LM, after checking its logits are linear in its
+        input."""
         text = model.config.get_text_config()
         cap = getattr(text, "final_logit_softcapping", None)
         if cap:
-            raise NonLinearHead(f"model {text.model_type!r} soft-caps its logits (final_logit_softcapping="
-                                f"{cap}): log-prob caches need logits linear in the final hidden state")
+            raise NonLinearHead(
+                f"model {text.model_type!r} soft-caps its logits (final_logit_softcapping="
+                f"{cap}): log-prob caches need logits linear in the final hidden state"
+            )
         head = model.get_output_embeddings()
         if not isinstance(head, torch.nn.Linear):
             raise NonLinearHead(f"the output head is a {type(head).__name__}, not a linear layer")
@@ -60,7 +63,8 @@ class OutputHead:
         return max(1, CHUNK_BYTES // (8 * self.V))
 
     def logits(self, x: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
-        """(R, V) float64 logits of states x (R, d); `scale` multiplies the bias (a mixture's sum of weights)."""
+        """(R, V) float64 logits of states x (R, d); `scale` multiplies the bias (a mixture's sum
+        of weights)."""
         z = x.to(self.weight) @ self.weight.T
         if self.bias is not None:
             z = z + torch.as_tensor(scale, dtype=z.dtype).reshape(-1, 1) * self.bias
@@ -69,21 +73,33 @@ class OutputHead:
     def lse(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         """(R,) float64 log-normalisers of states x (R, d)."""
         step = self.rows_per_chunk()
-        return torch.cat([torch.logsumexp(self.logits(x[a:a + step], scale), -1) for a in range(0, len(x), step)])
+        return torch.cat(
+            [
+                torch.logsumexp(self.logits(x[a : a + step], scale), -1)
+                for a in range(0, len(x), step)
+            ]
+        )
 
     def log_probs(self, x: torch.Tensor, lse: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         """(R, V) float64 log-probs of cached rows (`scale` as in `logits`, for a mixture)."""
         return self.logits(x, scale) - lse.double().reshape(-1, 1)
 
     def moments(self, x: torch.Tensor, lse: torch.Tensor, scale: float = 1.0) -> Moments:
-        """Per-row E_p[W_v], E_p[b_v] and sum_v p log p of cached rows, the statistics a KL against p needs."""
+        """Per-row E_p[W_v], E_p[b_v] and sum_v p log p of cached rows, the statistics a KL against
+        p needs."""
         step, parts = self.rows_per_chunk(), []
         for a in range(0, len(x), step):
-            logp = self.log_probs(x[a:a + step], lse[a:a + step], scale)
+            logp = self.log_probs(x[a : a + step], lse[a : a + step], scale)
             p = logp.exp()
-            parts.append(((p.to(self.weight) @ self.weight).double(),
-                          (p @ self.bias.double()) if self.bias is not None else torch.zeros(len(p), dtype=torch.float64),
-                          (p * logp).sum(-1)))
+            parts.append(
+                (
+                    (p.to(self.weight) @ self.weight).double(),
+                    (p @ self.bias.double())
+                    if self.bias is not None
+                    else torch.zeros(len(p), dtype=torch.float64),
+                    (p * logp).sum(-1),
+                )
+            )
         return Moments(*(torch.cat(t) for t in zip(*parts)))
 
 
@@ -97,15 +113,17 @@ class Moments:
     plogp: torch.Tensor
 
     def cross(self, x: torch.Tensor, lse: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-        """(R,) E_p[log q] for a cached source q with states x (R, d) and log-normalisers lse (R,)."""
+        """(R,) E_p[log q] for a cached source q with states x (R, d) and log-normalisers lse
+        (R,)."""
         return (x.double() * self.mean).sum(-1) + scale * self.bias - lse.double()
 
     def kl_to(self, x: torch.Tensor, lse: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-        """(R,) KL(p || q) for a cached source q (a mixture: its summed state, `scale` = its summed weight)."""
+        """(R,) KL(p || q) for a cached source q (a mixture: its summed state, `scale` = its summed
+        weight)."""
         return self.plogp - self.cross(x, lse, scale)
 
 
-def mean_kl(head: OutputHead, p: tuple, q: tuple) -> float:
+def cached_mean_kl(head: OutputHead, p: tuple, q: tuple) -> float:
     """mean over rows of KL(P || Q) for two cached sources, each (states (R, d), lse (R,))."""
     px, plse = (torch.as_tensor(np.asarray(t)) for t in p)
     qx, qlse = (torch.as_tensor(np.asarray(t)) for t in q)

@@ -1,7 +1,9 @@
-"""Uncertainty and selection by message: K-fold splits of the train messages (what every choice is made
+"""Uncertainty and selection by message: K-fold splits of the train messages (what every choice is
+made
 on) and bootstrap intervals over the test messages (what every headline score carries).
 
-Scores here are ratios of sums over messages, e.g. explained-KL = 1 - sum KL(P||q) / sum KL(P||base):
+Scores here are ratios of sums over messages, e.g. explained-KL = 1 - sum KL(P||q) / sum
+KL(P||base):
 resampling messages resamples numerator and denominator together.
 """
 
@@ -17,7 +19,9 @@ def message_folds(message_ids, folds: int, seed: int = 0) -> np.ndarray:
     message_ids = np.asarray(message_ids)
     unique = np.unique(message_ids)
     if not 2 <= folds <= len(unique):
-        raise ValueError(f"{folds} folds need at least {max(folds, 2)} train messages; there are {len(unique)}")
+        raise ValueError(
+            f"{folds} folds need at least {max(folds, 2)} train messages; there are {len(unique)}"
+        )
     order = np.random.default_rng(seed).permutation(len(unique))
     fold_of = dict(zip(unique[order], np.arange(len(unique)) % folds))
     return np.array([fold_of[m] for m in message_ids], dtype=np.int64)
@@ -26,16 +30,21 @@ def message_folds(message_ids, folds: int, seed: int = 0) -> np.ndarray:
 def per_message(values, message_ids) -> tuple[np.ndarray, np.ndarray]:
     """(message ids, sum of `values` over each message's rows)."""
     ids, inverse = np.unique(np.asarray(message_ids), return_inverse=True)
-    return ids, np.bincount(inverse, weights=np.asarray(values, dtype=np.float64), minlength=len(ids))
+    return ids, np.bincount(
+        inverse, weights=np.asarray(values, dtype=np.float64), minlength=len(ids)
+    )
 
 
-def bootstrap_ratio_interval(numerator, denominator, *, resamples: int = 2000, seed: int = 0,
-                             level: float = LEVEL) -> tuple[float, float]:
+def bootstrap_ratio_interval(
+    numerator, denominator, *, resamples: int = 2000, seed: int = 0, level: float = LEVEL
+) -> tuple[float, float]:
     """Percentile interval of 1 - sum(numerator) / sum(denominator) over messages resampled with
     replacement (one entry per message)."""
     num, den = np.asarray(numerator, dtype=np.float64), np.asarray(denominator, dtype=np.float64)
     if len(num) != len(den) or len(num) == 0:
-        raise ValueError(f"need one numerator and one denominator per message; got {len(num)} and {len(den)}")
+        raise ValueError(
+            f"need one numerator and one denominator per message; got {len(num)} and {len(den)}"
+        )
     idx = np.random.default_rng(seed).integers(0, len(num), size=(resamples, len(num)))
     scores = 1 - num[idx].sum(1) / den[idx].sum(1)
     lo, hi = np.quantile(scores, [(1 - level) / 2, (1 + level) / 2])

@@ -1,6 +1,9 @@
-"""What a model job starts from, built once (the workflow's scripts build it from the rule's declared
-inputs; tests build it directly): the model with its dtype and device rules, the prompt slot, the batch
-size and, for a job that serves a behaviour, its spec, its teacher's completions and steering vector.
+"""What a model job starts from, built once (the workflow's scripts build it from the rule's
+declared
+inputs; tests build it directly): the model with its dtype and device rules, the prompt slot, the
+batch
+size and, for a job that serves a behaviour, its spec, its teacher's completions and steering
+vector.
 A soft-prompt job also names its prompt (SoftPrompt).
 """
 
@@ -40,14 +43,27 @@ class ModelJob:
     teacher (its source activated with `steering` where it is a steering vector) on its contexts.
     `lm` is a model already loaded (benchmarks' random models); by default `model` is loaded."""
 
-    def __init__(self, *, model, settings: dict, behavior: dict | None = None, teacher=None, steering=None,
-                 lm=None):
+    def __init__(
+        self,
+        *,
+        model,
+        settings: dict,
+        behavior: dict | None = None,
+        teacher=None,
+        steering=None,
+        lm=None,
+    ):
         from .io import read_teacher
         from .models import load_model
         from .slot import PromptSlot
 
         settings = with_defaults(settings, "model_settings")
-        self.model, self.settings, self.behavior, self.steering = model, settings, behavior, steering
+        self.model, self.settings, self.behavior, self.steering = (
+            model,
+            settings,
+            behavior,
+            steering,
+        )
         self.lm = lm if lm is not None else load_model(model, settings)
         self.slot = PromptSlot.for_model(self.lm, settings["slot"])
         self.batch_size = settings["batch_size"]
@@ -58,20 +74,34 @@ class ModelJob:
         """(slot, content) with `source` active (default: the behaviour's teacher)."""
         from .sources import activate, behavior_source
 
-        with activate(self.lm, self.slot, source or behavior_source(self.behavior), self.steering) as active:
+        with activate(
+            self.lm, self.slot, source or behavior_source(self.behavior), self.steering
+        ) as active:
             yield active
 
-    def targets(self, split: str, positions: int, *, layer: int | None = None,
-                rows: pd.DataFrame | None = None) -> tuple[Targets, Targets]:
+    def targets(
+        self,
+        split: str,
+        positions: int,
+        *,
+        layer: int | None = None,
+        rows: pd.DataFrame | None = None,
+    ) -> tuple[Targets, Targets]:
         """The teacher's and the unprompted model's targets on one split's contexts (of the teacher
         table, or of its `rows`), with the teacher's states after block `layer` where given."""
         messages, completions = contexts(self.teacher if rows is None else rows, split)
         with self.activated() as (slot, content):
-            target = make_targets(self.lm, slot, content, messages, completions, positions, self.batch_size, layer)
-        base = make_targets(self.lm, self.slot, None, messages, completions, positions, self.batch_size)
+            target = make_targets(
+                self.lm, slot, content, messages, completions, positions, self.batch_size, layer
+            )
+        base = make_targets(
+            self.lm, self.slot, None, messages, completions, positions, self.batch_size
+        )
         return target, base
 
-    def selection(self, messages: int, positions: int, *, seed: int, exclude=()) -> tuple[Targets, Targets]:
+    def selection(
+        self, messages: int, positions: int, *, seed: int, exclude=()
+    ) -> tuple[Targets, Targets]:
         """Targets on `messages` train messages drawn with `seed`, none of `exclude`: where readers
         choose among their candidates, never on the test messages."""
         t = self.teacher
@@ -81,13 +111,16 @@ class ModelJob:
         return self.targets("train", positions, rows=train[train["message_id"].isin(chosen)])
 
     def soft_prompt(self, prompt: SoftPrompt):
-        """The prompt's vectors (L, d) on the model's device, float32; refused if trained for another model."""
+        """The prompt's vectors (L, d) on the model's device, float32; refused if trained for
+        another model."""
         from .io import read_soft_prompt
 
         vectors, meta = read_soft_prompt(prompt.path, self.lm.embeddings.weight.shape[1])
         if meta.get("model") not in (None, str(self.model)):
-            raise ValueError(f"soft prompt {str(prompt.path)!r} was trained for model {meta['model']!r}, "
-                             f"not this run's {str(self.model)!r}")
+            raise ValueError(
+                f"soft prompt {str(prompt.path)!r} was trained for model {meta['model']!r}, "
+                f"not this run's {str(self.model)!r}"
+            )
         return vectors.to(self.lm.device)
 
     def generation(self, **settings):

@@ -6,7 +6,8 @@ and the log-normaliser, from which every log-prob is one dot product.
 A context is (user message, teacher completion prefix y_<t) for t < T. Every source is scored on the
 same contexts, so cache rows align by (message_id, position) across sources.
 
-Speed: the text before the slot and the slot itself are the same for every message, so their KV cache
+Speed: the text before the slot and the slot itself are the same for every message, so their KV
+cache
 is computed once per source and shared by the batch ("inner" padding); logits are computed only at
 the T scored positions.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -34,7 +35,9 @@ def prefix_cache(lm, batch):
     if batch.slot_start == 0:
         return None
     with torch.no_grad():
-        return lm.model(inputs_embeds=batch.inputs_embeds[:1, :batch.slot_start].detach(), use_cache=True).past_key_values
+        return lm.model(
+            inputs_embeds=batch.inputs_embeds[:1, : batch.slot_start].detach(), use_cache=True
+        ).past_key_values
 
 
 def _with_prefix(batch, prefix, start: int) -> dict:
@@ -46,7 +49,9 @@ def _with_prefix(batch, prefix, start: int) -> dict:
     return {"past_key_values": cache, "use_cache": True}
 
 
-def forward_scored(lm, batch, positions: int, prefix=None, start: int = 0, layer: int | None = None):
+def forward_scored(
+    lm, batch, positions: int, prefix=None, start: int = 0, layer: int | None = None
+):
     """Log-probs (B, T, V) float32 at the last `positions` positions of an "inner"-padded batch
     (row-end aligned, so these are the scored positions), reusing `prefix` = KV cache of [0, start).
 
@@ -57,51 +62,96 @@ def forward_scored(lm, batch, positions: int, prefix=None, start: int = 0, layer
 
     kwargs = _with_prefix(batch, prefix, start)
     captured = []
-    handle = None if layer is None else decoder_layers(lm.model)[layer].register_forward_hook(
-        lambda m, i, o: captured.append(_hidden(o)[:, -positions:]))
+    handle = (
+        None
+        if layer is None
+        else decoder_layers(lm.model)[layer].register_forward_hook(
+            lambda m, i, o: captured.append(_hidden(o)[:, -positions:])
+        )
+    )
     try:
-        logits = lm.model(inputs_embeds=batch.inputs_embeds[:, start:], attention_mask=batch.attention_mask,
-                          position_ids=batch.position_ids[:, start:], logits_to_keep=positions, **kwargs).logits
+        logits = lm.model(
+            inputs_embeds=batch.inputs_embeds[:, start:],
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids[:, start:],
+            logits_to_keep=positions,
+            **kwargs,
+        ).logits
     finally:
         if handle is not None:
             handle.remove()
     return torch.log_softmax(logits.float(), dim=-1), (captured[0].float() if captured else None)
 
 
-def fed_completions(completions: Sequence[Sequence[int]], positions: int, pad_id: int) -> list[list[int]]:
-    """Completion tokens fed as inputs: the first T-1, padded to T-1 so scored positions end every row."""
-    return [list(c[:positions - 1]) + [pad_id] * (positions - 1 - len(c[:positions - 1])) for c in completions]
+def fed_completions(
+    completions: Sequence[Sequence[int]], positions: int, pad_id: int
+) -> list[list[int]]:
+    """Completion tokens fed as inputs: the first T-1, padded to T-1 so scored positions end every
+    row."""
+    return [
+        list(c[: positions - 1]) + [pad_id] * (positions - 1 - len(c[: positions - 1]))
+        for c in completions
+    ]
 
 
 def forward_states(lm, batch, positions: int, prefix=None, start: int = 0) -> torch.Tensor:
-    """The output head's input (B, T, d) float32 at the last `positions` positions of an "inner"-padded
-    batch: the states a factored cache stores (softlens.head). The decoder alone runs: a cache needs no
+    """The output head's input (B, T, d) float32 at the last `positions` positions of an
+    "inner"-padded
+    batch: the states a factored cache stores (softlens.head). The decoder alone runs: a cache
+    needs no
     logits (their (B, T, V) product was a fifth of a scoring job)."""
     kwargs = _with_prefix(batch, prefix, start)
-    hidden = lm.model.get_decoder()(inputs_embeds=batch.inputs_embeds[:, start:], attention_mask=batch.attention_mask,
-                                    position_ids=batch.position_ids[:, start:], **kwargs).last_hidden_state
+    hidden = lm.model.get_decoder()(
+        inputs_embeds=batch.inputs_embeds[:, start:],
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids[:, start:],
+        **kwargs,
+    ).last_hidden_state
     return hidden[:, -positions:].float()
 
 
 @torch.no_grad()
-def score(lm, slot: PromptSlot, content: SlotContent, messages: Sequence[str],
-          completions: Sequence[Sequence[int]], positions: int, batch_size: int = 16,
-          desc: str | None = "score", head: OutputHead | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Factored next-token distributions at the first `positions` completion positions of every message.
+def score(
+    lm,
+    slot: PromptSlot,
+    content: SlotContent,
+    messages: Sequence[str],
+    completions: Sequence[Sequence[int]],
+    positions: int,
+    batch_size: int = 16,
+    desc: str | None = "score",
+    head: OutputHead | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Factored next-token distributions at the first `positions` completion positions of every
+    message.
 
-    Returns (states (R, d) float32, lse (R,) float64, rows) where rows[r] = (message index, position) and
-    log p(v) = states[r] . W_v + b_v - lse[r] for the model's output head (softlens.head). Position t is
+    Returns (states (R, d) float32, lse (R,) float64, rows) where rows[r] = (message index,
+    position) and
+    log p(v) = states[r] . W_v + b_v - lse[r] for the model's output head (softlens.head). Position
+    t is
     the distribution of completion token t given the message and y_<t (t < len(completion)).
     `desc=None` hides the progress bar (a caller scoring many sources shows its own).
     """
     head = head or OutputHead.from_model(lm.model)
     fed = fed_completions(completions, positions, slot.pad_id)
     out, rows, prefix = [], [], None
-    for i in tqdm(range(0, len(messages), batch_size), desc=desc, unit="batch", leave=False, disable=desc is None):
-        batch = slot.batch(content, messages[i:i + batch_size], fed[i:i + batch_size], padding_side="inner")
+    for i in tqdm(
+        range(0, len(messages), batch_size),
+        desc=desc,
+        unit="batch",
+        leave=False,
+        disable=desc is None,
+    ):
+        batch = slot.batch(
+            content, messages[i : i + batch_size], fed[i : i + batch_size], padding_side="inner"
+        )
         if prefix is None:  # the shared prefix (text before and in the slot), once per source
             P = batch.prefix_len
-            prefix = lm.model(inputs_embeds=batch.inputs_embeds[:1, :P], use_cache=True).past_key_values if P else False
+            prefix = (
+                lm.model(inputs_embeds=batch.inputs_embeds[:1, :P], use_cache=True).past_key_values
+                if P
+                else False
+            )
         x = forward_states(lm, batch, positions, prefix, batch.prefix_len if prefix else 0).cpu()
         for b in range(x.shape[0]):
             n = min(positions, len(completions[i + b]))
@@ -112,19 +162,43 @@ def score(lm, slot: PromptSlot, content: SlotContent, messages: Sequence[str],
 
 
 def run_sources(*, job, sources: dict[str, dict], outputs: dict[str, str], positions: int) -> None:
-    """Score each named source on the job's teacher contexts (a ModelJob) and write one cache per source."""
+    """Score each named source on the job's teacher contexts (a ModelJob) and write one cache per
+    source."""
     from .io import write_states
 
     head = OutputHead.from_model(job.lm.model)
     teacher = job.teacher
-    messages, completions = list(teacher["user_message"]), [list(c) for c in teacher["completion_ids"]]
+    messages, completions = (
+        list(teacher["user_message"]),
+        [list(c) for c in teacher["completion_ids"]],
+    )
     for name, source in tqdm(sources.items(), desc="sources", unit="source"):
         with job.activated(source) as (slot, content):
-            states, lse, rows = score(job.lm, slot, content, messages, completions, positions, job.batch_size,
-                                      desc=name, head=head)
-        write_states(outputs[name], teacher, states, lse, rows,
-                     metadata={"source": name, "spec": source, "behavior": str(teacher["behavior"].iloc[0]),
-                               "positions": positions, "slot": slot.position})
+            states, lse, rows = score(
+                job.lm,
+                slot,
+                content,
+                messages,
+                completions,
+                positions,
+                job.batch_size,
+                desc=name,
+                head=head,
+            )
+        write_states(
+            outputs[name],
+            teacher,
+            states,
+            lse,
+            rows,
+            metadata={
+                "source": name,
+                "spec": source,
+                "behavior": str(teacher["behavior"].iloc[0]),
+                "positions": positions,
+                "slot": slot.position,
+            },
+        )
 
 
 def run_head(*, model, settings: dict, out) -> None:

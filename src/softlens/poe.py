@@ -6,10 +6,13 @@ For contexts n and dictionary atoms i with next-token log-probs L[i, n, :], the 
 
 and the fit solves   min_w  mean_n KL(P_n || q_w(. | n)) + lam * ||w||_1,   w in R^K   (convex).
 
-With z_n = L_n^T w:  KL = sum_v P log P - P.z + logsumexp(z), so the gradient is mean_n(E_q[L_n] - E_P[L_n])
-and the Hessian is mean_n Cov_q(L_n) (K x K). The solver is proximal Newton on a working set: the exact
+With z_n = L_n^T w:  KL = sum_v P log P - P.z + logsumexp(z), so the gradient is mean_n(E_q[L_n] -
+E_P[L_n])
+and the Hessian is mean_n Cov_q(L_n) (K x K). The solver is proximal Newton on a working set: the
+exact
 Hessian there, a coordinate-descent inner solve, backtracking on the true objective. One screening
-pass over all atoms per outer round finds the atoms that violate the optimality conditions. Sums over
+pass over all atoms per outer round finds the atoms that violate the optimality conditions. Sums
+over
 contexts and the mixture logits accumulate in float64.
 """
 
@@ -36,14 +39,14 @@ class NotConverged(RuntimeError):
 @dataclass
 class Fit:
     lam: float
-    weights: np.ndarray          # (K,)
-    objective: float             # mean KL + lam * ||w||_1 on the fitting contexts
-    kl: float                    # mean KL(P || q_w) on the fitting contexts
+    weights: np.ndarray  # (K,)
+    objective: float  # mean KL + lam * ||w||_1 on the fitting contexts
+    kl: float  # mean KL(P || q_w) on the fitting contexts
     iterations: int
-    kkt: float                   # max KKT violation at the returned weights
+    kkt: float  # max KKT violation at the returned weights
     converged: bool
     status: str = ""
-    rounds: int = 0              # full-vocabulary rounds (factored caches)
+    rounds: int = 0  # full-vocabulary rounds (factored caches)
 
     @property
     def nnz(self) -> int:
@@ -76,7 +79,10 @@ class PoEProblem(_Screened):
 
     def __post_init__(self):
         if self.L.ndim != 3 or self.target.shape != self.L.shape[1:]:
-            raise ValueError(f"L must be (K, N, V) and target (N, V); got {tuple(self.L.shape)} and {tuple(self.target.shape)}")
+            raise ValueError(
+                f"L must be (K, N, V) and target (N, V); got {tuple(self.L.shape)} and "
+                f"{tuple(self.target.shape)}"
+            )
         for name, t in (("atom log-probs", self.L), ("target log-probs", self.target)):
             if not torch.isfinite(t).all():
                 raise ValueError(f"{name} contain NaN or inf")
@@ -98,7 +104,8 @@ class PoEProblem(_Screened):
 
     # -- passes over L ---------------------------------------------------------------------------
     # Exact work happens on the small working set S: its log-probs are gathered chunk by chunk into
-    # reusable float64 buffers (fresh large temporaries cost more in page faults than in arithmetic).
+    # reusable float64 buffers (fresh large temporaries cost more in page faults than in
+    # arithmetic).
     # The all-atom screening pass runs in L's dtype on the residual q - P, which is small near a
     # good fit, so its rounding error stays far below any lambda of interest.
 
@@ -120,7 +127,9 @@ class PoEProblem(_Screened):
             self._buffers[name] = buf
         return buf[:numel]
 
-    def _gather(self, c: slice, idx: np.ndarray, dtype=torch.float64, name: str = "gather") -> torch.Tensor:
+    def _gather(
+        self, c: slice, idx: np.ndarray, dtype=torch.float64, name: str = "gather"
+    ) -> torch.Tensor:
         """(|idx|, rows, V) copy of the chosen atoms' log-probs on chunk c, in a reused buffer."""
         rows = c.stop - c.start
         out = self._buffer(name, len(idx) * rows * self.V, dtype).view(len(idx), rows, self.V)
@@ -129,7 +138,8 @@ class PoEProblem(_Screened):
         return out
 
     def _z(self, c: slice, w: np.ndarray) -> torch.Tensor:
-        """Mixture logits z = sum_i w_i L_i on chunk c, accumulated in float64 (the objective needs them
+        """Mixture logits z = sum_i w_i L_i on chunk c, accumulated in float64 (the objective needs
+        them
         exact; the line search compares objectives that differ by 1e-9)."""
         z = torch.zeros(c.stop - c.start, self.V, dtype=torch.float64)
         for i in np.flatnonzero(w):
@@ -145,7 +155,8 @@ class PoEProblem(_Screened):
         """(kl, gradient on `atoms`, Hessian on `atoms` or None), float64 results.
 
         The gradient is sum_v (q - P) L per context (in L's dtype; its rounding shrinks as the fit
-        improves), contexts added up in float64: exact for float64 data, to `screen_tol` for float32.
+        improves), contexts added up in float64: exact for float64 data, to `screen_tol` for
+        float32.
         """
         atoms = np.asarray(atoms, dtype=np.int64)
         g = torch.zeros(len(atoms), dtype=torch.float64)
@@ -158,12 +169,16 @@ class PoEProblem(_Screened):
             if len(atoms) == 0:
                 continue
             q64 = (z - lse).exp_()
-            r = (q64 - self.target[c].double().exp()).to(self.L.dtype)   # q - P: small near a good fit
-            La = self._gather(c, atoms, self.L.dtype)                     # (|S|, rows, V)
+            r = (q64 - self.target[c].double().exp()).to(
+                self.L.dtype
+            )  # q - P: small near a good fit
+            La = self._gather(c, atoms, self.L.dtype)  # (|S|, rows, V)
             g += torch.bmm(La.transpose(0, 1), r.unsqueeze(-1)).squeeze(-1).double().sum(0)
-            if H is not None:                                             # sum_n Cov_q(L_n)
+            if H is not None:  # sum_n Cov_q(L_n)
                 q = q64.to(self.L.dtype)
-                m = torch.bmm(La.transpose(0, 1), q.unsqueeze(-1)).squeeze(-1).double()  # E_q[L] (rows, |S|)
+                m = (
+                    torch.bmm(La.transpose(0, 1), q.unsqueeze(-1)).squeeze(-1).double()
+                )  # E_q[L] (rows, |S|)
                 A = La.mul_(q.sqrt_()).view(len(atoms), -1)
                 H += (A @ A.T).double() - m.T @ m
         g = g / self.N
@@ -171,31 +186,39 @@ class PoEProblem(_Screened):
         return kl, g.numpy(), None if H is None else (H / self.N).numpy()
 
     def screen(self, w: np.ndarray) -> np.ndarray:
-        """Gradient over all K atoms, mean_n sum_v (q - P) L: one matrix-vector pass in L's dtype."""
+        """Gradient over all K atoms, mean_n sum_v (q - P) L: one matrix-vector pass in L's
+        dtype."""
         g = torch.zeros(self.K, dtype=torch.float64)
         for c in self._chunks:  # a few contexts per product keeps float32 sums short
             z = self._z(c, w)
-            r = ((z - torch.logsumexp(z, -1, keepdim=True)).exp_() - self.target[c].double().exp()).to(self.L.dtype)
+            r = (
+                (z - torch.logsumexp(z, -1, keepdim=True)).exp_() - self.target[c].double().exp()
+            ).to(self.L.dtype)
             g += torch.mv(self.L[:, c].reshape(self.K, -1), r.view(-1)).double()
         return g.numpy() / self.N
 
 
 @dataclass
 class TangentProblem(_Screened):
-    """A model of the PoE objective around a point w0, on a few tokens per context (FactoredProblem.solve).
+    """A model of the PoE objective around a point w0, on a few tokens per context
+    (FactoredProblem.solve).
 
-    Columns of L (K, N, k + M) are the atoms' log-probs on each context's k most probable tokens and on
+    Columns of L (K, N, k + M) are the atoms' log-probs on each context's k most probable tokens
+    and on
     M tokens drawn from the rest r (q_{w0} renormalised outside them), each draw weighted by
-    `offset` = -log(M r_v) so the rest's sum of exp(z) is estimated without bias and exactly at w0. The
+    `offset` = -log(M r_v) so the rest's sum of exp(z) is estimated without bias and exactly at w0.
+    The
     target enters only through E_P[L] per context (`ep`, with a linear correction that makes the
     draws' mean log-prob the rest's exact mean) and a constant: the model equals the full-vocabulary
     objective at w0 in value and gradient, and its curvature is the head's plus the draws'.
     Everything is float64 and small, so passes over it cost next to nothing.
     """
 
-    L: torch.Tensor        # (K, N, k + M)
-    offset: torch.Tensor   # (N, k + M): 0 on the k tokens, the draws' log-weights (-inf with nothing left over)
-    ep: torch.Tensor       # (K, N)
+    L: torch.Tensor  # (K, N, k + M)
+    offset: (
+        torch.Tensor
+    )  # (N, k + M): 0 on the k tokens, the draws' log-weights (-inf with nothing left over)
+    ep: torch.Tensor  # (K, N)
     const: float
 
     def __post_init__(self):
@@ -228,21 +251,22 @@ class TangentProblem(_Screened):
         return (torch.einsum("knv,nv->k", self.L, q) / self.N - self.ep_mean).numpy()
 
 
-
 @dataclass
 class FactoredProblem(_Screened):
-    """The PoE fit on cached states (see softlens.head): atoms' states X (K, N, d) and log-normalisers
+    """The PoE fit on cached states (see softlens.head): atoms' states X (K, N, d) and
+    log-normalisers
     C (K, N), the target's (N, d) and (N,), and the output head. Exact at full vocabulary.
 
     The objective, its gradient for every atom and its value on held-out rows each cost one or two
     (N, d) x (d, V) products, whatever K is. `solve` runs outer rounds: one full-vocabulary pass
     builds a TangentProblem on each context's `head_tokens` most probable tokens (under the current
-    mixture and the target) plus a rest bucket, proximal Newton solves that small problem, and the next
+    mixture and the target) plus a rest bucket, proximal Newton solves that small problem, and the
+    next
     pass checks every atom's optimality conditions on the full vocabulary. A fixed point of these
     rounds meets the full problem's conditions, and they are what `converged` reports.
     """
 
-    head: "OutputHead"
+    head: OutputHead
     X: torch.Tensor
     C: torch.Tensor
     target_x: torch.Tensor
@@ -258,15 +282,27 @@ class FactoredProblem(_Screened):
         self.C = torch.as_tensor(self.C).double()
         self.target_x = torch.as_tensor(self.target_x).float()
         self.target_lse = torch.as_tensor(self.target_lse).double()
-        if self.X.ndim != 3 or self.C.shape != self.X.shape[:2] or self.target_x.shape != self.X.shape[1:] \
-                or self.target_lse.shape != self.X.shape[1:2]:
-            raise ValueError(f"states must be X (K, N, d), C (K, N), target (N, d) and (N,); got "
-                             f"{tuple(self.X.shape)}, {tuple(self.C.shape)}, {tuple(self.target_x.shape)}, "
-                             f"{tuple(self.target_lse.shape)}")
+        if (
+            self.X.ndim != 3
+            or self.C.shape != self.X.shape[:2]
+            or self.target_x.shape != self.X.shape[1:]
+            or self.target_lse.shape != self.X.shape[1:2]
+        ):
+            raise ValueError(
+                f"states must be X (K, N, d), C (K, N), target (N, d) and (N,); got "
+                f"{tuple(self.X.shape)}, {tuple(self.C.shape)}, {tuple(self.target_x.shape)}, "
+                f"{tuple(self.target_lse.shape)}"
+            )
         if self.X.shape[2] != self.head.d:
-            raise ValueError(f"states have width {self.X.shape[2]} but the output head {self.head.d}")
-        for name, t in (("atom states", self.X), ("atom log-normalisers", self.C), ("target states", self.target_x),
-                        ("target log-normalisers", self.target_lse)):
+            raise ValueError(
+                f"states have width {self.X.shape[2]} but the output head {self.head.d}"
+            )
+        for name, t in (
+            ("atom states", self.X),
+            ("atom log-normalisers", self.C),
+            ("target states", self.target_x),
+            ("target log-normalisers", self.target_lse),
+        ):
             if not torch.isfinite(t).all():
                 raise ValueError(f"{name} contain NaN or inf")
         self.K, self.N, _ = self.X.shape
@@ -274,12 +310,16 @@ class FactoredProblem(_Screened):
         if len(self.atoms) != self.K:
             raise ValueError(f"{len(self.atoms)} atom names for {self.K} atoms")
         self.P = self.head.moments(self.target_x, self.target_lse)
-        self.ep = (self.X.double() * self.P.mean).sum(-1) + self.P.bias - self.C   # E_P[L_i] per context
+        self.ep = (
+            (self.X.double() * self.P.mean).sum(-1) + self.P.bias - self.C
+        )  # E_P[L_i] per context
         self.ep_mean = self.ep.mean(1)
         self.const = float(self.P.plogp.mean())
         self._target_top = self._top(self.target_x, self.target_lse)
-        self._chunks = [slice(a, min(a + self.head.rows_per_chunk(), self.N))
-                        for a in range(0, self.N, self.head.rows_per_chunk())]
+        self._chunks = [
+            slice(a, min(a + self.head.rows_per_chunk(), self.N))
+            for a in range(0, self.N, self.head.rows_per_chunk())
+        ]
 
     def subset(self, idx) -> FactoredProblem:
         """The same target and contexts over the atoms `idx` (no pass over the vocabulary)."""
@@ -289,27 +329,31 @@ class FactoredProblem(_Screened):
         sub.ep_mean, sub.K, sub.atoms = sub.ep.mean(1), len(idx), [self.atoms[i] for i in idx]
         for cached in ("_lambda_max", "_gradient_at_zero", "_last"):
             sub.__dict__.pop(cached, None)
-        if "_gradient_at_zero" in self.__dict__:  # the subset's gradient at w = 0 is the parent's, sliced
+        if (
+            "_gradient_at_zero" in self.__dict__
+        ):  # the subset's gradient at w = 0 is the parent's, sliced
             sub._gradient_at_zero = self._gradient_at_zero[idx]
             sub._lambda_max = float(np.abs(sub._gradient_at_zero).max()) if len(idx) else 0.0
         return sub
 
     def _top(self, x, lse):
-        """The target's most probable tokens per context (always in the token sets) and their probabilities."""
+        """The target's most probable tokens per context (always in the token sets) and their
+        probabilities."""
         k = min(self.head_tokens // 4, self.head.V)
         step, idx, prob = self.head.rows_per_chunk(), [], []
         for a in range(0, len(x), step):
-            top = self.head.log_probs(x[a:a + step], lse[a:a + step]).topk(k, -1)
+            top = self.head.log_probs(x[a : a + step], lse[a : a + step]).topk(k, -1)
             idx.append(top.indices)
             prob.append(top.values.exp())
         return torch.cat(idx), torch.cat(prob)
 
     @property
     def screen_tol(self) -> float:
-        """Resolution of the full-vocabulary gradient, as for float32 dense log-probs: conditions are checked
-        to 1e-5 of the gradient scale at w = 0 (benchmarks/poe_solver.py measures what that leaves)."""
+        """Resolution of the full-vocabulary gradient, as for float32 dense log-probs: conditions
+        are checked
+        to 1e-5 of the gradient scale at w = 0 (benchmarks/poe_solver.py measures what that
+        leaves)."""
         return 1e-5 * self.lambda_max()
-
 
     def _mix(self, w: np.ndarray, c: slice):
         nz = np.flatnonzero(w)
@@ -324,7 +368,8 @@ class FactoredProblem(_Screened):
         return z, torch.logsumexp(z, -1)
 
     def _row_kl(self, u: torch.Tensor, s: float, lse: torch.Tensor, c: slice) -> torch.Tensor:
-        """KL(P_n || q_n) per context of chunk c: sum p log p - E_P[log q] with log q = u.W + s b - lse."""
+        """KL(P_n || q_n) per context of chunk c: sum p log p - E_P[log q] with log q = u.W + s b -
+        lse."""
         return self.P.plogp[c] - (u * self.P.mean[c]).sum(-1) - s * self.P.bias[c] + lse.double()
 
     def kl_rows(self, w: np.ndarray) -> np.ndarray:
@@ -337,14 +382,18 @@ class FactoredProblem(_Screened):
         return torch.cat(out).numpy()
 
     def _pass(self, w: np.ndarray, tokens: int = 0):
-        """One pass over the vocabulary at w: (mean KL, exact gradient (K,), TangentProblem on `tokens`
+        """One pass over the vocabulary at w: (mean KL, exact gradient (K,), TangentProblem on
+        `tokens`
         tokens per context), or the KL alone when `tokens` is 0.
 
-        The (rows, V) arrays are float32, as the cached states are (their logits carry ~1e-7 relative
+        The (rows, V) arrays are float32, as the cached states are (their logits carry ~1e-7
+        relative
         rounding whatever the later precision); per-context sums are float64.
         """
         last = self.__dict__.get("_last")
-        if last is not None and last[0] == w.tobytes() and last[1] >= tokens:  # wider token sets serve too
+        if (
+            last is not None and last[0] == w.tobytes() and last[1] >= tokens
+        ):  # wider token sets serve too
             return last[2] if tokens else (last[2][0], None, None)
         kl, g = 0.0, torch.zeros(self.K, dtype=torch.float64)
         parts = []
@@ -359,35 +408,61 @@ class FactoredProblem(_Screened):
             logq = z.sub_(lse[:, None])
             q = logq.exp()
             # token sets: the mixture's most probable tokens, with the target's top tokens always in
-            T = q.scatter_add(1, self._target_top[0][c], self._target_top[1][c].float()).topk(k, -1).indices
+            T = (
+                q.scatter_add(1, self._target_top[0][c], self._target_top[1][c].float())
+                .topk(k, -1)
+                .indices
+            )
             qT = q.gather(1, T)
-            q_rest = q.scatter_(1, T, 0.0)                                  # q outside T (q is spent)
+            q_rest = q.scatter_(1, T, 0.0)  # q outside T (q is spent)
             mass = q_rest.sum(-1, dtype=torch.float64)
             has_rest = mass > 0
-            draws = torch.multinomial(torch.where(has_rest[:, None], q_rest, 1.0), self.rest_draws,
-                                      replacement=True, generator=self._rng)
+            draws = torch.multinomial(
+                torch.where(has_rest[:, None], q_rest, 1.0),
+                self.rest_draws,
+                replacement=True,
+                generator=self._rng,
+            )
             cols = torch.cat([T, draws], 1)
-            Wc = W[cols]                                                    # (rows, k + M, d)
-            m_rest = (q_rest @ W).double()                                  # sum_rest q_v W_v
-            m_q = torch.einsum("rk,rkd->rd", qT, Wc[:, :k]).double() + m_rest   # E_q[W_v]
+            Wc = W[cols]  # (rows, k + M, d)
+            m_rest = (q_rest @ W).double()  # sum_rest q_v W_v
+            m_q = torch.einsum("rk,rkd->rd", qT, Wc[:, :k]).double() + m_rest  # E_q[W_v]
             rest_bias = torch.zeros_like(mass) if b is None else (q_rest @ b).double()
             beta_q = rest_bias if b is None else rest_bias + (qT * b[T]).sum(-1).double()
-            X = self.X[:, c].double()                                       # (K, rows, d)
-            g += torch.einsum("krd,rd->k", X, m_q - self.P.mean[c]) + float((beta_q - self.P.bias[c]).sum())
-            # restricted data: the atoms' log-probs on T, and on `rest_draws` tokens drawn from the rest
-            # r = q_rest / mass, each standing for mass / M of it (offset -log(M r_v)): exact at w in value,
-            # and a sample of the rest's curvature, which a single bucket would miss where q is flat.
+            X = self.X[:, c].double()  # (K, rows, d)
+            g += torch.einsum("krd,rd->k", X, m_q - self.P.mean[c]) + float(
+                (beta_q - self.P.bias[c]).sum()
+            )
+            # restricted data: the atoms' log-probs on T, and on `rest_draws` tokens drawn from the
+            # rest
+            # r = q_rest / mass, each standing for mass / M of it (offset -log(M r_v)): exact at w
+            # in value,
+            # and a sample of the rest's curvature, which a single bucket would miss where q is
+            # flat.
             Lc = torch.einsum("krd,rtd->krt", self.X[:, c], Wc).double() - self.C[:, c, None]
             if b is not None:
                 Lc += b[cols].double()
-            log_weight = (mass.clamp_min(1e-300).log()[:, None] - np.log(self.rest_draws)
-                          - logq.gather(1, draws).double())
-            offset = torch.cat([torch.zeros(len(T), k, dtype=torch.float64),
-                                torch.where(has_rest[:, None], log_weight, -np.inf)], 1)
-            # ... and a linear correction, so the gradient at w is exact too: the draws' mean log-prob
+            log_weight = (
+                mass.clamp_min(1e-300).log()[:, None]
+                - np.log(self.rest_draws)
+                - logq.gather(1, draws).double()
+            )
+            offset = torch.cat(
+                [
+                    torch.zeros(len(T), k, dtype=torch.float64),
+                    torch.where(has_rest[:, None], log_weight, -np.inf),
+                ],
+                1,
+            )
+            # ... and a linear correction, so the gradient at w is exact too: the draws' mean log-
+            # prob
             # replaced by the rest's exact mean (E_r[L_i] = x_i . E_r[W_v] + E_r[b_v] - lse_i)
             safe = mass.clamp_min(1e-300)
-            tau = torch.einsum("krd,rd->kr", X, m_rest / safe[:, None]) + rest_bias / safe - self.C[:, c]
+            tau = (
+                torch.einsum("krd,rd->kr", X, m_rest / safe[:, None])
+                + rest_bias / safe
+                - self.C[:, c]
+            )
             delta = torch.where(has_rest, mass * (tau - Lc[:, :, k:].mean(-1)), 0.0)
             parts.append((Lc, offset, delta))
         kl /= self.N
@@ -404,9 +479,12 @@ class FactoredProblem(_Screened):
         return self._pass(np.asarray(w, dtype=np.float64))[0]
 
     def restricted(self, tokens: int = 512, rows_per_chunk: int = 8) -> PoEProblem:
-        """A dense, approximate copy for choosing among fits (cross-validation folds), not for reporting:
-        each context keeps the `tokens` tokens that the target or any atom finds most probable, and one
-        bucket holding the rest of each distribution's mass (exact for every atom alone; for a mixture
+        """A dense, approximate copy for choosing among fits (cross-validation folds), not for
+        reporting:
+        each context keeps the `tokens` tokens that the target or any atom finds most probable, and
+        one
+        bucket holding the rest of each distribution's mass (exact for every atom alone; for a
+        mixture
         it treats the rest's shape as the atoms' common one). Float64, (K, N, tokens + 1)."""
         k = min(tokens, self.head.V)
         bucket = int(k < self.head.V)  # a vocabulary that fits whole needs no bucket
@@ -415,14 +493,21 @@ class FactoredProblem(_Screened):
         W, b = self.head.weight, self.head.bias
         for a in range(0, self.N, rows_per_chunk):
             c = slice(a, min(a + rows_per_chunk, self.N))
-            # float32 (K, rows, V) log-probs, worked in place: the chunk's largest array, passed over few times
-            rows = c.stop - c.start  # one 2-D product: a batched one over a slice of X is several times slower
-            atoms = (self.X[:, c].reshape(-1, self.head.d) @ W.T).view(self.K, rows, -1).sub_(self.C[:, c, None].float())
+            # float32 (K, rows, V) log-probs, worked in place: the chunk's largest array, passed
+            # over few times
+            rows = (
+                c.stop - c.start
+            )  # one 2-D product: a batched one over a slice of X is several times slower
+            atoms = (
+                (self.X[:, c].reshape(-1, self.head.d) @ W.T)
+                .view(self.K, rows, -1)
+                .sub_(self.C[:, c, None].float())
+            )
             p = (self.target_x[c] @ W.T).sub_(self.target_lse[c, None].float())
             if b is not None:
                 atoms += b
                 p += b
-            T = torch.maximum(p, atoms.max(0).values).topk(k, -1).indices          # (rows, k)
+            T = torch.maximum(p, atoms.max(0).values).topk(k, -1).indices  # (rows, k)
             for out, logp in ((L[:, c], atoms), (target[c], p)):
                 index = T.expand(*logp.shape[:-1], k)
                 out[..., :k] = logp.gather(-1, index).double()
@@ -435,23 +520,34 @@ class FactoredProblem(_Screened):
         """The exact gradient over all K atoms."""
         return self._pass(np.asarray(w, dtype=np.float64), self.head_tokens)[1]
 
-    def solve(self, lam: float, w0: np.ndarray | None = None, *, tol: float = 1e-9, max_iter: int = 100,
-              max_rounds: int = 50) -> Fit:
+    def solve(
+        self,
+        lam: float,
+        w0: np.ndarray | None = None,
+        *,
+        tol: float = 1e-9,
+        max_iter: int = 100,
+        max_rounds: int = 50,
+    ) -> Fit:
         tol = max(tol, self.screen_tol)
         w = np.zeros(self.K) if w0 is None else np.asarray(w0, dtype=np.float64).copy()
         k = self.head_tokens
         kl, g, tangent = self._pass(w, k)
         status, rounds, inner = "max_rounds", 0, 0
-        for rounds in range(max_rounds):
+        for rounds in range(max_rounds):  # noqa: B007 (reported after the loop)
             if _kkt(w, g, lam).max() <= tol:
                 status = "converged"
                 break
             fit = _proximal_newton(tangent, lam, w, tol=0.1 * tol, max_iter=max_iter)
             inner += fit.iterations
-            # The tangent model agrees with the objective at w in value and gradient, so its minimiser is a
-            # descent direction: backtrack on the true objective (Armijo). Near the optimum the objective's
-            # float32 resolution (~1e-7 relative) hides the decrease; there a step that brings the exact
-            # optimality conditions closer is kept. A rejected full step means the model was poor (much
+            # The tangent model agrees with the objective at w in value and gradient, so its
+            # minimiser is a
+            # descent direction: backtrack on the true objective (Armijo). Near the optimum the
+            # objective's
+            # float32 resolution (~1e-7 relative) hides the decrease; there a step that brings the
+            # exact
+            # optimality conditions closer is kept. A rejected full step means the model was poor
+            # (much
             # mass outside the token sets): widen them from then on.
             d, t = fit.weights - w, 1.0
             F, kkt = kl + lam * np.abs(w).sum(), _kkt(w, g, lam).max()
@@ -460,8 +556,9 @@ class FactoredProblem(_Screened):
                 cand = w + t * d
                 kl_c, g_c, tangent_c = self._pass(cand, k)
                 F_c = kl_c + lam * np.abs(cand).sum()
-                if F_c <= F + 1e-4 * t * delta or (F_c <= F + 1e-7 * max(1.0, abs(F))
-                                                   and _kkt(cand, g_c, lam).max() < kkt):
+                if F_c <= F + 1e-4 * t * delta or (
+                    F_c <= F + 1e-7 * max(1.0, abs(F)) and _kkt(cand, g_c, lam).max() < kkt
+                ):
                     break
                 if t == 1.0:
                     k = min(2 * k, 8 * self.head_tokens, self.head.V)
@@ -470,7 +567,8 @@ class FactoredProblem(_Screened):
                     status = "line_search_failed"
                     break
             if status == "line_search_failed":
-                # No step helps any more: the float32 states' resolution, not the model, limits the fit here.
+                # No step helps any more: the float32 states' resolution, not the model, limits the
+                # fit here.
                 # Within 10x the tolerance that is the optimum to that resolution (status says so).
                 if kkt <= 10 * tol:
                     status = "resolution_limit"
@@ -478,18 +576,30 @@ class FactoredProblem(_Screened):
             w, kl, g, tangent = cand, kl_c, g_c, tangent_c
         kkt = float(_kkt(w, g, lam).max())
         converged = status in ("converged", "resolution_limit")
-        return Fit(lam=lam, weights=w, objective=kl + lam * np.abs(w).sum(), kl=kl, iterations=inner, kkt=kkt,
-                   converged=converged, status=status, rounds=rounds)
+        return Fit(
+            lam=lam,
+            weights=w,
+            objective=kl + lam * np.abs(w).sum(),
+            kl=kl,
+            iterations=inner,
+            kkt=kkt,
+            converged=converged,
+            status=status,
+            rounds=rounds,
+        )
 
 
 # --- the solver ---------------------------------------------------------------------------------
+
 
 def _kkt(w: np.ndarray, g: np.ndarray, lam: float) -> np.ndarray:
     """Per-coordinate violation of the optimality conditions of f + lam ||.||_1."""
     return np.where(w != 0, np.abs(g + lam * np.sign(w)), np.maximum(np.abs(g) - lam, 0.0))
 
 
-def _cd_quadratic(g: np.ndarray, H: np.ndarray, w: np.ndarray, lam: float, sweeps: int = 500, tol: float = 1e-13):
+def _cd_quadratic(
+    g: np.ndarray, H: np.ndarray, w: np.ndarray, lam: float, sweeps: int = 500, tol: float = 1e-13
+):
     """argmin_x g.(x-w) + 1/2 (x-w)' H (x-w) + lam ||x||_1 by cyclic coordinate descent."""
     x, d = w.copy(), np.zeros_like(w)
     diag = np.maximum(np.diag(H), 1e-12)
@@ -511,7 +621,9 @@ def _cd_quadratic(g: np.ndarray, H: np.ndarray, w: np.ndarray, lam: float, sweep
     return x
 
 
-def solve(problem, lam: float, w0: np.ndarray | None = None, *, tol: float = 1e-9, max_iter: int = 100) -> Fit:
+def solve(
+    problem, lam: float, w0: np.ndarray | None = None, *, tol: float = 1e-9, max_iter: int = 100
+) -> Fit:
     """Minimise mean KL + lam ||w||_1: outer rounds on factored caches (FactoredProblem.solve), else
     proximal Newton directly on the dense log-probs."""
     if lam < 0:
@@ -521,8 +633,9 @@ def solve(problem, lam: float, w0: np.ndarray | None = None, *, tol: float = 1e-
     return _proximal_newton(problem, lam, w0, tol=tol, max_iter=max_iter)
 
 
-def _proximal_newton(problem, lam: float, w0: np.ndarray | None = None, *, tol: float = 1e-9,
-                     max_iter: int = 100) -> Fit:
+def _proximal_newton(
+    problem, lam: float, w0: np.ndarray | None = None, *, tol: float = 1e-9, max_iter: int = 100
+) -> Fit:
     """Minimise mean KL + lam ||w||_1 by active-set proximal Newton.
 
     Inner loop: Newton steps on the working set S (support plus the worst violators) with the exact
@@ -533,11 +646,15 @@ def _proximal_newton(problem, lam: float, w0: np.ndarray | None = None, *, tol: 
     tol = max(tol, problem.screen_tol)  # no finer than the data resolve
     w = np.zeros(problem.K) if w0 is None else np.asarray(w0, dtype=np.float64).copy()
     total, status = 0, "max_iter"
-    verified = np.zeros(problem.K, dtype=bool)  # atoms whose KKT conditions the exact pass confirmed
-    checked = False  # the support's own conditions met at least once (a warm start may already be optimal)
+    verified = np.zeros(
+        problem.K, dtype=bool
+    )  # atoms whose KKT conditions the exact pass confirmed
+    # the support's own conditions met at least once (a warm start may already be optimal)
+    checked = False
     for _ in range(50):
         g = problem.screen(w)
-        # an atom at zero within the tolerance of its condition needs no visit (tol >= screen_tol): adding such
+        # an atom at zero within the tolerance of its condition needs no visit (tol >= screen_tol):
+        # adding such
         # atoms at a loose tolerance would only cycle them through the working set
         viol = np.where((w != 0) | verified, 0.0, np.maximum(np.abs(g) - lam - tol, 0.0))
         support = np.flatnonzero(w)
@@ -582,10 +699,23 @@ def _proximal_newton(problem, lam: float, w0: np.ndarray | None = None, *, tol: 
     support = np.flatnonzero(w)
     kkt = float(_kkt(w[support], gS, lam).max()) if len(support) else 0.0
     zero = w == 0  # every atom's conditions, the zero ones to the resolution of the screening pass
-    kkt = max(kkt, float(np.maximum(np.abs(problem.screen(w)[zero]) - lam - problem.screen_tol, 0).max(initial=0)))
+    kkt = max(
+        kkt,
+        float(
+            np.maximum(np.abs(problem.screen(w)[zero]) - lam - problem.screen_tol, 0).max(initial=0)
+        ),
+    )
     converged = status == "converged" and kkt <= tol
-    return Fit(lam=lam, weights=w, objective=kl + lam * np.abs(w).sum(), kl=kl, iterations=total, kkt=kkt,
-               converged=converged, status="converged" if converged else status)
+    return Fit(
+        lam=lam,
+        weights=w,
+        objective=kl + lam * np.abs(w).sum(),
+        kl=kl,
+        iterations=total,
+        kkt=kkt,
+        converged=converged,
+        status="converged" if converged else status,
+    )
 
 
 def lambda_path(problem: PoEProblem, n: int = 20, ratio: float = 1e-3) -> np.ndarray:
@@ -595,7 +725,9 @@ def lambda_path(problem: PoEProblem, n: int = 20, ratio: float = 1e-3) -> np.nda
     return problem.lambda_max() * np.logspace(0, np.log10(ratio), n)
 
 
-def solve_path(problem: PoEProblem, lambdas: np.ndarray, *, tol: float = 1e-9, max_iter: int = 100) -> list[Fit]:
+def solve_path(
+    problem: PoEProblem, lambdas: np.ndarray, *, tol: float = 1e-9, max_iter: int = 100
+) -> list[Fit]:
     """Warm-started fits along decreasing lambdas (each starts from the previous weights).
 
     Raises NotConverged (with lambda, iterations and KKT violation) if any fit misses its tolerance.
@@ -607,16 +739,26 @@ def solve_path(problem: PoEProblem, lambdas: np.ndarray, *, tol: float = 1e-9, m
     for lam in lambdas:
         fit = solve(problem, lam, w, tol=tol, max_iter=max_iter)
         if not fit.converged:
-            raise NotConverged(f"PoE fit did not converge at lambda={lam:.3g}: status {fit.status}, "
-                               f"{fit.iterations} iterations, KKT violation {fit.kkt:.2e} (tol {tol:.0e})")
+            raise NotConverged(
+                f"PoE fit did not converge at lambda={lam:.3g}: status {fit.status}, "
+                f"{fit.iterations} iterations, KKT violation {fit.kkt:.2e} (tol {tol:.0e})"
+            )
         w = fit.weights
         fits.append(fit)
-        log.info("lambda %.3g: kl %.5f, nnz %d, %d iterations, %d rounds", lam, fit.kl, fit.nnz, fit.iterations,
-                 fit.rounds)
+        log.info(
+            "lambda %.3g: kl %.5f, nnz %d, %d iterations, %d rounds",
+            lam,
+            fit.kl,
+            fit.nnz,
+            fit.iterations,
+            fit.rounds,
+        )
     return fits
 
 
-def solve_cvxpy(problem: PoEProblem, lam: float, solver: str = "CLARABEL", **kwargs) -> tuple[np.ndarray, float]:
+def solve_cvxpy(
+    problem: PoEProblem, lam: float, solver: str = "CLARABEL", **kwargs
+) -> tuple[np.ndarray, float]:
     """Reference solution with cvxpy's exponential-cone log_sum_exp (small problems only)."""
     import cvxpy as cp
 
@@ -624,7 +766,9 @@ def solve_cvxpy(problem: PoEProblem, lam: float, solver: str = "CLARABEL", **kwa
     w = cp.Variable(problem.K)
     Z = cp.hstack([L[:, n].T @ w for n in range(problem.N)])
     Z = cp.reshape(Z, (problem.N, problem.V), order="C")
-    obj = problem.const - problem.ep_mean.numpy() @ w + cp.sum(cp.log_sum_exp(Z, axis=1)) / problem.N
+    obj = (
+        problem.const - problem.ep_mean.numpy() @ w + cp.sum(cp.log_sum_exp(Z, axis=1)) / problem.N
+    )
     prob = cp.Problem(cp.Minimize(obj + lam * cp.norm1(w)))
     prob.solve(solver=solver, **kwargs)
     if w.value is None:

@@ -1,10 +1,12 @@
-"""Candidate pools for dictionary discovery (seed 002: 20-100 hand-written prompts may be far too few).
+"""Candidate pools for dictionary discovery (seed 002: 20-100 hand-written prompts may be far too
+few).
 
 A pool is a table of candidate instructions with where each came from (`kind`):
 
 - ``templated``: verbs x languages x styles x audiences x formats, sampled without replacement;
 - ``generated``: written by a proposer model from seed categories (Phase 2);
-- ``verbalised`` / ``repaired``: what reading a soft prompt produced (its self-verbalisations and its
+- ``verbalised`` / ``repaired``: what reading a soft prompt produced (its self-verbalisations and
+its
   repaired projection), so a prompt's own reading can explain it.
 
 Duplicates go: exact ones (after case and punctuation folding) and near ones (word-set Jaccard at or
@@ -27,7 +29,8 @@ TEMPLATE_PARTS = ("languages", "styles", "audiences", "formats")
 
 
 def normalise(text: str) -> str:
-    """Case-folded words, punctuation dropped: what "the same instruction" means for deduplication."""
+    """Case-folded words, punctuation dropped: what "the same instruction" means for
+    deduplication."""
     return " ".join(re.findall(r"\w+", text.casefold()))
 
 
@@ -36,7 +39,9 @@ def templated(parts: dict, size: int, seed: int) -> list[str]:
     replacement from the product (every part but the verb may be left out)."""
     verbs = parts.get("verbs") or []
     if not verbs:
-        raise ConfigError("discovery.pool.templates.verbs is empty: every templated instruction needs a verb")
+        raise ConfigError(
+            "discovery.pool.templates.verbs is empty: every templated instruction needs a verb"
+        )
     options = [verbs] + [[""] + list(parts.get(k) or []) for k in TEMPLATE_PARTS]
     combos = [c for c in itertools.product(*options) if any(c[1:])]
     rng = np.random.default_rng(seed)
@@ -44,7 +49,9 @@ def templated(parts: dict, size: int, seed: int) -> list[str]:
     return [" ".join(w for w in combos[i] if w) + "." for i in sorted(pick)]
 
 
-def proposal_requests(categories: list[str], per_category: int, request: str) -> list[tuple[str, str]]:
+def proposal_requests(
+    categories: list[str], per_category: int, request: str
+) -> list[tuple[str, str]]:
     """(category, user message) for each proposal to sample; `request` has a {category} field."""
     if "{category}" not in request:
         raise ConfigError("discovery.proposer.request must contain {category}")
@@ -60,21 +67,24 @@ def _word_sets(texts: list[str]):
         for w in set(normalise(t).split()):
             rows.append(i)
             cols.append(vocab.setdefault(w, len(vocab)))
-    m = csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(len(texts), max(len(vocab), 1)))
+    m = csr_matrix(
+        (np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(len(texts), max(len(vocab), 1))
+    )
     return m, np.asarray(m.sum(1)).ravel()
 
 
 def jaccard(a: list[str], b: list[str]) -> np.ndarray:
     """Word-set Jaccard similarity between every text of `a` and every text of `b` (|a| x |b|)."""
     m, sizes = _word_sets(list(a) + list(b))
-    ma, mb = m[: len(a)], m[len(a):]
+    ma, mb = m[: len(a)], m[len(a) :]
     inter = (ma @ mb.T).toarray().astype(np.float64)
-    union = sizes[: len(a), None] + sizes[None, len(a):] - inter
+    union = sizes[: len(a), None] + sizes[None, len(a) :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def build_pool(candidates: pd.DataFrame, near_duplicate: float) -> pd.DataFrame:
-    """Number the candidates (columns text, kind, source) and mark duplicates removed, with the reason.
+    """Number the candidates (columns text, kind, source) and mark duplicates removed, with the
+    reason.
     (What a hidden-instruction experiment may not see is decided per level: softlens.exclusion.)
 
     Order matters: a candidate is a duplicate of the first kept one it matches, so put the kinds
@@ -107,7 +117,8 @@ def build_pool(candidates: pd.DataFrame, near_duplicate: float) -> pd.DataFrame:
 
 
 def shard(pool: pd.DataFrame, index: int, shards: int) -> pd.DataFrame:
-    """The kept candidates of shard `index` of `shards` (round robin, so every shard mixes kinds)."""
+    """The kept candidates of shard `index` of `shards` (round robin, so every shard mixes
+    kinds)."""
     if not 0 <= index < shards:
         raise ValueError(f"shard {index} out of range for {shards} shards")
     kept = pool[pool["removed"] == ""]

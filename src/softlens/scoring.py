@@ -2,7 +2,8 @@
 there (Targets), KL(teacher || student) per position, and the held-out scores every stage reports
 (KL closure with its bootstrap interval, early-weighted CE, exact-match@k).
 
-KL closure = 1 - KL(teacher || student) / KL(teacher || unprompted), each the mean over the messages'
+KL closure = 1 - KL(teacher || student) / KL(teacher || unprompted), each the mean over the
+messages'
 first T completion positions (teacher-forced on the teacher's completions).
 """
 
@@ -19,32 +20,48 @@ from .slot import PromptSlot
 
 # --- targets ------------------------------------------------------------------------------------
 
+
 @dataclass
 class Targets:
     """Teacher-forced contexts of some messages and what the teacher does there (computed once)."""
 
     messages: list[str]
-    fed: list[list[int]]            # completion tokens fed as inputs (T-1 each)
-    tokens: torch.Tensor            # (M, T) the teacher's next tokens (CE labels); pad where invalid
-    mask: torch.Tensor              # (M, T) valid positions
-    logp: torch.Tensor              # (M, T, V) teacher log-probs
-    state: torch.Tensor | None      # (M, T, d) teacher residual after block `layer`
+    fed: list[list[int]]  # completion tokens fed as inputs (T-1 each)
+    tokens: torch.Tensor  # (M, T) the teacher's next tokens (CE labels); pad where invalid
+    mask: torch.Tensor  # (M, T) valid positions
+    logp: torch.Tensor  # (M, T, V) teacher log-probs
+    state: torch.Tensor | None  # (M, T, d) teacher residual after block `layer`
 
-    def to(self, device) -> "Targets":
+    def to(self, device) -> Targets:
         """On the model's device once, so a training step copies nothing from the host (on a GPU the
         (B, T, V) teacher log-probs of a 150k-token vocabulary are ~0.15 GB per batch of 8)."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return replace(self, tokens=move(self.tokens), mask=move(self.mask), logp=move(self.logp),
-                                   state=move(self.state))
+        return replace(
+            self,
+            tokens=move(self.tokens),
+            mask=move(self.mask),
+            logp=move(self.logp),
+            state=move(self.state),
+        )
 
 
 @torch.no_grad()
-def distributions(lm, slot: PromptSlot, content, messages, fed, positions: int, batch_size: int,
-                  layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def distributions(
+    lm,
+    slot: PromptSlot,
+    content,
+    messages,
+    fed,
+    positions: int,
+    batch_size: int,
+    layer: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(M, T, V) log-probs (and (M, T, d) states) of `content` on the contexts, batched."""
     out, states, prefix = [], [], None
     for i in range(0, len(messages), batch_size):
-        batch = slot.batch(content, messages[i:i + batch_size], fed[i:i + batch_size], padding_side="inner")
+        batch = slot.batch(
+            content, messages[i : i + batch_size], fed[i : i + batch_size], padding_side="inner"
+        )
         if prefix is None:
             prefix = prefix_cache(lm, batch)
         logp, h = forward_scored(lm, batch, positions, prefix, batch.slot_start, layer)
@@ -53,7 +70,9 @@ def distributions(lm, slot: PromptSlot, content, messages, fed, positions: int, 
     return torch.cat(out), (torch.cat(states) if layer is not None else None)
 
 
-def make_targets(lm, slot, content, messages, completions, positions, batch_size, layer=None) -> Targets:
+def make_targets(
+    lm, slot, content, messages, completions, positions, batch_size, layer=None
+) -> Targets:
     fed = fed_completions(completions, positions, slot.pad_id)
     logp, state = distributions(lm, slot, content, messages, fed, positions, batch_size, layer)
     tokens = torch.full((len(messages), positions), slot.pad_id, dtype=torch.long)
@@ -65,8 +84,8 @@ def make_targets(lm, slot, content, messages, completions, positions, batch_size
     return Targets(list(messages), fed, tokens, mask, logp, state)
 
 
-
 # --- KL and the scores --------------------------------------------------------------------
+
 
 def kl_terms(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
     """KL(P || Q) per position, (..., V) -> (...)."""
@@ -96,9 +115,11 @@ def kl_closure(kl_student: float, kl_base: float) -> float:
     return 1.0 - kl_student / kl_base
 
 
-def closure_interval(target: Targets, logp: torch.Tensor, base_logp: torch.Tensor, seed: int = 0
-                     ) -> tuple[float, float]:
-    """95% bootstrap interval of KL closure over the messages (each message's summed KL, student and base)."""
+def closure_interval(
+    target: Targets, logp: torch.Tensor, base_logp: torch.Tensor, seed: int = 0
+) -> tuple[float, float]:
+    """95% bootstrap interval of KL closure over the messages (each message's summed KL, student
+    and base)."""
     m = target.mask.float()
     per = lambda q: (kl_terms(target.logp, q) * m).sum(-1).double().numpy()  # noqa: E731
     return bootstrap_ratio_interval(per(logp), per(base_logp), seed=seed)
@@ -125,16 +146,22 @@ def exact_match(targets: Targets, logp: torch.Tensor, k: int) -> float:
 EXACT_K = (1, 4, 16)  # exact_match_at_{k} columns (seed 003's exact@k)
 
 
-def frame_scores(lm, slot, content, target: Targets, base: Targets, positions, batch_size, s) -> dict:
-    """Held-out KL closure, early-weighted CE and exact-match@k of one slot content on the test targets."""
+def frame_scores(
+    lm, slot, content, target: Targets, base: Targets, positions, batch_size, s
+) -> dict:
+    """Held-out KL closure, early-weighted CE and exact-match@k of one slot content on the test
+    targets."""
     logp, _ = distributions(lm, slot, content, target.messages, target.fed, positions, batch_size)
     kl, kl_base = mean_kl(target, logp), mean_kl(target, base.logp)
     low, high = closure_interval(target, logp, base.logp)
-    return {"kl_test": kl, "kl_base_test": kl_base, "kl_closure_test": kl_closure(kl, kl_base),
-            "ci_low": low, "ci_high": high,
-            "ce_test": early_ce(target, logp, s.early_tokens, s.early_weight),
-            "ce_teacher_test": early_ce(target, target.logp, s.early_tokens, s.early_weight),
-            "ce_base_test": early_ce(target, base.logp, s.early_tokens, s.early_weight),
-            **{f"exact_match_at_{k}": exact_match(target, logp, k) for k in EXACT_K if k <= positions}}
-
-
+    return {
+        "kl_test": kl,
+        "kl_base_test": kl_base,
+        "kl_closure_test": kl_closure(kl, kl_base),
+        "ci_low": low,
+        "ci_high": high,
+        "ce_test": early_ce(target, logp, s.early_tokens, s.early_weight),
+        "ce_teacher_test": early_ce(target, target.logp, s.early_tokens, s.early_weight),
+        "ce_base_test": early_ce(target, base.logp, s.early_tokens, s.early_weight),
+        **{f"exact_match_at_{k}": exact_match(target, logp, k) for k in EXACT_K if k <= positions},
+    }

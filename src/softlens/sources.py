@@ -1,11 +1,15 @@
-"""Sources: what fills the slot, named by a plain spec (as the workflow passes it) and made live here.
+"""Sources: what fills the slot, named by a plain spec (as the workflow passes it) and made live
+here.
 
 A source spec is a dict with a ``kind``:
 
-- ``hard``: ``text`` as a hard prompt;  ``noisy``: ``text`` with Gaussian noise (``sigma``, ``seed``);
+- ``hard``: ``text`` as a hard prompt;  ``noisy``: ``text`` with Gaussian noise (``sigma``,
+``seed``);
 - ``soft``: a soft prompt read from ``file`` (ours, or a PEFT adapter directory), optionally inside
-  a ``frame`` such as "Be ___.", optionally at its own slot ``position`` (PEFT: before the template);
-  with ``random_seed`` it is the prompt's control instead: random directions with its vectors' norms;
+  a ``frame`` such as "Be ___.", optionally at its own slot ``position`` (PEFT: before the
+  template);
+  with ``random_seed`` it is the prompt's control instead: random directions with its vectors'
+  norms;
 - ``steered``: an empty slot with a steering vector added to the residual stream;
 - ``unprompted``: an empty slot.
 
@@ -35,7 +39,8 @@ def soft_content(vectors, frame: str | None = None) -> SlotContent:
 
 
 def norm_matched_random(vectors, seed: int):
-    """A control for a soft prompt: isotropic Gaussian directions, each scaled to the norm of the vector
+    """A control for a soft prompt: isotropic Gaussian directions, each scaled to the norm of the
+    vector
     it replaces (the same length and norms, none of the trained directions)."""
     import torch
 
@@ -64,7 +69,8 @@ def content_for(lm, source: dict) -> SlotContent:
 
 
 def slot_for(slot: PromptSlot, source: dict) -> PromptSlot:
-    """The run's slot, or the same slot moved to the source's own position (an imported PEFT prompt)."""
+    """The run's slot, or the same slot moved to the source's own position (an imported PEFT
+    prompt)."""
     position = source.get("position")
     if position is None or position == slot.position:
         return slot

@@ -6,8 +6,8 @@ direction is read and added at that same place, through forward hooks on the blo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import Sequence
 
 import torch
 
@@ -37,10 +37,16 @@ def captured(model: torch.nn.Module, layers: Sequence[int]):
     blocks = decoder_layers(model)
     bad = [l for l in layers if not 0 <= l < len(blocks)]
     if bad:
-        raise ValueError(f"layers {bad} out of range: the model has {len(blocks)} decoder layers (0-based)")
+        raise ValueError(
+            f"layers {bad} out of range: the model has {len(blocks)} decoder layers (0-based)"
+        )
     record: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
-    handles = [blocks[l].register_forward_hook(lambda m, i, o, l=l: record[l].append(_hidden(o).detach().float().cpu()))
-               for l in layers]
+    handles = [
+        blocks[l].register_forward_hook(
+            lambda m, i, o, l=l: record[l].append(_hidden(o).detach().float().cpu())
+        )
+        for l in layers
+    ]
     try:
         yield record
     finally:
@@ -56,34 +62,46 @@ def mean_activation(lm, texts: Sequence[str], layer: int, batch_size: int = 16) 
     """
     layers = decoder_layers(lm.model)
     if not 0 <= layer < len(layers):
-        raise ConfigError(f"steering layer {layer} is out of range: the model has {len(layers)} layers")
+        raise ConfigError(
+            f"steering layer {layer} is out of range: the model has {len(layers)} layers"
+        )
     short = [t for t in texts if len(lm.tokenizer(t, add_special_tokens=False)["input_ids"]) < 2]
     if short:  # its only token is the one left out: it would average nothing (a NaN direction)
-        raise ConfigError(f"steering texts {short} have fewer than 2 tokens (each text's first token is left "
-                          f"out); use longer texts")
+        raise ConfigError(
+            f"steering texts {short} have fewer than 2 tokens (each text's first token is left "
+            f"out); use longer texts"
+        )
     total, count = torch.zeros(lm.model.config.get_text_config().hidden_size), 0
     with captured(lm.model, [layer]) as record:
         for i in range(0, len(texts), batch_size):
-            enc = lm.tokenizer(list(texts[i:i + batch_size]), return_tensors="pt", padding=True,
-                               add_special_tokens=False).to(lm.device)
+            enc = lm.tokenizer(
+                list(texts[i : i + batch_size]),
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=False,
+            ).to(lm.device)
             record[layer].clear()
             lm.model(**enc)
             h, mask = record[layer][0], enc["attention_mask"].unsqueeze(-1).float().cpu().clone()
-            # Skip each text's first token: the attention sink carries huge, content-free activations.
+            # Skip each text's first token: the attention sink carries huge, content-free
+            # activations.
             mask[torch.arange(len(mask)), mask.squeeze(-1).argmax(1)] = 0
             total += ((h * mask).sum(1) / mask.sum(1)).sum(0)
             count += h.shape[0]
     return total / count
 
 
-def steering_direction(lm, positive: Sequence[str], negative: Sequence[str], layer: int) -> torch.Tensor:
+def steering_direction(
+    lm, positive: Sequence[str], negative: Sequence[str], layer: int
+) -> torch.Tensor:
     """Mean-difference direction (positive minus negative) at `layer`."""
     return mean_activation(lm, positive, layer) - mean_activation(lm, negative, layer)
 
 
 @contextmanager
 def steered(model: torch.nn.Module, direction: torch.Tensor, layer: int, scale: float):
-    """Within the block, add ``scale * direction`` to the residual stream after `layer` at every position."""
+    """Within the block, add ``scale * direction`` to the residual stream after `layer` at every
+    position."""
     block = decoder_layers(model)[layer]
     param = next(model.parameters())
     delta = (scale * direction).to(param.device, param.dtype)
@@ -95,7 +113,8 @@ def steered(model: torch.nn.Module, direction: torch.Tensor, layer: int, scale: 
 
 
 def compute_steering_vector(*, job, out) -> None:
-    """The direction of the job's steering behaviour (a ModelJob), written with its layer and scale."""
+    """The direction of the job's steering behaviour (a ModelJob), written with its layer and
+    scale."""
     from .config import check_steering_layers
     from .io import write_vector
 
@@ -103,5 +122,13 @@ def compute_steering_vector(*, job, out) -> None:
     check_steering_layers([spec], lm.num_layers)
     s = spec["steering"]
     direction = steering_direction(lm, s["positive"], s["negative"], s["layer"])
-    write_vector({"direction": direction}, out, {"behavior": spec["name"], "layer": s["layer"],
-                                                 "scale": s["scale"], "norm": float(direction.norm())})
+    write_vector(
+        {"direction": direction},
+        out,
+        {
+            "behavior": spec["name"],
+            "layer": s["layer"],
+            "scale": s["scale"],
+            "norm": float(direction.norm()),
+        },
+    )

@@ -1,13 +1,17 @@
-"""Soft-prompt training by distillation: L vectors in the slot learn to make the frozen model act like
+"""Soft-prompt training by distillation: L vectors in the slot learn to make the frozen model act
+like
 its teacher (the same model with a hard prompt, a steering vector or a PEFT prompt).
 
-Objective (weights from config): KL(teacher || student) over the full next-token distributions at the
+Objective (weights from config): KL(teacher || student) over the full next-token distributions at
+the
 first T completion positions of the teacher's own completions (teacher-forced); optionally the
-early-weighted teacher-forced CE of seed 003 (the first `early_tokens` tokens weighted `early_weight`)
+early-weighted teacher-forced CE of seed 003 (the first `early_tokens` tokens weighted
+`early_weight`)
 and internal-state matching (relative squared error of the residual stream after block `state_layer`
 against the teacher's, at the same positions).
 
-Variants: *prepend* trains the vectors alone in the slot; *contextualised* trains them inside a frame
+Variants: *prepend* trains the vectors alone in the slot; *contextualised* trains them inside a
+frame
 ("Be ___.") sampled every step from a list (seed 001).
 
 Speed: the teacher's distributions are computed once per job; the text before the slot is encoded
@@ -41,7 +45,10 @@ log = logging.getLogger(__name__)
 
 # --- objective ------------------------------------------------------------------------------------
 
-def losses(s: TrainSettings, q_logp, q_state, target_logp, target_state, tokens, mask) -> dict[str, torch.Tensor]:
+
+def losses(
+    s: TrainSettings, q_logp, q_state, target_logp, target_state, tokens, mask
+) -> dict[str, torch.Tensor]:
     """The objective's terms on one batch (means over valid positions) and their weighted sum."""
     m = mask.float().to(q_logp.device)
     n = m.sum().clamp(min=1)
@@ -52,10 +59,13 @@ def losses(s: TrainSettings, q_logp, q_state, target_logp, target_state, tokens,
         terms["ce"] = (nll * w).sum() / w.sum().clamp(min=1)
     if s.state_weight:
         t = target_state.to(q_state.device)
-        err = ((q_state - t) ** 2).sum(-1) / (t ** 2).sum(-1).clamp(min=1e-12)
+        err = ((q_state - t) ** 2).sum(-1) / (t**2).sum(-1).clamp(min=1e-12)
         terms["state"] = (err * m).sum() / n
-    terms["loss"] = (s.kl_weight * terms["kl"] + s.ce_weight * terms.get("ce", 0.0)
-                     + s.state_weight * terms.get("state", 0.0))
+    terms["loss"] = (
+        s.kl_weight * terms["kl"]
+        + s.ce_weight * terms.get("ce", 0.0)
+        + s.state_weight * terms.get("state", 0.0)
+    )
     return terms
 
 
@@ -79,29 +89,59 @@ def initial_vectors(lm, s: TrainSettings, generator: torch.Generator) -> torch.T
     if s.init == "text":
         ids = lm.tokenizer(s.init_text, add_special_tokens=False)["input_ids"]
         return emb[[ids[i % len(ids)] for i in range(s.length)]].clone()
-    scale = emb.norm(dim=-1).mean() / emb.shape[1] ** 0.5  # normal: the mean token norm, random direction
+    scale = (
+        emb.norm(dim=-1).mean() / emb.shape[1] ** 0.5
+    )  # normal: the mean token norm, random direction
     return torch.randn(s.length, emb.shape[1], generator=generator) * scale
 
 
 # --- training -------------------------------------------------------------------------------------
 
-def evaluate(lm, slot, vectors, targets: Targets, frames, positions, batch_size) -> dict[str, float]:
+
+def evaluate(
+    lm, slot, vectors, targets: Targets, frames, positions, batch_size
+) -> dict[str, float]:
     """Held-out mean KL(teacher || student) per frame."""
-    return {f: mean_kl(targets, distributions(lm, slot, soft_content(vectors, f), targets.messages, targets.fed,
-                                              positions, batch_size)[0]) for f in frames}
+    return {
+        f: mean_kl(
+            targets,
+            distributions(
+                lm,
+                slot,
+                soft_content(vectors, f),
+                targets.messages,
+                targets.fed,
+                positions,
+                batch_size,
+            )[0],
+        )
+        for f in frames
+    }
 
 
-def train(lm, slot: PromptSlot, train_targets: Targets, test_targets: Targets | None, s: TrainSettings, seed: int,
-          checkpoint=None, identity: dict | None = None, eval_batch_size: int = 16) -> tuple[torch.Tensor, pd.DataFrame]:
+def train(
+    lm,
+    slot: PromptSlot,
+    train_targets: Targets,
+    test_targets: Targets | None,
+    s: TrainSettings,
+    seed: int,
+    checkpoint=None,
+    identity: dict | None = None,
+    eval_batch_size: int = 16,
+) -> tuple[torch.Tensor, pd.DataFrame]:
     """Train L soft vectors; returns them (float32, CPU) and the per-step curve.
 
-    The curve has step, lr, frame, loss, kl (and ce, state when used), seconds, and kl_test (mean over
+    The curve has step, lr, frame, loss, kl (and ce, state when used), seconds, and kl_test (mean
+    over
     the training frames) every `eval_every` steps and at the last step.
     """
     identity = {**(identity or {}), **s.describe(), "seed": seed}
     layer = (lm.num_layers // 2 if s.state_layer < 0 else s.state_layer) if s.state_weight else None
     if layer is not None and train_targets.state is None:
-        raise ValueError("state matching needs the teacher's states: build the targets with that layer")
+        raise ValueError(
+            "state matching needs the teacher's states: build the targets with that layer"
+        )
     train_targets = train_targets.to(lm.device)
     g = torch.Generator().manual_seed(seed)
     vectors = initial_vectors(lm, s, g).to(lm.device).requires_grad_(True)
@@ -121,38 +161,79 @@ def train(lm, slot: PromptSlot, train_targets: Targets, test_targets: Targets | 
     bar = tqdm(range(start, s.steps), desc="train", unit="step", initial=start, total=s.steps)
     for step in bar:
         t0 = time.perf_counter()
-        idx = torch.randperm(n_train, generator=g)[:s.batch_size].tolist()
+        idx = torch.randperm(n_train, generator=g)[: s.batch_size].tolist()
         frame = s.frames[int(torch.randint(len(s.frames), (1,), generator=g))]
         lr = learning_rate(s, step)
         for group in opt.param_groups:
             group["lr"] = lr
         content = soft_content(vectors.to(lm.dtype), frame)
-        batch = slot.batch(content, [train_targets.messages[i] for i in idx], [train_targets.fed[i] for i in idx],
-                           padding_side="inner")
+        batch = slot.batch(
+            content,
+            [train_targets.messages[i] for i in idx],
+            [train_targets.fed[i] for i in idx],
+            padding_side="inner",
+        )
         if prefix is None:  # the text before the slot: encoded once for the whole run
             prefix = prefix_cache(lm, batch)
         q_logp, q_state = forward_scored(lm, batch, s.positions, prefix, batch.slot_start, layer)
         idx = torch.tensor(idx, device=lm.device)
-        terms = losses(s, q_logp, q_state, train_targets.logp[idx], None if layer is None else train_targets.state[idx],
-                       train_targets.tokens[idx], train_targets.mask[idx])
+        terms = losses(
+            s,
+            q_logp,
+            q_state,
+            train_targets.logp[idx],
+            None if layer is None else train_targets.state[idx],
+            train_targets.tokens[idx],
+            train_targets.mask[idx],
+        )
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         opt.step()
-        row = {"step": step + 1, "lr": lr, "frame": frame, **{k: float(v.detach()) for k, v in terms.items()},
-               "seconds": time.perf_counter() - t0, "kl_test": float("nan")}
+        row = {
+            "step": step + 1,
+            "lr": lr,
+            "frame": frame,
+            **{k: float(v.detach()) for k, v in terms.items()},
+            "seconds": time.perf_counter() - t0,
+            "kl_test": float("nan"),
+        }
         if test_targets is not None and ((step + 1) % s.eval_every == 0 or step + 1 == s.steps):
             with torch.no_grad():
-                row["kl_test"] = float(np.mean(list(evaluate(lm, slot, vectors.detach().to(lm.dtype), test_targets,
-                                                             s.frames, s.positions, eval_batch_size).values())))
+                row["kl_test"] = float(
+                    np.mean(
+                        list(
+                            evaluate(
+                                lm,
+                                slot,
+                                vectors.detach().to(lm.dtype),
+                                test_targets,
+                                s.frames,
+                                s.positions,
+                                eval_batch_size,
+                            ).values()
+                        )
+                    )
+                )
         curve.append(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}")
         if checkpoint and ((step + 1) % s.checkpoint_every == 0) and step + 1 < s.steps:
-            save_checkpoint(checkpoint, {"identity": identity, "step": step + 1, "vectors": vectors.detach().cpu(),
-                                         "optimizer": opt.state_dict(), "generator": g.get_state(), "curve": curve})
+            save_checkpoint(
+                checkpoint,
+                {
+                    "identity": identity,
+                    "step": step + 1,
+                    "vectors": vectors.detach().cpu(),
+                    "optimizer": opt.state_dict(),
+                    "generator": g.get_state(),
+                    "curve": curve,
+                },
+            )
     return vectors.detach().float().cpu(), pd.DataFrame(curve)
 
 
-# --- the workflow's jobs ------------------------------------------------------------------------------
+# --- the workflow's jobs
+# ------------------------------------------------------------------------------
+
 
 def run_training(*, job: ModelJob, prompt: SoftPrompt, training: dict, out, curve_out) -> None:
     """Train one soft prompt for the job's behaviour and write it (safetensors + metadata) and its
@@ -163,26 +244,61 @@ def run_training(*, job: ModelJob, prompt: SoftPrompt, training: dict, out, curv
     lm = job.lm
     layer = (lm.num_layers // 2 if s.state_layer < 0 else s.state_layer) if s.state_weight else None
     if layer is not None and not 0 <= layer < lm.num_layers:
-        raise ConfigError(f"training.state_layer = {s.state_layer} is out of range (the model has {lm.num_layers} layers)")
+        raise ConfigError(
+            f"training.state_layer = {s.state_layer} is out of range (the model has "
+            f"{lm.num_layers} layers)"
+        )
     train_t, _ = job.targets("train", s.positions, layer=layer)
     test_t, test_base = job.targets("test", s.positions)
     kl_base = mean_kl(test_t, test_base.logp)
-    identity = {"behavior": prompt.behavior, "variant": prompt.variant, "model": str(job.model),
-                "slot": job.slot.position, "teacher_messages": len(job.teacher)}
+    identity = {
+        "behavior": prompt.behavior,
+        "variant": prompt.variant,
+        "model": str(job.model),
+        "slot": job.slot.position,
+        "teacher_messages": len(job.teacher),
+    }
     checkpoint = Path(out).with_suffix(".ckpt")
-    vectors, curve = train(lm, job.slot, train_t, test_t, s, prompt.seed, checkpoint, identity, job.batch_size)
+    vectors, curve = train(
+        lm, job.slot, train_t, test_t, s, prompt.seed, checkpoint, identity, job.batch_size
+    )
     curve["kl_closure_test"] = 1 - curve["kl_test"] / kl_base
     for i, (k, v) in enumerate(prompt.labels().items()):
         curve.insert(i, k, v)
     last = curve.iloc[-1]
-    write_soft_prompt(out, vectors, {
-        **prompt.labels(), "model": str(job.model), "length": s.length, "hidden_size": int(vectors.shape[1]),
-        "slot": job.slot.position, "init": s.init, "frames": list(s.frames),
-        "objective": {"kl": s.kl_weight, "ce": s.ce_weight, "state": s.state_weight, "state_layer": layer},
-        "steps": s.steps, "settings": s.describe(), "final_loss": float(last["loss"]),
-        "final_kl_test": float(last["kl_test"]), "kl_base_test": kl_base})
+    write_soft_prompt(
+        out,
+        vectors,
+        {
+            **prompt.labels(),
+            "model": str(job.model),
+            "length": s.length,
+            "hidden_size": int(vectors.shape[1]),
+            "slot": job.slot.position,
+            "init": s.init,
+            "frames": list(s.frames),
+            "objective": {
+                "kl": s.kl_weight,
+                "ce": s.ce_weight,
+                "state": s.state_weight,
+                "state_layer": layer,
+            },
+            "steps": s.steps,
+            "settings": s.describe(),
+            "final_loss": float(last["loss"]),
+            "final_kl_test": float(last["kl_test"]),
+            "kl_base_test": kl_base,
+        },
+    )
     with atomic_path(curve_out) as tmp:
         curve.to_csv(tmp, index=False)
     checkpoint.unlink(missing_ok=True)
-    log.info("%s/%s seed %d: held-out KL %.4f (base %.4f), closure %.3f", prompt.behavior, prompt.variant,
-             prompt.seed, last["kl_test"], kl_base, 1 - last["kl_test"] / kl_base)
+    log.info(
+        "%s/%s seed %d: held-out KL %.4f (base %.4f), closure %.3f",
+        prompt.behavior,
+        prompt.variant,
+        prompt.seed,
+        last["kl_test"],
+        kl_base,
+        1 - last["kl_test"] / kl_base,
+    )

@@ -16,22 +16,22 @@ VARIANTS = ("prepend", "contextualised")
 
 @dataclass(frozen=True)
 class TrainSettings:
-    length: int = 8                     # L, soft vectors
-    init: str = "vocab"                 # vocab (random vocabulary tokens) | text | normal
-    init_text: str = ""                 # for init "text": its tokens, cycled to length L
+    length: int = 8  # L, soft vectors
+    init: str = "vocab"  # vocab (random vocabulary tokens) | text | normal
+    init_text: str = ""  # for init "text": its tokens, cycled to length L
     steps: int = 100
     batch_size: int = 8
     lr: float = 3e-2
     warmup: int = 5
-    schedule: str = "cosine"            # cosine (to min_lr_ratio * lr) | constant, after warmup
+    schedule: str = "cosine"  # cosine (to min_lr_ratio * lr) | constant, after warmup
     min_lr_ratio: float = 0.1
-    positions: int = 32                 # T, scored completion positions per message
+    positions: int = 32  # T, scored completion positions per message
     kl_weight: float = 1.0
     ce_weight: float = 0.0
     early_tokens: int = 32
     early_weight: float = 3.0
     state_weight: float = 0.0
-    state_layer: int = -1               # decoder block; -1 = the middle one
+    state_layer: int = -1  # decoder block; -1 = the middle one
     eval_every: int = 20
     checkpoint_every: int = 10
     frames: tuple = field(default=(BARE,))  # prepend: the bare slot only
@@ -47,9 +47,14 @@ class TrainSettings:
             raise ConfigError("training.frames is empty")
         for f in self.frames:
             if f.count(FRAME_PLACEHOLDER) != 1:
-                raise ConfigError(f"training.frames: {f!r} must contain the placeholder {FRAME_PLACEHOLDER!r} once")
+                raise ConfigError(
+                    f"training.frames: {f!r} must contain the placeholder {FRAME_PLACEHOLDER!r} "
+                    "once"
+                )
         if self.kl_weight == self.ce_weight == self.state_weight == 0:
-            raise ConfigError("training: kl_weight, ce_weight and state_weight are all 0 (nothing to train)")
+            raise ConfigError(
+                "training: kl_weight, ce_weight and state_weight are all 0 (nothing to train)"
+            )
 
     def describe(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -60,12 +65,18 @@ def settings_for(training: dict, variant: str) -> TrainSettings:
     if variant not in VARIANTS:
         raise ConfigError(f"training variant {variant!r}: expected one of {VARIANTS}")
     training = with_defaults(training, "training")
-    keys = {k: v for k, v in training.items() if k in TrainSettings.__dataclass_fields__ and k != "frames"}
+    keys = {
+        k: v
+        for k, v in training.items()
+        if k in TrainSettings.__dataclass_fields__ and k != "frames"
+    }
     frames = tuple(training["frames"]) if variant == "contextualised" else (BARE,)
     return TrainSettings(frames=frames, **keys)
 
 
 def prompt_params(training: dict, variant: str) -> dict:
-    """The settings one soft prompt depends on, keys sorted: the training rule's params, so that adding
-    a seed, a variant or a trained behaviour (or reordering the config) retrains no existing prompt."""
+    """The settings one soft prompt depends on, keys sorted: the training rule's params, so that
+    adding
+    a seed, a variant or a trained behaviour (or reordering the config) retrains no existing
+    prompt."""
     return dict(sorted(settings_for(training, variant).describe().items()))

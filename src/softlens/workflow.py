@@ -14,19 +14,29 @@ def start_job(snakemake) -> None:
 
     if snakemake.log:
         sys.stderr = open(snakemake.log[0], "w", buffering=1)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, force=True,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        force=True,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     set_threads(snakemake.threads)
 
 
 def model_job(snakemake):
-    """The job's ModelJob from what its rule declares: input model (and teacher, steering where the rule
+    """The job's ModelJob from what its rule declares: input model (and teacher, steering where the
+    rule
     has them), params model_settings (and behavior)."""
     from .job import ModelJob
 
     i, p = snakemake.input, snakemake.params
-    return ModelJob(model=i.model, settings=p.model_settings, behavior=p.get("behavior"),
-                    teacher=i.get("teacher"), steering=i.get("steering"))
+    return ModelJob(
+        model=i.model,
+        settings=p.model_settings,
+        behavior=p.get("behavior"),
+        teacher=i.get("teacher"),
+        steering=i.get("steering"),
+    )
 
 
 def soft_prompt(snakemake):
@@ -34,7 +44,9 @@ def soft_prompt(snakemake):
     from .job import SoftPrompt
 
     w = snakemake.wildcards
-    return SoftPrompt(behavior=w.behavior, variant=w.variant, seed=int(w.seed), path=snakemake.input.get("prompt"))
+    return SoftPrompt(
+        behavior=w.behavior, variant=w.variant, seed=int(w.seed), path=snakemake.input.get("prompt")
+    )
 
 
 def caches(snakemake, decomposed: str | None = None):
@@ -58,11 +70,17 @@ def machine_memory_mb(share: float = 0.9) -> int:
 
 
 def gpus_for(setting: str = "auto") -> int:
-    """GPUs a model job asks the scheduler for: none when the config pins the CPU or, with "auto", when
+    """GPUs a model job asks the scheduler for: none when the config pins the CPU or, with "auto",
+    when
     this host shows no NVIDIA device (on SLURM, where the submit host may have none, set "cuda").
     Read from the driver's files, not torch, so that building the DAG imports no torch."""
     if setting == "auto":
         hidden = os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1", "NoDevFiles")
-        return int(not hidden and (any(Path("/proc/driver/nvidia/gpus").glob("*"))
-                                   or any(Path("/dev").glob("nvidia[0-9]*"))))
+        return int(
+            not hidden
+            and (
+                any(Path("/proc/driver/nvidia/gpus").glob("*"))
+                or any(Path("/dev").glob("nvidia[0-9]*"))
+            )
+        )
     return int(setting.split(":")[0] == "cuda")

@@ -1,0 +1,235 @@
+"""The measured-results page (results/RESULTS.md): every number on it is read from a table in
+results/tables/ by this module when the workflow's `results_page` rule runs, so no number can drift
+from its table. Test scores carry their 95% bootstrap intervals over the test messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+TOP = 3  # atoms shown per fit
+
+
+def interval(value: float, low: float, high: float) -> str:
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def markdown(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=False, floatfmt=".3f")
+
+
+def top_atoms(rows: pd.DataFrame, n: int = TOP) -> str:
+    """The fit's largest |weight| atoms, signed."""
+    rows = rows[rows["weight"] != 0]
+    rows = rows.reindex(rows["weight"].abs().sort_values(ascending=False).index).head(n)
+    return ", ".join(f"{a} {w:+.2f}" for a, w in zip(rows["atom"], rows["weight"]))
+
+
+def training_section(t: pd.DataFrame) -> str:
+    rows = t.assign(
+        closure=[interval(*r) for r in t[["kl_closure_test", "ci_low", "ci_high"]].to_numpy()]
+    )
+    rows = rows[["behavior", "variant", "seed", "closure", "kl_closure_test_bare", "steps"]]
+    return (
+        "## Soft prompts (`training.csv`)\n\nHeld-out KL closure in the training frames, and in "
+        "the bare "
+        "slot.\n\n"
+        + markdown(
+            rows.rename(
+                columns={
+                    "closure": "closure [95% CI]",
+                    "kl_closure_test_bare": "closure, bare slot",
+                }
+            )
+        )
+    )
+
+
+def decomposition_section(t: pd.DataFrame, title: str, keys: list[str]) -> str:
+    """One row per decomposed source and exclusion level: held-out explained-KL and the top
+    atoms."""
+    rows = []
+    for key, fit in t.groupby(keys + ["exclusion"], sort=False):
+        first = fit.iloc[0]
+        rows.append(
+            {
+                **dict(zip(keys + ["exclusion"], key)),
+                "own closure": first.get("target_closure_test", float("nan")),
+                "explained-KL [95% CI]": interval(
+                    first["explained_kl_test"], first["ci_low"], first["ci_high"]
+                ),
+                "nonzero": int(first["nnz"]),
+                "top atoms": top_atoms(fit),
+            }
+        )
+    return f"## {title}\n\n" + markdown(pd.DataFrame(rows))
+
+
+def noise_section(t: pd.DataFrame) -> str:
+    rows = t.assign(
+        explained=[interval(*r) for r in t[["explained_kl_test", "ci_low", "ci_high"]].to_numpy()]
+    )
+    rows = rows[["behavior", "seed", "sigma", "explained", "target_weight", "verdict"]]
+    return "## Phase 0.5: noise on the instruction's embeddings (`phase05.csv`)\n\n" + markdown(
+        rows.rename(
+            columns={
+                "explained": "explained-KL [95% CI]",
+                "target_weight": "weight on the instruction",
+            }
+        )
+    )
+
+
+def dictionary_section(t: pd.DataFrame) -> str:
+    rows = t.assign(
+        explained=[interval(*r) for r in t[["explained_kl_test", "ci_low", "ci_high"]].to_numpy()],
+        top=t["top_atoms"].astype(str).str.slice(0, 90),
+    )
+    rows = rows[
+        [
+            "behavior",
+            "variant",
+            "seed",
+            "dictionary_kind",
+            "exclusion",
+            "n_candidates",
+            "nnz",
+            "explained",
+            "top",
+        ]
+    ]
+    return (
+        "## Discovered dictionaries (`dictionary.csv`)\n\nHeld-out explained-KL of each "
+        "dictionary at each "
+        "exclusion level (the pursuit's step and lambda chosen on train messages).\n\n"
+        + markdown(rows.rename(columns={"explained": "explained-KL [95% CI]", "top": "top atoms"}))
+    )
+
+
+def recovery_section(t: pd.DataFrame) -> str:
+    t = t.drop_duplicates(
+        ["behavior", "variant", "seed", "control", "reader", "exclusion", "text", "compared_to"]
+    )
+    rows = t.assign(
+        closure=[interval(*r) for r in t[["plugin_closure_test", "ci_low", "ci_high"]].to_numpy()],
+        answer=t["text"].astype(str).str.slice(0, 60),
+    )
+    rows = rows[
+        [
+            "behavior",
+            "variant",
+            "control",
+            "reader",
+            "exclusion",
+            "answer",
+            "closure",
+            "fraction_of_soft",
+            "similarity_percentile",
+        ]
+    ]
+    return (
+        "## Plug-in recovery (`recovery.csv`)\n\nEach reader's one prompt alone in the slot, "
+        "scored against "
+        "the teacher; its fraction of the soft prompt's own closure on the same contexts; the "
+        "similarity "
+        "percentile of its meaning to the hidden instruction among the pool's candidates. "
+        "Controls: "
+        "`random_prompt` (a norm-matched random prompt read the same way), `other_instruction` "
+        "(the answer "
+        "compared with another behaviour's instruction).\n\n"
+        + markdown(
+            rows.rename(
+                columns={
+                    "closure": "plug-in closure [95% CI]",
+                    "fraction_of_soft": "fraction of soft",
+                    "similarity_percentile": "similarity percentile",
+                }
+            )
+        )
+    )
+
+
+def reading_section(t: pd.DataFrame) -> str:
+    rows = t.assign(
+        closure=[interval(*r) for r in t[["kl_closure_test", "ci_low", "ci_high"]].to_numpy()],
+        text=t["text"].fillna("").astype(str).str.slice(0, 60),
+    )
+    rows = rows[["behavior", "variant", "seed", "stage", "text", "closure"]]
+    return "## Reading (`reading.csv`)\n\n" + markdown(
+        rows.rename(columns={"closure": "closure [95% CI]"})
+    )
+
+
+def sae_section(t: pd.DataFrame) -> str:
+    per = (
+        t.groupby("layer")[
+            ["recon_error", "baseline_recon_error", "jaccard_with_instruction", "baseline_jaccard"]
+        ]
+        .mean()
+        .reset_index()
+    )
+    return (
+        "## Sparse-autoencoder reading (`sae.csv`)\n\nMeans over every soft prompt and frame: "
+        "reconstruction error of the soft vectors against random tokens', and feature overlap "
+        "with the "
+        "instruction against random tokens'.\n\n" + markdown(per)
+    )
+
+
+def costs_section(t: pd.DataFrame) -> str:
+    per = t.groupby("stage").agg(
+        jobs=("seconds", "size"),
+        job_seconds=("seconds", "sum"),
+        slowest_s=("seconds", "max"),
+        peak_rss_mb=("max_rss_mb", "max"),
+    )
+    per = per.sort_values("job_seconds", ascending=False).reset_index()
+    total = f"{len(t)} benchmarked jobs, {t['seconds'].sum():,.0f} job-seconds."
+    return "## Costs (`costs.csv`)\n\n" + total + "\n\n" + markdown(per)
+
+
+SECTIONS = [  # table, how it is shown
+    ("training", training_section),
+    (
+        "phase0",
+        lambda t: decomposition_section(
+            t,
+            "Phase 0: each teacher decomposed over the hand-written dictionary (`phase0.csv`)",
+            ["behavior"],
+        ),
+    ),
+    ("phase05", noise_section),
+    (
+        "phase1",
+        lambda t: decomposition_section(
+            t,
+            "Phase 1: trained soft prompts and their random controls decomposed (`phase1.csv`)",
+            ["behavior", "variant", "seed", "prompt_kind"],
+        ),
+    ),
+    ("dictionary", dictionary_section),
+    ("recovery", recovery_section),
+    ("reading", reading_section),
+    ("sae", sae_section),
+    ("costs", costs_section),
+]
+
+
+def results_page(tables: dict[str, Path], *, configs: list[str], command: str) -> str:
+    """The page from the tables that exist (`tables`: name -> CSV), naming the configs and
+    command."""
+    head = (
+        "# Measured results\n\nBuilt by the workflow's `results_page` rule from "
+        "`results/tables/`: every "
+        "number below is read from the table its section names. Configs: "
+        + ", ".join(f"`{c}`" for c in configs)
+        + f"; command: `{command}`. A run that was interrupted, "
+        "patched or forced is not a measurement: rebuild from a clean, uninterrupted run before "
+        "citing."
+    )
+    parts = [head]
+    for name, section in SECTIONS:
+        if name in tables:
+            parts.append(section(pd.read_csv(tables[name], keep_default_na=False, na_values=[""])))
+    return "\n\n".join(parts) + "\n"
