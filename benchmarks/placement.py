@@ -2,7 +2,8 @@
 
 Generates greedy completions for a sample of user messages with each instruction in each slot
 position and scores them with simple, stated detectors (stop-word language share; completion
-length and EOS rate for "Be concise."; mean word length for ELI5). Prints a table and a JSON line.
+length and EOS rate for "Be concise."; mean word length for ELI5). Prints a table and a JSON
+line.
 
     python benchmarks/placement.py resources/models/SmolLM2-135M-Instruct.json [n_messages]
 """

@@ -1,6 +1,5 @@
 """PoE solver benchmark: the fast solver against cvxpy where cvxpy finishes, alone at full size,
-and the
-factored solver against the dense one on a run's real caches.
+and the factored solver against the dense one on a run's real caches.
 
     python benchmarks/poe_solver.py [--threads 1] [--K 100 --N 64 --V 49152] [--skip-cvxpy]
     python benchmarks/poe_solver.py --real results/SmolLM2-135M-Instruct [--behavior spanish]
@@ -13,10 +12,10 @@ the
 output head). Both weight paths are then scored by one float64 full-vocabulary evaluator: weights,
 objective and held-out explained-KL, with the time and peak memory ratios.
 
-Log-probs are realistic synthetic ones: per context a Zipf-shaped base distribution over V tokens,
-each atom the base plus its own sparse token boosts (a prompt shifts a few hundred tokens) plus
-noise; the target is a sparse signed product of three atoms plus noise. Prints a table of times and
-objective gaps, ratios, and a final JSON line.
+Log-probs are realistic synthetic ones: per context a Zipf-shaped base distribution over V
+tokens, each atom the base plus its own sparse token boosts (a prompt shifts a few hundred
+tokens) plus noise; the target is a sparse signed product of three atoms plus noise. Prints a
+table of times and objective gaps, ratios, and a final JSON line.
 """
 
 from __future__ import annotations

@@ -5,10 +5,9 @@
 1. Activation store: capture the residual stream with hooks while the text is generated, against
    generating first and then running a teacher-forced forward pass over the kept tokens (the same
    tokens, the same activations). Prints seconds per stored token for both and their ratio.
-2. SAE training step (d = the model's width, 8x features, k = 32, batch 1024): the top-k decoder as
-a
-   sparse sum of k decoder rows (embedding_bag), against a dense (batch x features) matmul. Prints
-   seconds per step for both and their ratio.
+2. SAE training step (d = the model's width, 8x features, k = 32, batch 1024): the top-k decoder
+   as a sparse sum of k decoder rows (embedding_bag), against a dense (batch x features) matmul.
+   Prints seconds per step for both and their ratio.
 
 Needs the embedded model (resources/models/*.json, from the default run's first rule).
 """

@@ -1,15 +1,13 @@
 """A cache's scoring cost: the decoder alone (softlens.logprobs.forward_states) against the whole
-model
-with its logits, as scoring ran before, on the embedded model and the default's contexts.
+model with its logits, as scoring ran before, on the embedded model and the default's contexts.
 
     python benchmarks/scoring.py [--messages 16] [--positions 6] [--repeats 3] [--threads 1]
 
 Scores one hard prompt on the first `messages` messages of config/messages.tsv, each followed by
 `positions` fed completion tokens (a fixed reply: the cost does not depend on it), in one
-"inner"-padded
-batch with the prompt's KV cache shared, as `score` does. Prints seconds per batch for each way,
-their
-ratio, and the largest difference between the states the two return (they must agree).
+"inner"-padded batch with the prompt's KV cache shared, as `score` does. Prints seconds per batch
+for each way, their ratio, and the largest difference between the states the two return (they
+must agree).
 """
 
 from __future__ import annotations

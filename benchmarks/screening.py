@@ -3,12 +3,12 @@
     python benchmarks/screening.py [behavior] [--sizes 16 32 64] [--shards 4] [--messages 8]
     [--threads 1]
 
-Needs the default run's teacher table, target cache and embedded model. Scores the first n templated
-candidates of the default pool against the behaviour's target with the uniform mixture as the
-current
-fit (the cost does not depend on it), exactly as a screening job does (discovery.score_texts and
-screening_scores). Prints seconds per candidate for each size, the ratio of total time to size (flat
-= linear), and the largest shard's share of the candidates for `--shards` (round robin).
+Needs the default run's teacher table, target cache and embedded model. Scores the first n
+templated candidates of the default pool against the behaviour's target with the uniform mixture
+as the current fit (the cost does not depend on it), exactly as a screening job does
+(discovery.score_texts and screening_scores). Prints seconds per candidate for each size, the
+ratio of total time to size (flat = linear), and the largest shard's share of the candidates for
+`--shards` (round robin).
 """
 
 from __future__ import annotations

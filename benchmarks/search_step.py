@@ -4,16 +4,13 @@
     [--threads 1]
 
 Needs the default run's teacher table for the behaviour. Both score the same random candidates
-(token
-sequences of length L in the bare slot) by KL(teacher || prompted) at the first `positions`
-completion
-positions of the same training messages:
+(token sequences of length L in the bare slot) by KL(teacher || prompted) at the first
+`positions` completion positions of the same training messages:
 
-- ours (repair.SearchObjective.losses): candidates x messages in one batch per chunk, the KV cache
-of
-  the text before the slot computed once, logits only at the scored positions;
+- ours (repair.SearchObjective.losses): candidates x messages in one batch per chunk, the KV
+  cache of the text before the slot computed once, logits only at the scored positions;
 - one at a time: each candidate's sequences through a plain full forward (all positions, all
-logits).
+  logits).
 
 Prints seconds per candidate batch for both, the ratio, and the largest difference in the losses.
 """

@@ -1,11 +1,11 @@
 """Where to put the `semantic` exclusion level's MiniLM threshold (config:
 exclusion.semantic_threshold).
 
-Prints the cosine of each hidden instruction to hand-written paraphrases of it (what the level must
-remove) and to its siblings in config/dictionary.tsv (other instructions, which it should keep), and
-the range of each. Where the ranges overlap no threshold separates them; a paraphrase below the
-chosen threshold that names the answer ("Use the Spanish language.") is the `reveal` level's
-business.
+Prints the cosine of each hidden instruction to hand-written paraphrases of it (what the level
+must remove) and to its siblings in config/dictionary.tsv (other instructions, which it should
+keep), and the range of each. Where the ranges overlap no threshold separates them; a paraphrase
+below the chosen threshold that names the answer ("Use the Spanish language.") is the `reveal`
+level's business.
 
     python benchmarks/semantic_threshold.py
 """

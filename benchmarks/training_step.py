@@ -8,15 +8,13 @@ tuning.
         size
 
 Needs a finished teacher table for the behaviour (the default run's results/). With --random-init
-the
-model is a randomly initialised one of that architecture (config.json) with the embedded model's
-tokenizer, so only times and peak GPU memory mean something (no closure is printed). All three
-train the
-same L soft vectors with the same KL(teacher || student) objective on the same batches, lr and
-schedule; they differ only in how the step is computed and where the vectors sit:
+the model is a randomly initialised one of that architecture (config.json) with the embedded
+model's tokenizer, so only times and peak GPU memory mean something (no closure is printed). All
+three train the same L soft vectors with the same KL(teacher || student) objective on the same
+batches, lr and schedule; they differ only in how the step is computed and where the vectors sit:
 
 - ours: the text before the slot encoded once (KV cache reused), logits only at the T scored
-positions;
+  positions;
 - naive: the same inputs, full-sequence forward + backward, logits at every position;
 - PEFT: peft's PromptTuningConfig model (virtual tokens before the templated input), full logits.
 

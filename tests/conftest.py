@@ -25,8 +25,8 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def sharp_dir(tmp_path_factory) -> Path:
-    """The tiny model with larger weights: its outputs depend on the prompt (KL ~1 nat), so a soft
-    prompt has something to learn."""
+    """The tiny model with larger weights: its outputs depend on the prompt (KL ~1 nat), so a
+    soft prompt has something to learn."""
     return write_tiny_model(tmp_path_factory.mktemp("models") / "sharp-llama", init_range=0.2)
 
 

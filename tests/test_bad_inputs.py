@@ -1,8 +1,6 @@
 """Every bad input the config can reveal is refused by `validate_config` (the first thing the
-workflow
-runs, before any job: tests/test_workflow.py checks one end to end), with a message that names the
-key,
-the file or the value."""
+workflow runs, before any job: tests/test_workflow.py checks one end to end), with a message that
+names the key, the file or the value."""
 
 from __future__ import annotations
 

@@ -182,9 +182,9 @@ def test_exclusion_levels_are_cumulative_and_say_why():
 
 
 def _random_problem(K=6, N=40, d=10, V=60, seed=0):
-    """Random head states whose target is exactly the signed product w1 = 1.2, w4 = -0.5 (a mixture
-    of
-    factored distributions is itself one: its state is the weighted sum of the atoms' states)."""
+    """Random head states whose target is exactly the signed product w1 = 1.2, w4 = -0.5 (a
+    mixture of factored distributions is itself one: its state is the weighted sum of the atoms'
+    states)."""
     g = torch.Generator().manual_seed(seed)
     head = OutputHead(torch.randn(V, d, generator=g))
     X = 0.7 * torch.randn(K, N, d, generator=g)
@@ -276,8 +276,8 @@ HAND = pd.DataFrame(
 
 @pytest.fixture(scope="module")
 def chain(sharp_dir, tmp_path_factory):
-    """Caches and the leave-one-out fit of a hard-prompt target whose instruction the hand-written
-    dictionary is then denied; a pool that holds it among distractors."""
+    """Caches and the leave-one-out fit of a hard-prompt target whose instruction the
+    hand-written dictionary is then denied; a pool that holds it among distractors."""
     from softlens.models import load_model
     from softlens.teacher import GenerationSettings, teacher_table
 

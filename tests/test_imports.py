@@ -1,6 +1,5 @@
 """The package's import graph: no cycle (function-level imports included), and the modules that
-building
-the DAG and the figures environment (envs/figures.yaml, no torch) load import no torch."""
+building the DAG and the figures environment (envs/figures.yaml, no torch) load import no torch."""
 
 import ast
 import subprocess

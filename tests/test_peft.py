@@ -1,6 +1,5 @@
-"""PEFT prompt-tuning interop: a real adapter trained with `peft` is read, placed where PEFT places
-it,
-and ours round-trip through PEFT's own loader."""
+"""PEFT prompt-tuning interop: a real adapter trained with `peft` is read, placed where PEFT
+places it, and ours round-trip through PEFT's own loader."""
 
 from __future__ import annotations
 

@@ -115,9 +115,8 @@ def test_nan_or_inf_log_probs_are_rejected(bad):
 def factored(
     K=6, N=30, d=12, V=400, seed=0, bias=True, w_true=(1.0, -0.5, 0.0, 0.0, 0.3, 0.0), noise=0.4
 ):
-    """A random output head, atom states, and a target near a signed product of the atoms; with the
-    dense
-    float64 log-probs of the same distributions as the reference."""
+    """A random output head, atom states, and a target near a signed product of the atoms; with
+    the dense float64 log-probs of the same distributions as the reference."""
     from softlens.head import OutputHead
 
     g = torch.Generator().manual_seed(seed)
@@ -211,9 +210,8 @@ def test_fit_kkt_covers_the_atoms_at_zero():
 
 
 def test_a_loose_tolerance_converges_instead_of_cycling_atoms_through_the_working_set():
-    """Atoms at zero that meet their conditions to the tolerance (not to the data's resolution) are
-    left
-    alone: cross-validation folds solve at 1e-4 of lambda_max."""
+    """Atoms at zero that meet their conditions to the tolerance (not to the data's resolution)
+    are left alone: cross-validation folds solve at 1e-4 of lambda_max."""
     w = np.zeros(20)
     w[[0, 1, 4]] = 1.0, -0.5, 0.3
     dense = problem(K=20, N=40, V=300, seed=0, w_true=tuple(w), noise=0.5)

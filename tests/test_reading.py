@@ -1,6 +1,5 @@
 """Reading soft prompts on the tiny model: nearest tokens, perturbations, token prompts, exact
-match,
-the coordinate search, verbalisation parsing, and their bad input."""
+match, the coordinate search, verbalisation parsing, and their bad input."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Sparse autoencoders: the activation store (captured while generating), SAE training, files in the
-sae-lens layout, reading soft prompts through SAEs, the tables, and their bad input."""
+"""Sparse autoencoders: the activation store (captured while generating), SAE training, files in
+the sae-lens layout, reading soft prompts through SAEs, the tables, and their bad input."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The schema is the one home of defaults: every settings dataclass field a config key sets has the
-schema's default, and each dataclass is built from its config section by one function."""
+"""The schema is the one home of defaults: every settings dataclass field a config key sets has
+the schema's default, and each dataclass is built from its config section by one function."""
 
 import dataclasses
 

@@ -1,12 +1,10 @@
 """The workflow on a real SLURM cluster: a single node brought up on this machine by
 .ci/local-slurm.sh.
 
-Jobs must really go through sbatch (SLURM job ids, finished in SLURM's own records) and produce the
-same
-tables as a local run. Skipped, with the reason, where SLURM cannot be installed (not root, no
-apt-get,
-no executor plugin). The daemons the test started are stopped afterwards; a cluster that was already
-up is left as it was.
+Jobs must really go through sbatch (SLURM job ids, finished in SLURM's own records) and produce
+the same tables as a local run. Skipped, with the reason, where SLURM cannot be installed (not
+root, no apt-get, no executor plugin). The daemons the test started are stopped afterwards; a
+cluster that was already up is left as it was.
 """
 
 from __future__ import annotations
@@ -74,8 +72,9 @@ def cluster():
 
 def slurm_overrides() -> list[str]:
     """The project's SLURM profile, fitted to a one-node test cluster: its one partition, small
-    memory,
-    one thread per job (the node has few cores; a job asking for more would wait forever)."""
+    memory, one thread per job (the node has few cores; a job asking for more would wait
+    forever).
+    """
     profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
     partition = subprocess.run(
         ["sinfo", "-h", "-o", "%R"], capture_output=True, text=True

@@ -70,8 +70,8 @@ def tiny_model(vocab_size: int, seed: int = 0, layers: int = 4, init_range: floa
 
 
 def write_tiny_model(path: str | Path, seed: int = 0, init_range: float = 0.02) -> Path:
-    """The tiny model saved as a transformers directory; a larger `init_range` gives sharper, more
-    input-dependent next-token distributions (what training tests need)."""
+    """The tiny model saved as a transformers directory; a larger `init_range` gives sharper,
+    more input-dependent next-token distributions (what training tests need)."""
     path = Path(path)
     tok = tiny_tokenizer()
     model = tiny_model(len(tok), seed, init_range=init_range)

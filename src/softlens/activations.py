@@ -1,20 +1,19 @@
-"""The activation store: residual-stream activations on natural chat text, for training and reading
-SAEs.
+"""The activation store: residual-stream activations on natural chat text, for training and
+reading SAEs.
 
-The text is the model's own: sampled completions to user turns built from the run's messages, each
-alone or after one of the corpus's instructions (sae.corpus.instructions: a file of its own, so
-editing
-the PoE dictionary does not redo the store; by default it leaves out the default behaviours' own
-instructions, which would otherwise sit in the store verbatim), so the store covers the user-turn
-positions a soft prompt occupies and the replies that follow. Activations are captured by forward
-hooks while
-the text is generated (no second pass), from the start of the user turn on: the system prefix, the
-same in every conversation, is left out (and with it the attention-sink first token, whose
-activations are huge and content-free).
+The text is the model's own: sampled completions to user turns built from the run's messages,
+each alone or after one of the corpus's instructions (sae.corpus.instructions: a file of its own,
+so editing the PoE dictionary does not redo the store; by default it leaves out the default
+behaviours' own instructions, which would otherwise sit in the store verbatim), so the store
+covers the user-turn positions a soft prompt occupies and the replies that follow. Activations
+are captured by forward hooks while the text is generated (no second pass), from the start of the
+user turn on: the system prefix, the same in every conversation, is left out (and with it the
+attention-sink first token, whose activations are huge and content-free).
 
 "Layer l" is the output of decoder block l (0-based), as for steering vectors. A shard is one
 safetensors file: ``layer{l}`` (N, d) float16 per layer, ``token_ids``, ``doc`` and ``position``
-(N,) int32; rows of one document are consecutive and in order, so contexts can be rebuilt from it.
+(N,) int32; rows of one document are consecutive and in order, so contexts can be rebuilt from
+it.
 """
 
 from __future__ import annotations
@@ -69,7 +68,8 @@ def generate_batch(
     s: CorpusSettings,
     stops: set[int],
 ) -> tuple[list[list[int]], list[dict[int, torch.Tensor]]]:
-    """Sample replies to `texts` and capture each conversation's activations from the user turn on.
+    """Sample replies to `texts` and capture each conversation's activations from the user turn
+    on.
 
     Returns per conversation its token ids (user turn onward, reply cut after its first EOS) and
     {layer: (n, d) float32}. The last sampled token is never fed back, so it is not kept.
@@ -111,8 +111,8 @@ def collect_shard(
     shard: int,
     first_doc: int = 0,
 ) -> tuple[dict[str, torch.Tensor], pd.DataFrame]:
-    """Generate over this shard's prompts (every `shards`-th, cycling) until it holds its share of
-    tokens."""
+    """Generate over this shard's prompts (every `shards`-th, cycling) until it holds its share
+    of tokens."""
     from .teacher import eos_ids
 
     stops = eos_ids(lm)
@@ -203,8 +203,9 @@ def read_tokens(paths: Sequence) -> pd.DataFrame:
 def run_activations(
     *, job, corpus: dict, layers: Sequence[int] | None, shard: int, out, docs_out
 ) -> None:
-    """One shard of the activation store for the job's model (a ModelJob). `corpus` is the config's
-    sae.corpus block with `messages` (the messages block) and `instructions` (its file) resolved."""
+    """One shard of the activation store for the job's model (a ModelJob). `corpus` is the
+    config's sae.corpus block with `messages` (the messages block) and `instructions` (its file)
+    resolved."""
     from .config import load_corpus_instructions, load_messages
 
     layers = sorted(layers or default_layers(len(decoder_layers(job.lm.model))))

@@ -1,5 +1,5 @@
-"""Resumable jobs: a checkpoint is written atomically with the identity of the config that wrote it,
-and refused (naming the differing keys) by a run of another config."""
+"""Resumable jobs: a checkpoint is written atomically with the identity of the config that wrote
+it, and refused (naming the differing keys) by a run of another config."""
 
 from __future__ import annotations
 

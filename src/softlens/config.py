@@ -2,8 +2,7 @@
 names.
 
 The workflow calls :func:`validate_config` before any rule is defined; the library functions take
-the
-validated plain dicts. Every error names the offending key, file or value.
+the validated plain dicts. Every error names the offending key, file or value.
 """
 
 from __future__ import annotations
@@ -37,8 +36,8 @@ class ConfigError(ValueError):
 
 
 def sort_keys(value):
-    """The same config with every mapping's keys sorted (lists keep their order), so rules' params
-    do not change when a --configfile overlay or an edit only reorders keys."""
+    """The same config with every mapping's keys sorted (lists keep their order), so rules'
+    params do not change when a --configfile overlay or an edit only reorders keys."""
     if isinstance(value, dict):
         return {k: sort_keys(value[k]) for k in sorted(value)}
     if isinstance(value, list):
@@ -120,9 +119,8 @@ def validate_config(config: dict, schema: str | Path = SCHEMA) -> dict:
 
 
 def _check_atom_names(behaviors: list[dict], dictionary: pd.DataFrame) -> None:
-    """A behaviour whose instruction the dictionary lacks joins its fits as an atom named after it:
-    that
-    name may not be taken (up to case) by a different hand-written atom."""
+    """A behaviour whose instruction the dictionary lacks joins its fits as an atom named after
+    it: that name may not be taken (up to case) by a different hand-written atom."""
     atoms = {a.casefold(): (a, p) for a, p in zip(dictionary["atom"], dictionary["prompt"])}
     prompts = {p.casefold() for p in dictionary["prompt"]}
     for b in behaviors:
@@ -320,8 +318,7 @@ def noise_sources(config: dict) -> dict[str, dict]:
 
 def model_depth(spec: str, revision: str = "main") -> int | None:
     """The model's number of decoder blocks from its config.json, without loading it; None where
-    that
-    file is not on this machine yet (a hub model not yet downloaded: its jobs check then)."""
+    that file is not on this machine yet (a hub model not yet downloaded: its jobs check then)."""
     kind, where = model_source(spec)
     if kind == EMBEDDED:
         return EMBEDDED_DEPTH
@@ -435,8 +432,8 @@ def model_tag(spec: str) -> str:
 
 
 def _read_table(path: str | Path, columns: list[str], key: str) -> pd.DataFrame:
-    """A TSV read strictly: no quoting (a quote is text), every named field filled, errors with the
-    line."""
+    """A TSV read strictly: no quoting (a quote is text), every named field filled, errors with
+    the line."""
     import csv
 
     p = Path(path)
@@ -491,11 +488,11 @@ def load_messages(cfg: dict) -> pd.DataFrame:
     """User messages with a deterministic train/test split (columns message_id, user_message,
     split).
 
-    The split ranks messages by a seeded hash of their id, so it does not depend on file order and
-    adding a message moves no other message between splits except at the boundary. The first
+    The split ranks messages by a seeded hash of their id, so it does not depend on file order
+    and adding a message moves no other message between splits except at the boundary. The first
     round(test_fraction x all) ranked messages are test; `train_messages` (if set) keeps only the
-    next
-    that many as train, so a small run can score on the full test split and fit on fewer messages.
+    next that many as train, so a small run can score on the full test split and fit on fewer
+    messages.
     """
     df = _read_table(cfg["file"], ["message_id", "user_message"], "messages.file")
     rank = df["message_id"].map(
@@ -553,8 +550,7 @@ def dictionary_atoms(
     """The atoms a behaviour's fits use: columns atom, prompt, source, is_target.
 
     The behaviour's own instruction is the atom whose cache is the `target` source; if the
-    hand-written
-    dictionary lacks it, it is added (Phase 0 must be able to recover it).
+    hand-written dictionary lacks it, it is added (Phase 0 must be able to recover it).
     """
     own = (spec.get("instruction") or "").casefold()
     rows = [

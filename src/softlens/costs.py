@@ -1,10 +1,8 @@
 """Where the time goes: every job's Snakemake benchmark file gathered into one tidy table.
 
 Benchmark files live under `logs/<model>/benchmarks/<stage>/...`; the stage is that first folder.
-With
-`--benchmark-extended` (set in profiles/default and profiles/slurm) each file also names its rule,
-its
-wildcards and its threads; without it the rule is the file's path and threads are 1.
+With `--benchmark-extended` (set in profiles/default and profiles/slurm) each file also names its
+rule, its wildcards and its threads; without it the rule is the file's path and threads are 1.
 """
 
 from __future__ import annotations
@@ -86,10 +84,8 @@ def profile_resources(
     min_minutes: int = 5,
 ) -> dict:
     """`set-resources` for a cluster profile sized from measured jobs: each rule's largest peak
-    memory and
-    slowest job, times a headroom, rounded up (MB to 500, minutes to 5). Sized for the model and
-    config
-    that were measured: rerun the workflow on a sample before scaling up."""
+    memory and slowest job, times a headroom, rounded up (MB to 500, minutes to 5). Sized for the
+    model and config that were measured: rerun the workflow on a sample before scaling up."""
     out = {}
     for r in per_rule.itertuples():
         mem = (

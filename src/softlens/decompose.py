@@ -1,14 +1,14 @@
-"""Decomposing a target into a sparse signed product of experts over a dictionary of hard prompts.
+"""Decomposing a target into a sparse signed product of experts over a dictionary of hard
+prompts.
 
-Fits run on the train messages' contexts. Lambda is chosen inside train: K-fold cross-validation by
-message, the largest lambda (the sparsest fit) whose cross-validated explained-KL is within
-`selection_tolerance` of the path's best. The test messages are scored once at every lambda, with a
-bootstrap interval over test messages; nothing is chosen on them. Explained-KL = 1 - KL(P || q_w) /
-KL(P || base), with base the unprompted model, both summed over the same contexts.
+Fits run on the train messages' contexts. Lambda is chosen inside train: K-fold cross-validation
+by message, the largest lambda (the sparsest fit) whose cross-validated explained-KL is within
+`selection_tolerance` of the path's best. The test messages are scored once at every lambda, with
+a bootstrap interval over test messages; nothing is chosen on them. Explained-KL = 1 - KL(P ||
+q_w) / KL(P || base), with base the unprompted model, both summed over the same contexts.
 
 A hidden-instruction fit runs at every exclusion level (softlens.exclusion): the atoms that level
-removes
-are left out of its dictionary.
+removes are left out of its dictionary.
 """
 
 from __future__ import annotations
@@ -57,16 +57,14 @@ def fit_path(
     dense: PoEProblem | None = None,
 ) -> pd.DataFrame:
     """Fit on train rows along a lambda path; one long row per (lambda, atom) with train,
-    cross-validated
-    and test metrics (`explained_kl_test` with its interval `ci_low`, `ci_high`); `selected` by CV.
+    cross-validated and test metrics (`explained_kl_test` with its interval `ci_low`, `ci_high`);
+    `selected` by CV.
 
-    `atoms_states` is (states (K, R, d), lse (K, R)); `target` and `base` (the unprompted model) are
-    (states (R, d), lse (R,)): factored caches (softlens.head), read with the model's output head.
-    `keys`
-    (R rows: message_id, split) says which rows are train and which message each belongs to.
-    `dense`:
-    the train rows' restricted problem over these atoms (FactoredProblem.restricted), if already
-    built.
+    `atoms_states` is (states (K, R, d), lse (K, R)); `target` and `base` (the unprompted model)
+    are (states (R, d), lse (R,)): factored caches (softlens.head), read with the model's output
+    head. `keys` (R rows: message_id, split) says which rows are train and which message each
+    belongs to. `dense`: the train rows' restricted problem over these atoms
+    (FactoredProblem.restricted), if already built.
     """
     X, C = atoms_states
     train, test = np.flatnonzero(keys["split"] == "train"), np.flatnonzero(keys["split"] == "test")
@@ -141,12 +139,11 @@ def cross_validated_kl(
     message: np.ndarray,
     settings: PathSettings,
 ) -> tuple[np.ndarray, float]:
-    """(summed validation KL per lambda, summed validation KL of the unprompted model) over K folds
-    of the
-    train messages. Each fold's path is fitted on the other folds' rows of `dense` (the train rows'
-    restricted problem, in `train`'s order: it only has to rank lambdas), warm-started along the
-    same
-    lambdas; the held-out fold is scored exactly (`problem(rows)`, `base_kl(problem, rows)`)."""
+    """(summed validation KL per lambda, summed validation KL of the unprompted model) over K
+    folds of the train messages. Each fold's path is fitted on the other folds' rows of `dense`
+    (the train rows' restricted problem, in `train`'s order: it only has to rank lambdas),
+    warm-started along the same lambdas; the held-out fold is scored exactly (`problem(rows)`,
+    `base_kl(problem, rows)`)."""
     folds = message_folds(message[train], settings.folds, settings.seed)
     kl, total_base = np.zeros(len(lambdas)), 0.0
     for f in range(settings.folds):
@@ -173,12 +170,10 @@ def plugin_closures(
     split: str = "test",
 ) -> pd.DataFrame:
     """Each atom alone in the slot, as a reader's answer: its held-out KL closure against the
-    behaviour's
-    teacher, 1 - sum KL(teacher || atom) / sum KL(teacher || unprompted) over the test messages,
-    with
-    its 95% bootstrap interval (columns atom, plugin_closure_test, plugin_ci_low, plugin_ci_high).
-    `split="train"` scores the train messages instead (column plugin_closure_train), to choose
-    on."""
+    behaviour's teacher, 1 - sum KL(teacher || atom) / sum KL(teacher || unprompted) over the
+    test messages, with its 95% bootstrap interval (columns atom, plugin_closure_test,
+    plugin_ci_low, plugin_ci_high). `split="train"` scores the train messages instead (column
+    plugin_closure_train), to choose on."""
     X, C = atoms_states
     test = np.flatnonzero(keys["split"] == split)
     message = keys["message_id"].to_numpy()[test]
@@ -210,9 +205,8 @@ def plugin_closures(
 
 
 def select_lambda(path: pd.DataFrame, tolerance: float) -> int:
-    """Index of the largest lambda whose cross-validated explained-KL is within `tolerance` of the
-    path's best
-    (chosen inside train; the test columns play no part)."""
+    """Index of the largest lambda whose cross-validated explained-KL is within `tolerance` of
+    the path's best (chosen inside train; the test columns play no part)."""
     per = path.groupby("lambda_index")[["lambda", "explained_kl_cv"]].first()
     ok = per[per["explained_kl_cv"] >= per["explained_kl_cv"].max() - tolerance]
     return int(ok["lambda"].idxmax())
@@ -227,12 +221,10 @@ def exclusion_sets(atoms: pd.DataFrame, levels) -> dict[str, np.ndarray]:
 
 @dataclass(frozen=True, eq=False)
 class Caches:
-    """The log-prob caches one job reads, exactly as its rule declares them (each file is named for
-    its
-    source: `{source}.parquet`), the output head they are read with, the dictionary's atoms (each
-    naming its source) and the source being decomposed (Phase 0: the teacher's hard prompt,
-    "target";
-    Phase 1: a soft prompt's key)."""
+    """The log-prob caches one job reads, exactly as its rule declares them (each file is named
+    for its source: `{source}.parquet`), the output head they are read with, the dictionary's
+    atoms (each naming its source) and the source being decomposed (Phase 0: the teacher's hard
+    prompt, "target"; Phase 1: a soft prompt's key)."""
 
     head: str
     files: tuple
@@ -256,13 +248,10 @@ class Caches:
 def run_fit(
     *, caches: Caches, behavior: str, settings: PathSettings, levels=LEVELS, out
 ) -> pd.DataFrame:
-    """Decompose the cached source `target` (Phase 0: the behaviour's hard prompt, "target"; Phase
-    1: a
-    soft prompt) over the dictionary at each exclusion level (`atoms.excluded_at`; levels that keep
-    the
-    same atoms share one fit), with each atom's plug-in closure against the behaviour's teacher.
-    All fits
-    come from one read of the caches."""
+    """Decompose the cached source `target` (Phase 0: the behaviour's hard prompt, "target";
+    Phase 1: a soft prompt) over the dictionary at each exclusion level (`atoms.excluded_at`;
+    levels that keep the same atoms share one fit), with each atom's plug-in closure against the
+    behaviour's teacher. All fits come from one read of the caches."""
     atoms, target = caches.atoms, caches.decomposed
     keys, X, C = caches.read(
         [*atoms["source"], target, UNPROMPTED_SOURCE, TARGET]
@@ -316,8 +305,8 @@ def run_fit(
 def run_noise(
     *, caches: Caches, behavior: str, noise_sources: dict[str, dict], settings: PathSettings, out
 ) -> pd.DataFrame:
-    """Phase 0.5: each noisy copy of the target fitted over the full dictionary, plus its distance
-    from the clean target and from the unprompted model (test rows)."""
+    """Phase 0.5: each noisy copy of the target fitted over the full dictionary, plus its
+    distance from the clean target and from the unprompted model (test rows)."""
     atoms = caches.atoms
     keys, X, C = caches.read([*atoms["source"], TARGET, UNPROMPTED_SOURCE])
     K, test, head = len(atoms), (keys["split"] == "test").to_numpy(), read_head(caches.head)
@@ -355,8 +344,8 @@ def run_noise(
 
 def decline_per_sigma(curve: pd.DataFrame) -> pd.Series:
     """Fall of held-out explained-KL per unit sigma from the previous sigma, per behaviour and
-    noise seed
-    (NaN at each seed's smallest sigma). `curve` has behavior, seed, sigma and explained_kl_test."""
+    noise seed (NaN at each seed's smallest sigma). `curve` has behavior, seed, sigma and
+    explained_kl_test."""
     c = curve.sort_values(["behavior", "seed", "sigma"])
     g = c.groupby(["behavior", "seed"])
     return (-g["explained_kl_test"].diff() / g["sigma"].diff()).reindex(curve.index)
@@ -364,9 +353,8 @@ def decline_per_sigma(curve: pd.DataFrame) -> pd.Series:
 
 def noise_verdict(curve: pd.DataFrame, min_decline: float = 0.1, share: float = 0.5) -> str:
     """ "phase transition" if one step between consecutive sigmas carries more than `share` of the
-    total
-    decline of mean held-out explained-KL (and the total decline exceeds `min_decline`); else
-    "smooth".
+    total decline of mean held-out explained-KL (and the total decline exceeds `min_decline`);
+    else "smooth".
 
     `curve` has columns sigma, explained_kl_test (one row per seed; averaged here).
     """

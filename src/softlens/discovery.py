@@ -6,16 +6,15 @@ selected lambda), the KL gradient for adding candidate j at weight 0 is
     g_j = mean_n ( E_{q_w}[L_j] - E_P[L_j] ),
 
 which needs only that candidate's head states on the contexts (softlens.head: E_q[L_j] is one dot
-product with E_q[W_v] per context): one forward per candidate, no cache kept. |g_j| is how fast the
-objective falls as j enters, either sign (weights may be negative).
-Shards of the pool are independent jobs; only the best `top` are scored on every context.
+product with E_q[W_v] per context): one forward per candidate, no cache kept. |g_j| is how fast
+the objective falls as j enters, either sign (weights may be negative). Shards of the pool are
+independent jobs; only the best `top` are scored on every context.
 
-Pursuit. From the empty dictionary (q uniform), add the atom with the largest |gradient| among the
-hand-written atoms and the screened candidates, refit the active set (lightly L1-penalised), and
-stop when cross-validated explained-KL (folds of the train messages) has not improved by `min_gain`
-for `patience` additions; the step with the best cross-validated score is selected. Test messages
-are
-scored at every step, with intervals, and choose nothing.
+Pursuit. From the empty dictionary (q uniform), add the atom with the largest |gradient| among
+the hand-written atoms and the screened candidates, refit the active set (lightly L1-penalised),
+and stop when cross-validated explained-KL (folds of the train messages) has not improved by
+`min_gain` for `patience` additions; the step with the best cross-validated score is selected.
+Test messages are scored at every step, with intervals, and choose nothing.
 
 Every pursuit runs at each exclusion level (softlens.exclusion): the pool's and the hand-written
 dictionary's candidates that the level removes are out of its reach.
@@ -114,8 +113,8 @@ class Residual:
 def screening_scores(
     states: np.ndarray, lse: np.ndarray, residual: Residual
 ) -> tuple[float, float]:
-    """(gradient g_j = mean_n E_q[L_j] - E_P[L_j], and KL(P || p_j) alone) for candidate j's cached
-    rows."""
+    """(gradient g_j = mean_n E_q[L_j] - E_P[L_j], and KL(P || p_j) alone) for candidate j's
+    cached rows."""
     x, c = torch.from_numpy(np.asarray(states)), torch.from_numpy(np.asarray(lse))
     g = float((residual.current.cross(x, c) - residual.target.cross(x, c)).mean())
     return g, float(residual.target.kl_to(x, c).mean())
@@ -168,9 +167,8 @@ def score_texts(
 def residual(
     caches, head: OutputHead, target: str, fit_file, rows_seed: int, messages: int
 ) -> Residual:
-    """The target and the hand-written leave-one-out fit at its selected lambda (q_w) on `messages`
-    train
-    messages (`caches`: softlens.decompose.Caches)."""
+    """The target and the hand-written leave-one-out fit at its selected lambda (q_w) on
+    `messages` train messages (`caches`: softlens.decompose.Caches)."""
     w = selected_weights(pd.read_parquet(fit_file))
     use = caches.atoms[caches.atoms["atom"].isin(w[w != 0].index)]
     keys, X, C = caches.read([*use["source"], target])
@@ -194,8 +192,7 @@ def residual(
 def run_screen(*, job, caches, pool, fits, settings: ScreenSettings, out) -> pd.DataFrame:
     """Score one shard of the `pool` file against every target's residual (`fits`: each target's
     hand-written fit file, named for its source). A candidate's log-probs do not depend on the
-    target,
-    so each costs one forward (on the ModelJob `job`) for all."""
+    target, so each costs one forward (on the ModelJob `job`) for all."""
     from pathlib import Path
 
     from .io import write_table
@@ -285,12 +282,10 @@ def pursue(
     path: PathSettings,
     dense: PoEProblem | None = None,
 ) -> pd.DataFrame:
-    """Greedy pursuit over the atoms of `problem(rows)` (a FactoredProblem over every candidate on
-    those
-    rows; `base_kl(p, rows)` the unprompted model's KL per row): one row per (step, active atom),
-    with
-    train, cross-validated and test scores. Stopping and the selected step use the cross-validated
-    score."""
+    """Greedy pursuit over the atoms of `problem(rows)` (a FactoredProblem over every candidate
+    on those rows; `base_kl(p, rows)` the unprompted model's KL per row): one row per (step,
+    active atom), with train, cross-validated and test scores. Stopping and the selected step use
+    the cross-validated score."""
     train_rows, test_rows = (
         np.flatnonzero(keys["split"] == "train"),
         np.flatnonzero(keys["split"] == "test"),
@@ -366,14 +361,11 @@ def run_pursuit(
     *, job, caches, screens, settings: PursuitSettings, path_settings: PathSettings, out
 ) -> pd.DataFrame:
     """Gather the screen of the decomposed prompt (`caches.decomposed`; `screens`: the shards'
-    files); at
-    each exclusion level take the best `top` candidates the level keeps, and fit two dictionaries:
-    `generated` (those candidates alone, along the lambda path) and `discovered` (pursuit over them
-    together with the hand-written atoms the level keeps), and the discovered fit's weighted
-    combination
-    rendered as one instruction (`combination_rows`). Candidates are scored (on the ModelJob `job`)
-    on
-    every context once, for all levels."""
+    files); at each exclusion level take the best `top` candidates the level keeps, and fit two
+    dictionaries: `generated` (those candidates alone, along the lambda path) and `discovered`
+    (pursuit over them together with the hand-written atoms the level keeps), and the discovered
+    fit's weighted combination rendered as one instruction (`combination_rows`). Candidates are
+    scored (on the ModelJob `job`) on every context once, for all levels."""
     from .io import write_table
 
     atoms, target, behavior, positions = (
@@ -540,10 +532,8 @@ def run_pursuit(
 
 def combinations(discovered: pd.DataFrame, max_atoms: int = 3) -> list[str]:
     """The selected step's positively weighted atoms, largest weight first, rendered as one
-    instruction
-    for each k = 1..max_atoms: the top k texts joined in that order (a product of experts with
-    positive
-    weights asks for all of them at once; the rendering drops the weights)."""
+    instruction for each k = 1..max_atoms: the top k texts joined in that order (a product of
+    experts with positive weights asks for all of them at once; the rendering drops the weights)."""
     chosen = discovered[discovered["selected"] & (discovered["weight"] > 0)].sort_values(
         "weight", ascending=False
     )
@@ -553,11 +543,10 @@ def combinations(discovered: pd.DataFrame, max_atoms: int = 3) -> list[str]:
 
 def combination_rows(table: pd.DataFrame, score, closures, max_atoms: int = 3) -> pd.DataFrame:
     """The weighted-combination reader at each exclusion level: `combinations` of the discovered
-    dictionary, each scored as one hard prompt (`score(texts)` -> (states, lse) stacked), chosen by
-    its
-    plug-in closure on the train messages and scored once on test (`closures(states, texts, split)`,
-    softlens.decompose.plugin_closures). Rows with dictionary_kind "combination", step k,
-    selected."""
+    dictionary, each scored as one hard prompt (`score(texts)` -> (states, lse) stacked), chosen
+    by its plug-in closure on the train messages and scored once on test (`closures(states,
+    texts, split)`, softlens.decompose.plugin_closures). Rows with dictionary_kind "combination",
+    step k, selected."""
     found = table[table["dictionary_kind"] == "discovered"]
     per_level = {level: combinations(part, max_atoms) for level, part in found.groupby("exclusion")}
     texts = list(dict.fromkeys(t for c in per_level.values() for t in c))
@@ -588,8 +577,7 @@ def combination_rows(table: pd.DataFrame, score, closures, max_atoms: int = 3) -
 
 def _score_states(job, texts, keys, positions, reference) -> tuple:
     """Texts as hard prompts on every cached context: (states (n, R, d), lse (n, R)) aligned with
-    `keys`
-    (those of the cache file `reference`)."""
+    `keys` (those of the cache file `reference`)."""
     X, C = [], []
     for text, k, states, lse in score_texts(
         job.lm, job.slot, job.teacher, texts, positions, job.batch_size
@@ -607,8 +595,7 @@ def _score_states(job, texts, keys, positions, reference) -> tuple:
 def run_proposals(*, job, proposer: dict, out) -> pd.DataFrame:
     """Phase 2: a proposer model (the ModelJob `job`: by default the run's own) writes candidate
     instructions, `per_category` sampled answers per seed category; each answer is cleaned to its
-    first
-    line. Nothing is executed."""
+    first line. Nothing is executed."""
     from .io import write_table
     from .pool import proposal_requests
     from .teacher import generate
@@ -676,9 +663,8 @@ def run_pool(
     *, spec: dict, pool_cfg: dict, exclusion: ExclusionSettings, proposals, readings, out
 ) -> pd.DataFrame:
     """One behaviour's pool: its reading's candidates, the proposals and the templated
-    instructions, with
-    duplicates marked removed and each candidate's exclusion level (softlens.exclusion) against the
-    behaviour's own instruction."""
+    instructions, with duplicates marked removed and each candidate's exclusion level
+    (softlens.exclusion) against the behaviour's own instruction."""
     from .io import write_table
     from .pool import build_pool, templated
     from .semantic import Embedder

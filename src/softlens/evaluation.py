@@ -1,6 +1,6 @@
 """How well a soft prompt stands in for its teacher on held-out messages: per-frame scores
-(softlens.scoring: KL closure with its interval, early-weighted CE, exact-match@k) and a few greedy
-samples beside the teacher's.
+(softlens.scoring: KL closure with its interval, early-weighted CE, exact-match@k) and a few
+greedy samples beside the teacher's.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 def run_evaluation(
     *, job: ModelJob, prompt: SoftPrompt, training: dict, max_new_tokens: int, out, samples_out
 ) -> pd.DataFrame:
-    """Per-frame held-out scores of one soft prompt (the bare slot and every configured frame), and
-    greedy samples on the first `training.samples` test messages."""
+    """Per-frame held-out scores of one soft prompt (the bare slot and every configured frame),
+    and greedy samples on the first `training.samples` test messages."""
     from .io import write_table
     from .teacher import generate
 

@@ -1,16 +1,15 @@
 """How far a hidden-instruction experiment keeps the answer out of reach.
 
 An experiment that must explain a behaviour without being handed its instruction (a leave-one-out
-fit,
-a discovered dictionary) is run at each level below; each level removes what the one before it does,
-and more. Removed candidates stay in the tables with the level and the reason.
+fit, a discovered dictionary) is run at each level below; each level removes what the one before
+it does, and more. Removed candidates stay in the tables with the level and the reason.
 
 - ``none``: nothing removed (the instruction itself may be in reach: a positive control);
 - ``lexical``: the instruction, anything containing it or contained in it (case- and
-punctuation-folded
-  words), and anything sharing word-set Jaccard >= ``lexical_jaccard`` with it;
-- ``semantic``: also anything whose sentence embedding (MiniLM) has cosine >= ``semantic_threshold``
-  with the instruction: its paraphrases;
+  punctuation-folded words), and anything sharing word-set Jaccard >= ``lexical_jaccard`` with
+  it;
+- ``semantic``: also anything whose sentence embedding (MiniLM) has cosine >=
+  ``semantic_threshold`` with the instruction: its paraphrases;
 - ``reveal``: also anything that contains one of the behaviour's giveaway words (for Spanish:
   spanish, español, castellano), which name the answer without paraphrasing it.
 """
@@ -58,10 +57,9 @@ def exclusions(
     settings: ExclusionSettings,
     embed=None,
 ) -> pd.DataFrame:
-    """Per text: `excluded_at` (the first level that removes it, "" if none does), the reason, and
-    `similarity` (MiniLM cosine to the hidden instruction; NaN without one). `embed`
-    (softlens.semantic
-    Embedder) is needed for the semantic level."""
+    """Per text: `excluded_at` (the first level that removes it, "" if none does), the reason,
+    and `similarity` (MiniLM cosine to the hidden instruction; NaN without one). `embed`
+    (softlens.semantic Embedder) is needed for the semantic level."""
     n = len(texts)
     out = pd.DataFrame(
         {"excluded_at": [""] * n, "exclusion_reason": [""] * n, "similarity": np.full(n, np.nan)}
@@ -98,8 +96,8 @@ def exclusions(
 
 def atom_levels(atoms: pd.DataFrame) -> pd.Series:
     """A dictionary's `excluded_at` per atom; without exclusions computed, at least the
-    instruction's own
-    atom (`is_target`) is lexical, so no experiment is handed the answer by omission."""
+    instruction's own atom (`is_target`) is lexical, so no experiment is handed the answer by
+    omission."""
     if "excluded_at" in atoms:
         return atoms["excluded_at"].fillna("").astype(str)
     return pd.Series(np.where(atoms["is_target"], "lexical", ""), index=atoms.index)
@@ -115,8 +113,8 @@ def run_atom_exclusions(
     *, spec: dict, atoms: pd.DataFrame, settings: ExclusionSettings, out
 ) -> pd.DataFrame:
     """A behaviour's dictionary atoms with the level that excludes each (columns atom, prompt,
-    excluded_at,
-    exclusion_reason, similarity): what its leave-one-out fits and discovery may not use."""
+    excluded_at, exclusion_reason, similarity): what its leave-one-out fits and discovery may not
+    use."""
     from .io import write_table
 
     hidden = spec.get("instruction")

@@ -52,9 +52,8 @@ def _score(d: pd.DataFrame) -> str:
 
 
 def phase0(table: pd.DataFrame, out, top: int = 6) -> None:
-    """Recovered weights per behaviour at the selected lambda, at each exclusion level (none = the
-    full
-    dictionary; the stricter levels leave out the instruction and what resembles it)."""
+    """Recovered weights per behaviour at the selected lambda, at each exclusion level (none =
+    the full dictionary; the stricter levels leave out the instruction and what resembles it)."""
     t = table[table["weight"] != 0].copy()
     t = t[
         t.groupby(["behavior", "exclusion"])["weight"].transform(
@@ -88,9 +87,8 @@ def phase0(table: pd.DataFrame, out, top: int = 6) -> None:
 
 
 def phase05(table: pd.DataFrame, out) -> None:
-    """KL(noisy||clean), KL(noisy||base), explained-KL, the weight on the true instruction and the
-    decline
-    of explained-KL per unit sigma against sigma, spread over noise seeds."""
+    """KL(noisy||clean), KL(noisy||base), explained-KL, the weight on the true instruction and
+    the decline of explained-KL per unit sigma against sigma, spread over noise seeds."""
     sns.set_theme(style="whitegrid", context="paper")
     fig, axes = plt.subplots(1, 5, figsize=(20, 3.6))
     panels = [
@@ -189,8 +187,7 @@ def _trained(table: pd.DataFrame) -> pd.DataFrame:
 
 def phase1(table: pd.DataFrame, out, top: int = 6) -> None:
     """Top signed weights per soft prompt (seed 0 of each variant) at the selected lambda, at the
-    weakest
-    and the strictest exclusion level."""
+    weakest and the strictest exclusion level."""
     table = _trained(table)
     levels = _levels(table)
     levels = sorted(
@@ -249,8 +246,8 @@ def phase1_path(path: pd.DataFrame, out) -> None:
 
 
 def reading(table: pd.DataFrame, search: pd.DataFrame, out) -> None:
-    """Per behaviour: held-out KL closure at each reading stage (soft -> projections -> repaired ->
-    pure HotFlip; dots = seeds), and the searches' training loss per step."""
+    """Per behaviour: held-out KL closure at each reading stage (soft -> projections -> repaired
+    -> pure HotFlip; dots = seeds), and the searches' training loss per step."""
     from .reading import STAGES
 
     sns.set_theme(style="whitegrid", context="paper")
@@ -330,8 +327,8 @@ def geometry(table: pd.DataFrame, out) -> None:
 
 
 def robustness(table: pd.DataFrame, out) -> None:
-    """KL closure when soft vectors (and, as the control, the instruction's own tokens) are shrunk
-    or rotated toward their nearest token."""
+    """KL closure when soft vectors (and, as the control, the instruction's own tokens) are
+    shrunk or rotated toward their nearest token."""
     sns.set_theme(style="whitegrid", context="paper")
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     t = table.assign(
@@ -445,8 +442,7 @@ def dictionary(table: pd.DataFrame, path: pd.DataFrame, out) -> None:
 
 def dictionary_atoms(atoms: pd.DataFrame, out, top: int = 8) -> None:
     """The discovered dictionary's top signed atoms per soft prompt at the strictest exclusion
-    level,
-    coloured by where each came from."""
+    level, coloured by where each came from."""
     strictest = _levels(atoms)[-1]
     t = atoms[(atoms["dictionary_kind"] == "discovered") & (atoms["exclusion"] == strictest)].copy()
     t = t[
@@ -486,8 +482,8 @@ def dictionary_atoms(atoms: pd.DataFrame, out, top: int = 8) -> None:
 
 def sae_errors(table: pd.DataFrame, out) -> None:
     """SAE relative reconstruction error per layer: soft prompts (bands: min-max over seeds and
-    frames)
-    against random tokens in the same slot (dashed) and the instruction's own tokens (dotted)."""
+    frames) against random tokens in the same slot (dashed) and the instruction's own tokens
+    (dotted)."""
     sns.set_theme(style="whitegrid", context="paper")
     behaviors = sorted(table["behavior"].unique())
     fig, axes = plt.subplots(1, len(behaviors), figsize=(4.6 * len(behaviors), 3.8), squeeze=False)
@@ -521,9 +517,8 @@ def sae_errors(table: pd.DataFrame, out) -> None:
 
 def sae_jaccard(table: pd.DataFrame, out) -> None:
     """Jaccard overlap of the soft prompt's active SAE features with its instruction's, per
-    behaviour
-    and layer (dots = seeds x frames; dashed = random tokens in the same slot, the chance
-    overlap)."""
+    behaviour and layer (dots = seeds x frames; dashed = random tokens in the same slot, the
+    chance overlap)."""
     import numpy as np
 
     sns.set_theme(style="whitegrid", context="paper")
@@ -612,12 +607,10 @@ def costs(table: pd.DataFrame, out) -> None:
 
 
 def recovery(table: pd.DataFrame, out) -> None:
-    """Each reader's answer as a plug-in hard prompt: held-out closure (with its 95% interval) as a
-    fraction
-    of the soft prompt's, and its similarity percentile among the pool's candidates, per exclusion
-    level;
-    grey crosses: the controls (a norm-matched random prompt read the same way; the trained prompt's
-    answers against another behaviour's instruction)."""
+    """Each reader's answer as a plug-in hard prompt: held-out closure (with its 95% interval) as
+    a fraction of the soft prompt's, and its similarity percentile among the pool's candidates,
+    per exclusion level; grey crosses: the controls (a norm-matched random prompt read the same
+    way; the trained prompt's answers against another behaviour's instruction)."""
     sns.set_theme(style="whitegrid", context="paper")
     control = (
         table["control"].astype(str) if "control" in table else pd.Series("none", index=table.index)

@@ -1,11 +1,11 @@
 """Where soft vectors sit among the model's token embeddings (seed 004): nearest tokens by cosine
-and
-by L2, norms, nearest-neighbour cosine, and the two perturbations whose effect on KL closure tells
-how word-like a soft prompt is: shrinking its magnitude and rotating it toward its nearest token.
+and by L2, norms, nearest-neighbour cosine, and the two perturbations whose effect on KL closure
+tells how word-like a soft prompt is: shrinking its magnitude and rotating it toward its nearest
+token.
 
 Every comparison is made in the space the slot splices into: the output of the model's input
-embedding module (for Gemma that includes its sqrt(d) scale), over *ordinary* tokens only (special
-tokens and untrained padding rows of the embedding matrix are never candidates).
+embedding module (for Gemma that includes its sqrt(d) scale), over *ordinary* tokens only
+(special tokens and untrained padding rows of the embedding matrix are never candidates).
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def describe_vectors(
 ) -> pd.DataFrame:
     """Per vector: its norm, its cosine with the nearest token by cosine, that token, and the L2
     distance to the nearest token by L2 (`exclude`: each vector's own token id, for natural
-    tokens)."""
+    tokens).
+    """
     cos_ids, cos = vocab.nearest(vectors, "cosine", exclude)
     _, l2 = vocab.nearest(vectors, "l2", exclude)
     return pd.DataFrame(
@@ -132,8 +133,9 @@ def shrink(vectors: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 def rotate_toward(vectors: torch.Tensor, targets: torch.Tensor, degrees: float) -> torch.Tensor:
-    """Rotate each vector by `degrees` toward its target in the plane they span, keeping its norm;
-    where that would pass the target, the vector becomes the target itself (as in seed 004)."""
+    """Rotate each vector by `degrees` toward its target in the plane they span, keeping its
+    norm; where that would pass the target, the vector becomes the target itself (as in seed
+    004)."""
     v, t = vectors.float(), targets.float().to(vectors.device)
     vn = v.norm(dim=-1, keepdim=True).clamp(min=1e-12)
     v_hat, t_hat = v / vn, t / t.norm(dim=-1, keepdim=True).clamp(min=1e-12)

@@ -1,15 +1,15 @@
 """Next-token distributions in factored form: the model's output head and the states it reads.
 
 For a model whose logits are linear in the final hidden state, logits = x W^T + b (Llama, Qwen,
-Mistral, SmolLM, Gemma 3: every model here), one context's whole distribution over V tokens is its
-head input x (d numbers) and its log-normaliser:
+Mistral, SmolLM, Gemma 3: every model here), one context's whole distribution over V tokens is
+its head input x (d numbers) and its log-normaliser:
 
     log p(v | n) = x_n . W_v + b_v - lse_n
 
 So a log-prob cache stores (x, lse) per context (d + 1 numbers instead of V: 85x smaller for
-SmolLM2), and a product of experts is linear in the states: sum_i w_i log p_i = u W^T + s b - w.lse
-with u = sum_i w_i x_i, s = sum_i w_i. A mixture over K sources costs one (N, d) x (d, V) product,
-not K passes over a (K, N, V) array. Heads with a non-linear final step (Gemma 2's logit
+SmolLM2), and a product of experts is linear in the states: sum_i w_i log p_i = u W^T + s b -
+w.lse with u = sum_i w_i x_i, s = sum_i w_i. A mixture over K sources costs one (N, d) x (d, V)
+product, not K passes over a (K, N, V) array. Heads with a non-linear final step (Gemma 2's logit
 soft-capping) cannot be factored and are refused by name.
 """
 
@@ -85,8 +85,8 @@ class OutputHead:
         return self.logits(x, scale) - lse.double().reshape(-1, 1)
 
     def moments(self, x: torch.Tensor, lse: torch.Tensor, scale: float = 1.0) -> Moments:
-        """Per-row E_p[W_v], E_p[b_v] and sum_v p log p of cached rows, the statistics a KL against
-        p needs."""
+        """Per-row E_p[W_v], E_p[b_v] and sum_v p log p of cached rows, the statistics a KL
+        against p needs."""
         step, parts = self.rows_per_chunk(), []
         for a in range(0, len(x), step):
             logp = self.log_probs(x[a : a + step], lse[a : a + step], scale)
@@ -105,8 +105,8 @@ class OutputHead:
 
 @dataclass
 class Moments:
-    """Per-row statistics of a distribution p over the vocabulary: E_p[W_v] (R, d), E_p[b_v] (R,),
-    and sum_v p log p (R,). E_p[log q] for any cached q is then x_q . mean + bias - lse_q."""
+    """Per-row statistics of a distribution p over the vocabulary: E_p[W_v] (R, d), E_p[b_v]
+    (R,), and sum_v p log p (R,). E_p[log q] for any cached q is then x_q . mean + bias - lse_q."""
 
     mean: torch.Tensor
     bias: torch.Tensor
@@ -118,8 +118,8 @@ class Moments:
         return (x.double() * self.mean).sum(-1) + scale * self.bias - lse.double()
 
     def kl_to(self, x: torch.Tensor, lse: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-        """(R,) KL(p || q) for a cached source q (a mixture: its summed state, `scale` = its summed
-        weight)."""
+        """(R,) KL(p || q) for a cached source q (a mixture: its summed state, `scale` = its
+        summed weight)."""
         return self.plogp - self.cross(x, lse, scale)
 
 

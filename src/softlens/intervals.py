@@ -1,10 +1,8 @@
-"""Uncertainty and selection by message: K-fold splits of the train messages (what every choice is
-made
-on) and bootstrap intervals over the test messages (what every headline score carries).
+"""Uncertainty and selection by message: K-fold splits of the train messages (what every choice
+is made on) and bootstrap intervals over the test messages (what every headline score carries).
 
 Scores here are ratios of sums over messages, e.g. explained-KL = 1 - sum KL(P||q) / sum
-KL(P||base):
-resampling messages resamples numerator and denominator together.
+KL(P||base): resampling messages resamples numerator and denominator together.
 """
 
 from __future__ import annotations

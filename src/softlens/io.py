@@ -125,7 +125,8 @@ def write_soft_prompt(path, vectors, metadata: dict) -> None:
 def read_soft_prompt(path, hidden_size: int | None = None) -> tuple:
     """(vectors (L, d) float32, metadata) from our soft-prompt file or a PEFT adapter directory.
 
-    `hidden_size`, when given, is checked against the prompt's width (a prompt for another model).
+    `hidden_size`, when given, is checked against the prompt's width (a prompt for another
+    model).
     """
     path = Path(path)
     if path.is_dir() or path.name in (PEFT_CONFIG, PEFT_WEIGHTS):
@@ -296,8 +297,7 @@ def check_aligned(keys: pd.DataFrame, other: pd.DataFrame, path, reference) -> N
 
 def read_aligned(paths: list) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Stack caches that score the same contexts: (keys, states (K, R, d), lse (K, R)); rows must
-    align
-    by (message_id, position)."""
+    align by (message_id, position)."""
     keys, X, C = None, None, None
     for i, p in enumerate(paths):
         k, x, lse = read_states(p)

@@ -1,10 +1,7 @@
 """What a model job starts from, built once (the workflow's scripts build it from the rule's
-declared
-inputs; tests build it directly): the model with its dtype and device rules, the prompt slot, the
-batch
-size and, for a job that serves a behaviour, its spec, its teacher's completions and steering
-vector.
-A soft-prompt job also names its prompt (SoftPrompt).
+declared inputs; tests build it directly): the model with its dtype and device rules, the prompt
+slot, the batch size and, for a job that serves a behaviour, its spec, its teacher's completions
+and steering vector. A soft-prompt job also names its prompt (SoftPrompt).
 """
 
 from __future__ import annotations
@@ -87,8 +84,9 @@ class ModelJob:
         layer: int | None = None,
         rows: pd.DataFrame | None = None,
     ) -> tuple[Targets, Targets]:
-        """The teacher's and the unprompted model's targets on one split's contexts (of the teacher
-        table, or of its `rows`), with the teacher's states after block `layer` where given."""
+        """The teacher's and the unprompted model's targets on one split's contexts (of the
+        teacher table, or of its `rows`), with the teacher's states after block `layer` where
+        given."""
         messages, completions = contexts(self.teacher if rows is None else rows, split)
         with self.activated() as (slot, content):
             target = make_targets(
@@ -102,8 +100,8 @@ class ModelJob:
     def selection(
         self, messages: int, positions: int, *, seed: int, exclude=()
     ) -> tuple[Targets, Targets]:
-        """Targets on `messages` train messages drawn with `seed`, none of `exclude`: where readers
-        choose among their candidates, never on the test messages."""
+        """Targets on `messages` train messages drawn with `seed`, none of `exclude`: where
+        readers choose among their candidates, never on the test messages."""
         t = self.teacher
         train = t[(t["split"] == "train") & (t["completion_ids"].map(len) > 0)]
         ids = train.loc[~train["message_id"].isin(exclude), "message_id"].unique()

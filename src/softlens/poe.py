@@ -6,14 +6,11 @@ For contexts n and dictionary atoms i with next-token log-probs L[i, n, :], the 
 
 and the fit solves   min_w  mean_n KL(P_n || q_w(. | n)) + lam * ||w||_1,   w in R^K   (convex).
 
-With z_n = L_n^T w:  KL = sum_v P log P - P.z + logsumexp(z), so the gradient is mean_n(E_q[L_n] -
-E_P[L_n])
-and the Hessian is mean_n Cov_q(L_n) (K x K). The solver is proximal Newton on a working set: the
-exact
-Hessian there, a coordinate-descent inner solve, backtracking on the true objective. One screening
-pass over all atoms per outer round finds the atoms that violate the optimality conditions. Sums
-over
-contexts and the mixture logits accumulate in float64.
+With z_n = L_n^T w:  KL = sum_v P log P - P.z + logsumexp(z), so the gradient is mean_n(E_q[L_n]
+- E_P[L_n]) and the Hessian is mean_n Cov_q(L_n) (K x K). The solver is proximal Newton on a
+working set: the exact Hessian there, a coordinate-descent inner solve, backtracking on the true
+objective. One screening pass over all atoms per outer round finds the atoms that violate the
+optimality conditions. Sums over contexts and the mixture logits accumulate in float64.
 """
 
 from __future__ import annotations
@@ -68,8 +65,8 @@ class _Screened:
 class PoEProblem(_Screened):
     """Atom log-probs L (K, N, V), atom-major, and target log-probs (N, V) on the same contexts.
 
-    Atom-major layout makes the all-atom gradient one matrix-vector product over (K, N*V), several
-    times faster than per-context batched products.
+    Atom-major layout makes the all-atom gradient one matrix-vector product over (K, N*V),
+    several times faster than per-context batched products.
     """
 
     L: torch.Tensor
@@ -111,8 +108,8 @@ class PoEProblem(_Screened):
 
     @property
     def screen_tol(self) -> float:
-        """Resolution of gradients computed from the data, relative to the gradient scale at w = 0
-        (lambda_max): ~exact for float64 data, 1e-5 for float32 data.
+        """Resolution of gradients computed from the data, relative to the gradient scale at w =
+        0 (lambda_max): ~exact for float64 data, 1e-5 for float32 data.
 
         Float32 per-context sums over 49k tokens carry ~1e-6 relative rounding. KKT conditions
         resolved to 1e-5 * lambda_max leave the objective within ~1e-8 (relative) of its optimum.
@@ -138,9 +135,8 @@ class PoEProblem(_Screened):
         return out
 
     def _z(self, c: slice, w: np.ndarray) -> torch.Tensor:
-        """Mixture logits z = sum_i w_i L_i on chunk c, accumulated in float64 (the objective needs
-        them
-        exact; the line search compares objectives that differ by 1e-9)."""
+        """Mixture logits z = sum_i w_i L_i on chunk c, accumulated in float64 (the objective
+        needs them exact; the line search compares objectives that differ by 1e-9)."""
         z = torch.zeros(c.stop - c.start, self.V, dtype=torch.float64)
         for i in np.flatnonzero(w):
             z.add_(self.L[i, c], alpha=float(w[i]))
@@ -154,8 +150,8 @@ class PoEProblem(_Screened):
     def derivatives(self, w: np.ndarray, atoms: np.ndarray, hessian: bool = False):
         """(kl, gradient on `atoms`, Hessian on `atoms` or None), float64 results.
 
-        The gradient is sum_v (q - P) L per context (in L's dtype; its rounding shrinks as the fit
-        improves), contexts added up in float64: exact for float64 data, to `screen_tol` for
+        The gradient is sum_v (q - P) L per context (in L's dtype; its rounding shrinks as the
+        fit improves), contexts added up in float64: exact for float64 data, to `screen_tol` for
         float32.
         """
         atoms = np.asarray(atoms, dtype=np.int64)
@@ -204,14 +200,12 @@ class TangentProblem(_Screened):
     (FactoredProblem.solve).
 
     Columns of L (K, N, k + M) are the atoms' log-probs on each context's k most probable tokens
-    and on
-    M tokens drawn from the rest r (q_{w0} renormalised outside them), each draw weighted by
-    `offset` = -log(M r_v) so the rest's sum of exp(z) is estimated without bias and exactly at w0.
-    The
-    target enters only through E_P[L] per context (`ep`, with a linear correction that makes the
-    draws' mean log-prob the rest's exact mean) and a constant: the model equals the full-vocabulary
-    objective at w0 in value and gradient, and its curvature is the head's plus the draws'.
-    Everything is float64 and small, so passes over it cost next to nothing.
+    and on M tokens drawn from the rest r (q_{w0} renormalised outside them), each draw weighted
+    by `offset` = -log(M r_v) so the rest's sum of exp(z) is estimated without bias and exactly
+    at w0. The target enters only through E_P[L] per context (`ep`, with a linear correction that
+    makes the draws' mean log-prob the rest's exact mean) and a constant: the model equals the
+    full-vocabulary objective at w0 in value and gradient, and its curvature is the head's plus
+    the draws'. Everything is float64 and small, so passes over it cost next to nothing.
     """
 
     L: torch.Tensor  # (K, N, k + M)
@@ -254,16 +248,16 @@ class TangentProblem(_Screened):
 @dataclass
 class FactoredProblem(_Screened):
     """The PoE fit on cached states (see softlens.head): atoms' states X (K, N, d) and
-    log-normalisers
-    C (K, N), the target's (N, d) and (N,), and the output head. Exact at full vocabulary.
+    log-normalisers C (K, N), the target's (N, d) and (N,), and the output head. Exact at full
+    vocabulary.
 
-    The objective, its gradient for every atom and its value on held-out rows each cost one or two
-    (N, d) x (d, V) products, whatever K is. `solve` runs outer rounds: one full-vocabulary pass
-    builds a TangentProblem on each context's `head_tokens` most probable tokens (under the current
-    mixture and the target) plus a rest bucket, proximal Newton solves that small problem, and the
-    next
-    pass checks every atom's optimality conditions on the full vocabulary. A fixed point of these
-    rounds meets the full problem's conditions, and they are what `converged` reports.
+    The objective, its gradient for every atom and its value on held-out rows each cost one or
+    two (N, d) x (d, V) products, whatever K is. `solve` runs outer rounds: one full-vocabulary
+    pass builds a TangentProblem on each context's `head_tokens` most probable tokens (under the
+    current mixture and the target) plus a rest bucket, proximal Newton solves that small
+    problem, and the next pass checks every atom's optimality conditions on the full vocabulary.
+    A fixed point of these rounds meets the full problem's conditions, and they are what
+    `converged` reports.
     """
 
     head: OutputHead
@@ -350,9 +344,8 @@ class FactoredProblem(_Screened):
     @property
     def screen_tol(self) -> float:
         """Resolution of the full-vocabulary gradient, as for float32 dense log-probs: conditions
-        are checked
-        to 1e-5 of the gradient scale at w = 0 (benchmarks/poe_solver.py measures what that
-        leaves)."""
+        are checked to 1e-5 of the gradient scale at w = 0 (benchmarks/poe_solver.py measures
+        what that leaves)."""
         return 1e-5 * self.lambda_max()
 
     def _mix(self, w: np.ndarray, c: slice):
@@ -368,8 +361,8 @@ class FactoredProblem(_Screened):
         return z, torch.logsumexp(z, -1)
 
     def _row_kl(self, u: torch.Tensor, s: float, lse: torch.Tensor, c: slice) -> torch.Tensor:
-        """KL(P_n || q_n) per context of chunk c: sum p log p - E_P[log q] with log q = u.W + s b -
-        lse."""
+        """KL(P_n || q_n) per context of chunk c: sum p log p - E_P[log q] with log q = u.W + s b
+        - lse."""
         return self.P.plogp[c] - (u * self.P.mean[c]).sum(-1) - s * self.P.bias[c] + lse.double()
 
     def kl_rows(self, w: np.ndarray) -> np.ndarray:
@@ -383,12 +376,10 @@ class FactoredProblem(_Screened):
 
     def _pass(self, w: np.ndarray, tokens: int = 0):
         """One pass over the vocabulary at w: (mean KL, exact gradient (K,), TangentProblem on
-        `tokens`
-        tokens per context), or the KL alone when `tokens` is 0.
+        `tokens` tokens per context), or the KL alone when `tokens` is 0.
 
         The (rows, V) arrays are float32, as the cached states are (their logits carry ~1e-7
-        relative
-        rounding whatever the later precision); per-context sums are float64.
+        relative rounding whatever the later precision); per-context sums are float64.
         """
         last = self.__dict__.get("_last")
         if (
@@ -624,8 +615,8 @@ def _cd_quadratic(
 def solve(
     problem, lam: float, w0: np.ndarray | None = None, *, tol: float = 1e-9, max_iter: int = 100
 ) -> Fit:
-    """Minimise mean KL + lam ||w||_1: outer rounds on factored caches (FactoredProblem.solve), else
-    proximal Newton directly on the dense log-probs."""
+    """Minimise mean KL + lam ||w||_1: outer rounds on factored caches (FactoredProblem.solve),
+    else proximal Newton directly on the dense log-probs."""
     if lam < 0:
         raise ValueError(f"lambda must be >= 0, got {lam}")
     if isinstance(problem, FactoredProblem):
@@ -638,10 +629,10 @@ def _proximal_newton(
 ) -> Fit:
     """Minimise mean KL + lam ||w||_1 by active-set proximal Newton.
 
-    Inner loop: Newton steps on the working set S (support plus the worst violators) with the exact
-    float64 Hessian, until S meets the KKT conditions to `tol`. Outer loop: one screening pass over
-    all atoms; violators (beyond the problem's screen_tol) join S. Never raises on non-convergence:
-    the Fit says so (`solve_path` raises).
+    Inner loop: Newton steps on the working set S (support plus the worst violators) with the
+    exact float64 Hessian, until S meets the KKT conditions to `tol`. Outer loop: one screening
+    pass over all atoms; violators (beyond the problem's screen_tol) join S. Never raises on
+    non-convergence: the Fit says so (`solve_path` raises).
     """
     tol = max(tol, problem.screen_tol)  # no finer than the data resolve
     w = np.zeros(problem.K) if w0 is None else np.asarray(w0, dtype=np.float64).copy()
@@ -730,7 +721,8 @@ def solve_path(
 ) -> list[Fit]:
     """Warm-started fits along decreasing lambdas (each starts from the previous weights).
 
-    Raises NotConverged (with lambda, iterations and KKT violation) if any fit misses its tolerance.
+    Raises NotConverged (with lambda, iterations and KKT violation) if any fit misses its
+    tolerance.
     """
     lambdas = np.asarray(lambdas, dtype=np.float64)
     if (lambdas < 0).any():

@@ -6,12 +6,11 @@ A pool is a table of candidate instructions with where each came from (`kind`):
 - ``templated``: verbs x languages x styles x audiences x formats, sampled without replacement;
 - ``generated``: written by a proposer model from seed categories (Phase 2);
 - ``verbalised`` / ``repaired``: what reading a soft prompt produced (its self-verbalisations and
-its
-  repaired projection), so a prompt's own reading can explain it.
+  its repaired projection), so a prompt's own reading can explain it.
 
-Duplicates go: exact ones (after case and punctuation folding) and near ones (word-set Jaccard at or
-above a threshold); removed rows stay in the table with the reason. The hidden instruction and what
-resembles it are not removed here but marked with the exclusion level that removes them
+Duplicates go: exact ones (after case and punctuation folding) and near ones (word-set Jaccard at
+or above a threshold); removed rows stay in the table with the reason. The hidden instruction and
+what resembles it are not removed here but marked with the exclusion level that removes them
 (softlens.exclusion): a discovered dictionary is reported at every level.
 """
 
@@ -35,8 +34,8 @@ def normalise(text: str) -> str:
 
 
 def templated(parts: dict, size: int, seed: int) -> list[str]:
-    """`size` distinct instructions "<verb> <language> <style> <audience> <format>." sampled without
-    replacement from the product (every part but the verb may be left out)."""
+    """`size` distinct instructions "<verb> <language> <style> <audience> <format>." sampled
+    without replacement from the product (every part but the verb may be left out)."""
     verbs = parts.get("verbs") or []
     if not verbs:
         raise ConfigError(
@@ -84,8 +83,8 @@ def jaccard(a: list[str], b: list[str]) -> np.ndarray:
 
 def build_pool(candidates: pd.DataFrame, near_duplicate: float) -> pd.DataFrame:
     """Number the candidates (columns text, kind, source) and mark duplicates removed, with the
-    reason.
-    (What a hidden-instruction experiment may not see is decided per level: softlens.exclusion.)
+    reason. (What a hidden-instruction experiment may not see is decided per level:
+    softlens.exclusion.)
 
     Order matters: a candidate is a duplicate of the first kept one it matches, so put the kinds
     whose provenance should win first.

@@ -36,9 +36,8 @@ STAGES = ("soft", "projected_cosine", "projected_l2", "repaired", "pure_hotflip"
 
 
 class Reader:
-    """One soft prompt on its job: its vectors and training settings, the teacher's targets on the
-    test
-    messages, and the vocabulary."""
+    """One soft prompt on its job: its vectors and training settings, the teacher's targets on
+    the test messages, and the vocabulary."""
 
     def __init__(self, job: ModelJob, prompt: SoftPrompt, training: dict):
         self.job, self.prompt = job, prompt
@@ -56,9 +55,10 @@ class Reader:
         return self.prompt.labels()
 
     def score(self, make_content, frames=None, target=None, base=None) -> dict:
-        """Mean held-out scores over `frames` (default: the prompt's training frames) of the content
-        make_content(frame) gives (on the test messages, or on the contexts of `target` and
-        `base`)."""
+        """Mean held-out scores over `frames` (default: the prompt's training frames) of the
+        content make_content(frame) gives (on the test messages, or on the contexts of `target`
+        and `base`).
+        """
         target, base = (self.target, self.base) if target is None else (target, base)
         rows = [
             frame_scores(
@@ -102,9 +102,8 @@ def choose_step(history: pd.DataFrame, closure_on_selection) -> tuple[list[int],
 def run_reading(
     *, job: ModelJob, prompt: SoftPrompt, training: dict, reading: dict, out, search_out
 ) -> pd.DataFrame:
-    """Soft -> nearest-token projections (cosine, L2) -> repaired projection -> pure HotFlip, each
-    scored
-    on the test messages; writes the stage table and the searches' per-step records."""
+    """Soft -> nearest-token projections (cosine, L2) -> repaired projection -> pure HotFlip,
+    each scored on the test messages; writes the stage table and the searches' per-step records."""
     from .io import atomic_path, write_table
 
     r, spec, seed = Reader(job, prompt, training), job.behavior, prompt.seed
@@ -235,10 +234,8 @@ def run_geometry(
     robustness_out,
 ) -> None:
     """Norms and nearest-token cosines of the soft vectors; KL closure when their magnitude is
-    divided
-    by each factor and when they are rotated toward their nearest token by each angle; the same for
-    the
-    behaviour's instruction tokens (the natural-token control) where it has one."""
+    divided by each factor and when they are rotated toward their nearest token by each angle;
+    the same for the behaviour's instruction tokens (the natural-token control) where it has one."""
     from .io import write_table
 
     r, spec = Reader(job, prompt, training), job.behavior
@@ -300,10 +297,8 @@ def run_verbalisation(
     *, job: ModelJob, prompt: SoftPrompt, training: dict, reading: dict, out
 ) -> pd.DataFrame:
     """Ask the model what the soft prompt means (each template, `samples` sampled answers), then
-    score
-    every distinct answer as a hard prompt in the bare slot: on `select_messages` train messages,
-    which
-    choose the best (`is_best`), and on the test messages, which are reported."""
+    score every distinct answer as a hard prompt in the bare slot: on `select_messages` train
+    messages, which choose the best (`is_best`), and on the test messages, which are reported."""
     from .io import write_table
     from .teacher import generate
     from .verbalise import candidate_requests, clean_candidate

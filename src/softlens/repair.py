@@ -1,15 +1,16 @@
 """Repairing a projected prompt in token space: HotFlip / GCG-style coordinate search (seed 003).
 
 Each step takes the gradient of the loss with respect to the one-hot token choice at every slot
-position (for token e_v at position l it is e_v . dLoss/dx_l, one matrix product with the embedding
-table), keeps the top-k tokens per position, evaluates a batch of random single-token swaps drawn
-from them exactly, and keeps the best if it lowers the loss. Started from the nearest-token
-projection this is *repair*; started from random tokens it is *pure HotFlip*, the baseline.
+position (for token e_v at position l it is e_v . dLoss/dx_l, one matrix product with the
+embedding table), keeps the top-k tokens per position, evaluates a batch of random single-token
+swaps drawn from them exactly, and keeps the best if it lowers the loss. Started from the
+nearest-token projection this is *repair*; started from random tokens it is *pure HotFlip*, the
+baseline.
 
-The loss is KL(teacher || prompted) at the first `positions` completion positions of a fixed set of
-training messages (or the early-weighted teacher-forced CE), with a contextualised prompt inside its
-frames (messages assigned to frames in turn). The text before the slot is encoded once; every
-candidate shares that KV cache.
+The loss is KL(teacher || prompted) at the first `positions` completion positions of a fixed set
+of training messages (or the early-weighted teacher-forced CE), with a contextualised prompt
+inside its frames (messages assigned to frames in turn). The text before the slot is encoded
+once; every candidate shares that KV cache.
 """
 
 from __future__ import annotations
@@ -63,9 +64,9 @@ class SearchSettings:
 
 
 def banned_token_ids(tokenizer, texts) -> set[int]:
-    """The tokens of each text and their case variants (lower, upper, capitalised; with and without
-    a leading space) where a variant is itself one token: what a repaired prompt may not use, so
-    that it cannot simply restate the instruction."""
+    """The tokens of each text and their case variants (lower, upper, capitalised; with and
+    without a leading space) where a variant is itself one token: what a repaired prompt may not
+    use, so that it cannot simply restate the instruction."""
     banned = set()
     for text in texts:
         for t in tokenizer(text, add_special_tokens=False)["input_ids"]:
@@ -188,8 +189,8 @@ def random_start(
     require_roundtrip: bool = True,
     attempts: int = 100,
 ) -> list[int]:
-    """Random allowed tokens for pure HotFlip: the first draw whose text tokenizes back to it (when
-    required and found within `attempts` draws), else the last draw."""
+    """Random allowed tokens for pure HotFlip: the first draw whose text tokenizes back to it
+    (when required and found within `attempts` draws), else the last draw."""
     for _ in range(attempts):
         ids = allowed.cpu()[torch.randint(len(allowed), (length,), generator=generator)].tolist()
         if not require_roundtrip or roundtrips(tokenizer, ids):
@@ -208,8 +209,8 @@ def coordinate_search(
 ) -> tuple[list[int], pd.DataFrame]:
     """Greedy single-token coordinate search from `init_ids` over the `allowed` token ids.
 
-    Returns the best ids found and the per-step record (step, loss of the best so far, its text and
-    ids, swaps tried, seconds); step 0 is the starting point.
+    Returns the best ids found and the per-step record (step, loss of the best so far, its text
+    and ids, swaps tried, seconds); step 0 is the starting point.
     """
     if len(allowed) == 0:
         raise ConfigError("reading.search: the banned list bans every candidate token")

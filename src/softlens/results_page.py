@@ -1,6 +1,6 @@
 """The measured-results page (results/RESULTS.md): every number on it is read from a table in
-results/tables/ by this module when the workflow's `results_page` rule runs, so no number can drift
-from its table. Test scores carry their 95% bootstrap intervals over the test messages."""
+results/tables/ by this module when the workflow's `results_page` rule runs, so no number can
+drift from its table. Test scores carry their 95% bootstrap intervals over the test messages."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ def interval(value: float, low: float, high: float) -> str:
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
+def with_interval(t: pd.DataFrame, score: str) -> list[str]:
+    """Each row's `score` with its interval (columns ci_low, ci_high)."""
+    return [interval(*r) for r in t[[score, "ci_low", "ci_high"]].to_numpy()]
+
+
 def markdown(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False, floatfmt=".3f")
 
@@ -27,9 +32,7 @@ def top_atoms(rows: pd.DataFrame, n: int = TOP) -> str:
 
 
 def training_section(t: pd.DataFrame) -> str:
-    rows = t.assign(
-        closure=[interval(*r) for r in t[["kl_closure_test", "ci_low", "ci_high"]].to_numpy()]
-    )
+    rows = t.assign(closure=with_interval(t, "kl_closure_test"))
     rows = rows[["behavior", "variant", "seed", "closure", "kl_closure_test_bare", "steps"]]
     return (
         "## Soft prompts (`training.csv`)\n\nHeld-out KL closure in the training frames, and in "
@@ -67,9 +70,7 @@ def decomposition_section(t: pd.DataFrame, title: str, keys: list[str]) -> str:
 
 
 def noise_section(t: pd.DataFrame) -> str:
-    rows = t.assign(
-        explained=[interval(*r) for r in t[["explained_kl_test", "ci_low", "ci_high"]].to_numpy()]
-    )
+    rows = t.assign(explained=with_interval(t, "explained_kl_test"))
     rows = rows[["behavior", "seed", "sigma", "explained", "target_weight", "verdict"]]
     return "## Phase 0.5: noise on the instruction's embeddings (`phase05.csv`)\n\n" + markdown(
         rows.rename(
@@ -83,7 +84,7 @@ def noise_section(t: pd.DataFrame) -> str:
 
 def dictionary_section(t: pd.DataFrame) -> str:
     rows = t.assign(
-        explained=[interval(*r) for r in t[["explained_kl_test", "ci_low", "ci_high"]].to_numpy()],
+        explained=with_interval(t, "explained_kl_test"),
         top=t["top_atoms"].astype(str).str.slice(0, 90),
     )
     rows = rows[
@@ -112,7 +113,7 @@ def recovery_section(t: pd.DataFrame) -> str:
         ["behavior", "variant", "seed", "control", "reader", "exclusion", "text", "compared_to"]
     )
     rows = t.assign(
-        closure=[interval(*r) for r in t[["plugin_closure_test", "ci_low", "ci_high"]].to_numpy()],
+        closure=with_interval(t, "plugin_closure_test"),
         answer=t["text"].astype(str).str.slice(0, 60),
     )
     rows = rows[
@@ -152,7 +153,7 @@ def recovery_section(t: pd.DataFrame) -> str:
 
 def reading_section(t: pd.DataFrame) -> str:
     rows = t.assign(
-        closure=[interval(*r) for r in t[["kl_closure_test", "ci_low", "ci_high"]].to_numpy()],
+        closure=with_interval(t, "kl_closure_test"),
         text=t["text"].fillna("").astype(str).str.slice(0, 60),
     )
     rows = rows[["behavior", "variant", "seed", "stage", "text", "closure"]]

@@ -1,14 +1,13 @@
-"""Sparse autoencoders on the residual stream: the model, its training, and loading pretrained ones.
+"""Sparse autoencoders on the residual stream: the model, its training, and loading pretrained
+ones.
 
-The parameters carry sae-lens's names and shapes (W_enc (d_in, d_sae), b_enc, W_dec (d_sae, d_in),
-b_dec, and threshold for JumpReLU), so an SAE trained here and one loaded from sae-lens are read the
-same way. Ours are top-k SAEs (Gao et al. 2024): z = TopK(W_enc (x - b_dec) + b_enc), x^ = W_dec z
-+ b_dec,
-trained on MSE plus the AuxK loss that lets dead latents model the residual, with unit-norm decoder
-rows.
-Inputs are multiplied by a fixed `scale` (so that E||x||^2 = d_in on the training data) before
-encoding
-and the reconstruction divided by it; relative errors do not depend on it.
+The parameters carry sae-lens's names and shapes (W_enc (d_in, d_sae), b_enc, W_dec (d_sae,
+d_in), b_dec, and threshold for JumpReLU), so an SAE trained here and one loaded from sae-lens
+are read the same way. Ours are top-k SAEs (Gao et al. 2024): z = TopK(W_enc (x - b_dec) +
+b_enc), x^ = W_dec z + b_dec, trained on MSE plus the AuxK loss that lets dead latents model the
+residual, with unit-norm decoder rows. Inputs are multiplied by a fixed `scale` (so that E||x||^2
+= d_in on the training data) before encoding and the reconstruction divided by it; relative
+errors do not depend on it.
 """
 
 from __future__ import annotations
@@ -234,8 +233,7 @@ def assess(
     sae: SparseAutoencoder, x: torch.Tensor, test: torch.Tensor
 ) -> tuple[dict, torch.Tensor]:
     """The held-out evaluation plus the dead-feature fraction over the whole store, and each
-    feature's
-    firing count."""
+    feature's firing count."""
     counts = feature_counts(sae, x)
     return {**evaluate(sae, test), "dead_fraction": float((counts == 0).float().mean())}, counts
 
@@ -247,9 +245,11 @@ def train_sae(
     identity: dict | None = None,
     device: torch.device | str = "cpu",
 ) -> tuple[SparseAutoencoder, pd.DataFrame]:
-    """Train a top-k SAE on the rows of `train`; returns it (in eval mode) and its training curve.
+    """Train a top-k SAE on the rows of `train`; returns it (in eval mode) and its training
+    curve.
 
-    Deterministic for a seed; a killed run resumes from `checkpoint` and ends where it would have.
+    Deterministic for a seed; a killed run resumes from `checkpoint` and ends where it would
+    have.
     """
     from .checkpoints import load_checkpoint, save_checkpoint
 
@@ -367,9 +367,8 @@ def load_sae(sae_dir) -> tuple[SparseAutoencoder, dict]:
 
 
 def from_sae_lens(release: str, sae_id: str, out_dir, metadata: dict) -> None:
-    """Fetch a pretrained SAE with sae-lens (optional dependency; needs its hub) and save it in its
-    own
-    layout, which `load_sae` reads, with our metadata (layer, model) added to cfg.json."""
+    """Fetch a pretrained SAE with sae-lens (optional dependency; needs its hub) and save it in
+    its own layout, which `load_sae` reads, with our metadata (layer, model) added to cfg.json."""
     try:
         from sae_lens import SAE
     except ImportError:
@@ -430,10 +429,8 @@ def run_train_sae(
     *, model, shards, layer: int, sae_cfg: dict, device_setting: str, outputs: dict
 ) -> dict:
     """Train (or, where the config names one, fetch) the SAE for one layer of `model` (its
-    manifest) on the
-    activation store's `shards`, then describe its features. `outputs` names the files: weights (in
-    the
-    SAE's directory), curve, features and contexts."""
+    manifest) on the activation store's `shards`, then describe its features. `outputs` names the
+    files: weights (in the SAE's directory), curve, features and contexts."""
     from .activations import read_layer, read_tokens
     from .io import write_table
     from .models import load_tokenizer, pick_device

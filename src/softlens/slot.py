@@ -1,9 +1,10 @@
-"""The prompt slot: one place that turns (slot content, user message, completion) into model inputs.
+"""The prompt slot: one place that turns (slot content, user message, completion) into model
+inputs.
 
-A sequence is  [text before the slot] [slot] [text after the slot, containing the user message and
-the assistant header] [completion].  The slot holds a hard prompt, a soft prompt (L x d), a hard
-prompt with Gaussian noise on its embeddings, a soft prompt inside a text frame ("Be ___."), a
-hard prompt given as token ids (a projection, a searched prompt), or nothing (the unprompted
+A sequence is  [text before the slot] [slot] [text after the slot, containing the user message
+and the assistant header] [completion].  The slot holds a hard prompt, a soft prompt (L x d), a
+hard prompt with Gaussian noise on its embeddings, a soft prompt inside a text frame ("Be ___."),
+a hard prompt given as token ids (a projection, a searched prompt), or nothing (the unprompted
 model). Where it sits is a per-model setting:
 
 - ``system``: the slot is the system turn's content;
@@ -11,8 +12,8 @@ model). Where it sits is a per-model setting:
 - ``before_template``: the slot precedes the whole templated input (where PEFT prompt tuning puts
   its virtual tokens).
 
-Teacher generation, training, log-prob caching, projection repair and verbalisation all build their
-inputs here, so a placement change is one edit.
+Teacher generation, training, log-prob caching, projection repair and verbalisation all build
+their inputs here, so a placement change is one edit.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ class FramedSoftPrompt:
 
 @dataclass(frozen=True)
 class TokenPrompt:
-    """A hard prompt given as token ids, optionally inside a frame: a projected or searched prompt,
-    scored exactly as found (its decoded text need not tokenize back to the same ids)."""
+    """A hard prompt given as token ids, optionally inside a frame: a projected or searched
+    prompt, scored exactly as found (its decoded text need not tokenize back to the same ids)."""
 
     ids: tuple
     frame: str | None = None
@@ -110,8 +111,8 @@ class Batch:
     def scored_positions(
         self, max_positions: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T') indices whose next-token distributions predict completion tokens 0..T'-1, and a
-        mask.
+        """(B, T') indices whose next-token distributions predict completion tokens 0..T'-1, and
+        a mask.
 
         The logits at position ``completion_start - 1 + t`` predict completion token t.
         """
@@ -233,10 +234,10 @@ class PromptSlot:
     ) -> Batch:
         """Inputs for every message with the same slot content (and teacher-forced completions).
 
-        padding_side: "right" (scoring), "left" (generation), or "inner": the text before the slot
-        and
-        the slot itself (identical in every row) come first, then the padding, then the rest, so one
-        KV cache of that shared prefix serves the whole batch and the sequences end together.
+        padding_side: "right" (scoring), "left" (generation), or "inner": the text before the
+        slot and the slot itself (identical in every row) come first, then the padding, then the
+        rest, so one KV cache of that shared prefix serves the whole batch and the sequences end
+        together.
         """
         completions = completions if completions is not None else [[] for _ in messages]
         if len(completions) != len(messages):

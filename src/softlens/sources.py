@@ -4,12 +4,11 @@ here.
 A source spec is a dict with a ``kind``:
 
 - ``hard``: ``text`` as a hard prompt;  ``noisy``: ``text`` with Gaussian noise (``sigma``,
-``seed``);
-- ``soft``: a soft prompt read from ``file`` (ours, or a PEFT adapter directory), optionally inside
-  a ``frame`` such as "Be ___.", optionally at its own slot ``position`` (PEFT: before the
-  template);
-  with ``random_seed`` it is the prompt's control instead: random directions with its vectors'
-  norms;
+  ``seed``);
+- ``soft``: a soft prompt read from ``file`` (ours, or a PEFT adapter directory), optionally
+  inside a ``frame`` such as "Be ___.", optionally at its own slot ``position`` (PEFT: before the
+  template); with ``random_seed`` it is the prompt's control instead: random directions with its
+  vectors' norms;
 - ``steered``: an empty slot with a steering vector added to the residual stream;
 - ``unprompted``: an empty slot.
 
@@ -40,8 +39,7 @@ def soft_content(vectors, frame: str | None = None) -> SlotContent:
 
 def norm_matched_random(vectors, seed: int):
     """A control for a soft prompt: isotropic Gaussian directions, each scaled to the norm of the
-    vector
-    it replaces (the same length and norms, none of the trained directions)."""
+    vector it replaces (the same length and norms, none of the trained directions)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)

@@ -1,7 +1,7 @@
 """Steering-vector teachers: a direction in the residual stream, added at one layer.
 
-"Layer l" means the output of decoder block l (0-based), i.e. the residual stream after block l. The
-direction is read and added at that same place, through forward hooks on the block.
+"Layer l" means the output of decoder block l (0-based), i.e. the residual stream after block l.
+The direction is read and added at that same place, through forward hooks on the block.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def captured(model: torch.nn.Module, layers: Sequence[int]):
 def mean_activation(lm, texts: Sequence[str], layer: int, batch_size: int = 16) -> torch.Tensor:
     """Mean over texts of the token-averaged residual stream after block `layer` (float32, (d,)).
 
-    Texts are tokenized raw (no chat template), right-padded; each text's first token is left out.
+    Texts are tokenized raw (no chat template), right-padded; each text's first token is left
+    out.
     """
     layers = decoder_layers(lm.model)
     if not 0 <= layer < len(layers):

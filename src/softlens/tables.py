@@ -65,9 +65,8 @@ def phase0(fit_paths, dictionary: str = "hand-written") -> tuple[pd.DataFrame, p
 
 
 def phase05(fit_paths) -> pd.DataFrame:
-    """One row per (behavior, sigma, seed) at the selected lambda, with the behaviour's verdict and
-    the
-    decline of explained-KL per unit sigma from the seed's previous sigma."""
+    """One row per (behavior, sigma, seed) at the selected lambda, with the behaviour's verdict
+    and the decline of explained-KL per unit sigma from the seed's previous sigma."""
     df = _read(fit_paths)
     sel = df[df["selected"]]
     keys = ["behavior", "sigma", "seed"]
@@ -130,10 +129,10 @@ def training(
 
 
 def phase1(fit_paths, dictionary: str = "hand-written") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Phase 0's tables for soft-prompt targets, with their variant, seed and prompt_kind: `soft`, a
-    trained prompt, or `control`, its norm-matched random control
-    (softlens.sources.norm_matched_random),
-    with the prompt's own closure to the teacher (target_closure_test)."""
+    """Phase 0's tables for soft-prompt targets, with their variant, seed and prompt_kind:
+    `soft`, a trained prompt, or `control`, its norm-matched random control
+    (softlens.sources.norm_matched_random), with the prompt's own closure to the teacher
+    (target_closure_test)."""
     full = _read(fit_paths)
     full["dictionary"] = dictionary
     df = full[["behavior", "target"]].drop_duplicates().reset_index(drop=True)
@@ -146,8 +145,9 @@ def phase1(fit_paths, dictionary: str = "hand-written") -> tuple[pd.DataFrame, p
 def reading(
     stage_paths, search_paths, geometry_paths, robustness_paths, verbalise_paths, token_paths
 ):
-    """(one row per soft prompt and reading stage; the searches' per-step records; soft and natural
-    vectors' geometry; closure under perturbation; every verbalisation candidate with its score)."""
+    """(one row per soft prompt and reading stage; the searches' per-step records; soft and
+    natural vectors' geometry; closure under perturbation; every verbalisation candidate with its
+    score)."""
     keys = ["behavior", "variant", "seed"]
     stages = _read(stage_paths)
     stages["ids"] = stages["ids"].map(lambda ids: " ".join(map(str, ids)))
@@ -191,13 +191,13 @@ def dictionary(
     top: int = 3,
     embed=None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(one row per soft prompt x dictionary kind x exclusion level at its selected fit; the paths,
-    one row per lambda or pursuit step; the selected atoms with their texts).
+    """(one row per soft prompt x dictionary kind x exclusion level at its selected fit; the
+    paths, one row per lambda or pursuit step; the selected atoms with their texts).
 
     Kinds: hand-written (Phase 1's fits), generated (the best screened pool candidates alone) and
     discovered (pursuit over both), each with what its exclusion level removes left out.
-    semantic_similarity = mean cosine of the `top` largest-|weight| atoms to the hidden instruction;
-    random_similarity = the same dictionary's mean over all its candidates (the
+    semantic_similarity = mean cosine of the `top` largest-|weight| atoms to the hidden
+    instruction; random_similarity = the same dictionary's mean over all its candidates (the
     expectation of drawing atoms at random).
     """
     import numpy as np
@@ -305,10 +305,11 @@ def dictionary(
 def sae(
     reading_paths, feature_paths, context_paths, top_features: int = 12
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(sae: one row per soft prompt x frame x layer; sae_training: one row per layer; sae_features:
-    the features soft prompts share with their instruction, most often shared first, with their
-    top-activating contexts from the store; sae_manifold: per behaviour and layer, prepend against
-    contextualised, and which sits closer to the natural-language manifold)."""
+    """(sae: one row per soft prompt x frame x layer; sae_training: one row per layer;
+    sae_features: the features soft prompts share with their instruction, most often shared
+    first, with their top-activating contexts from the store; sae_manifold: per behaviour and
+    layer, prepend against contextualised, and which sits closer to the natural-language
+    manifold)."""
     import numpy as np
 
     from .io import read_metadata
@@ -448,36 +449,28 @@ def recovery(
     hand_written: list[dict],
     embed=None,
 ) -> pd.DataFrame:
-    """The reader's answer: one hard prompt per (soft prompt, reader, exclusion level), scored as a
-    plug-in
-    (held-out KL closure alone in the slot against the behaviour's teacher, with its interval, and
-    as a
-    fraction of the soft prompt's own closure in the bare slot) and by MiniLM cosine to the hidden
-    instruction with its percentile among the candidates of the same pool the level keeps (chance).
+    """The reader's answer: one hard prompt per (soft prompt, reader, exclusion level), scored as
+    a plug-in (held-out KL closure alone in the slot against the behaviour's teacher, with its
+    interval, and as a fraction of the soft prompt's own closure in the bare slot) and by MiniLM
+    cosine to the hidden instruction with its percentile among the candidates of the same pool
+    the level keeps (chance).
 
     Readers: the top positively weighted atom of the hand-written Phase 1 fit (poe_top_atom);
-    pursuit's
-    first atom, the best single one (pursuit_best_single), and its top positive atom at the
-    selected step
-    (pursuit_top_atom); the selected step's positive atoms rendered as one instruction, top k
-    joined with
-    k chosen on train (pursuit_combination); the repaired projection (repaired) and the
-    verbalisation best on train messages
-    (verbalisation), which see no dictionary (exclusion none).
+    pursuit's first atom, the best single one (pursuit_best_single), and its top positive atom at
+    the selected step (pursuit_top_atom); the selected step's positive atoms rendered as one
+    instruction, top k joined with k chosen on train (pursuit_combination); the repaired
+    projection (repaired) and the verbalisation best on train messages (verbalisation), which see
+    no dictionary (exclusion none).
 
     Controls (column `control`; `compared_to` is the instruction the similarity is measured
-    against):
-    `none`, the trained prompt against its own hidden instruction; `random_prompt`, the same
-    readers on
-    a prompt with the trained one's norms and random directions (a control fit among `fit_paths`),
-    against the same instruction and teacher; `other_instruction`, the trained prompt's answers
-    against
-    each other behaviour's instruction, in the same pool (the similarity a reader earns by chance).
-    `prompt_closure_test` is the read prompt's own closure against the teacher and
-    `soft_closure_test`
-    the trained prompt's, each on the contexts its reader's answer is scored on
-    (`closure_contexts`):
-    `fraction_of_soft` compares like with like.
+    against): `none`, the trained prompt against its own hidden instruction; `random_prompt`, the
+    same readers on a prompt with the trained one's norms and random directions (a control fit
+    among `fit_paths`), against the same instruction and teacher; `other_instruction`, the
+    trained prompt's answers against each other behaviour's instruction, in the same pool (the
+    similarity a reader earns by chance). `prompt_closure_test` is the read prompt's own closure
+    against the teacher and `soft_closure_test` the trained prompt's, each on the contexts its
+    reader's answer is scored on (`closure_contexts`): `fraction_of_soft` compares like with
+    like.
     """
     import numpy as np
 

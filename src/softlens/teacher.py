@@ -104,8 +104,7 @@ def teacher_table(
 
 def run_teacher(*, job, messages: dict, generation: dict, out) -> pd.DataFrame:
     """Generate and write the teacher table of the job's behaviour (a ModelJob: instruction,
-    steering,
-    PEFT prompt or unprompted) on the configured `messages`."""
+    steering, PEFT prompt or unprompted) on the configured `messages`."""
     from .config import load_messages
     from .io import write_table
 

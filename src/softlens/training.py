@@ -1,23 +1,20 @@
 """Soft-prompt training by distillation: L vectors in the slot learn to make the frozen model act
-like
-its teacher (the same model with a hard prompt, a steering vector or a PEFT prompt).
+like its teacher (the same model with a hard prompt, a steering vector or a PEFT prompt).
 
 Objective (weights from config): KL(teacher || student) over the full next-token distributions at
-the
-first T completion positions of the teacher's own completions (teacher-forced); optionally the
-early-weighted teacher-forced CE of seed 003 (the first `early_tokens` tokens weighted
-`early_weight`)
-and internal-state matching (relative squared error of the residual stream after block `state_layer`
-against the teacher's, at the same positions).
+the first T completion positions of the teacher's own completions (teacher-forced); optionally
+the early-weighted teacher-forced CE of seed 003 (the first `early_tokens` tokens weighted
+`early_weight`) and internal-state matching (relative squared error of the residual stream after
+block `state_layer` against the teacher's, at the same positions).
 
 Variants: *prepend* trains the vectors alone in the slot; *contextualised* trains them inside a
-frame
-("Be ___.") sampled every step from a list (seed 001).
+frame ("Be ___.") sampled every step from a list (seed 001).
 
 Speed: the teacher's distributions are computed once per job; the text before the slot is encoded
 once and its KV cache reused every step; logits are computed only at the T scored positions.
-Determinism: every random choice (init, batches, frames) comes from one seeded generator whose state
-is checkpointed with the vectors and Adam's moments, so a resumed run equals an uninterrupted one.
+Determinism: every random choice (init, batches, frames) comes from one seeded generator whose
+state is checkpointed with the vectors and Adam's moments, so a resumed run equals an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -133,8 +130,7 @@ def train(
     """Train L soft vectors; returns them (float32, CPU) and the per-step curve.
 
     The curve has step, lr, frame, loss, kl (and ce, state when used), seconds, and kl_test (mean
-    over
-    the training frames) every `eval_every` steps and at the last step.
+    over the training frames) every `eval_every` steps and at the last step.
     """
     identity = {**(identity or {}), **s.describe(), "seed": seed}
     layer = (lm.num_layers // 2 if s.state_layer < 0 else s.state_layer) if s.state_weight else None
@@ -236,8 +232,8 @@ def train(
 
 
 def run_training(*, job: ModelJob, prompt: SoftPrompt, training: dict, out, curve_out) -> None:
-    """Train one soft prompt for the job's behaviour and write it (safetensors + metadata) and its
-    curve (CSV)."""
+    """Train one soft prompt for the job's behaviour and write it (safetensors + metadata) and
+    its curve (CSV)."""
     from .io import atomic_path, write_soft_prompt
 
     s = settings_for(training, prompt.variant)

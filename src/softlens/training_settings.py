@@ -1,7 +1,8 @@
 """What one soft prompt's training depends on: its settings from the config's `training` block.
 
-Kept apart from softlens.training (and free of torch) because the workflow reads them when it builds
-the DAG: the training rule's params are these settings, so a change in any of them retrains.
+Kept apart from softlens.training (and free of torch) because the workflow reads them when it
+builds the DAG: the training rule's params are these settings, so a change in any of them
+retrains.
 """
 
 from __future__ import annotations
@@ -76,7 +77,6 @@ def settings_for(training: dict, variant: str) -> TrainSettings:
 
 def prompt_params(training: dict, variant: str) -> dict:
     """The settings one soft prompt depends on, keys sorted: the training rule's params, so that
-    adding
-    a seed, a variant or a trained behaviour (or reordering the config) retrains no existing
-    prompt."""
+    adding a seed, a variant or a trained behaviour (or reordering the config) retrains no
+    existing prompt."""
     return dict(sorted(settings_for(training, variant).describe().items()))

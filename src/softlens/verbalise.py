@@ -1,9 +1,10 @@
-"""Self-verbalisation (seed 001, after neologism learning): ask the model what a soft prompt means,
-then score each answer by plugging it in as a hard prompt and measuring the KL closure it reaches.
+"""Self-verbalisation (seed 001, after neologism learning): ask the model what a soft prompt
+means, then score each answer by plugging it in as a hard prompt and measuring the KL closure it
+reaches.
 
 The soft prompt sits in the slot exactly where it was trained (a contextualised prompt inside its
-first frame) and the user message asks about it. Answers are sampled; nothing in them is executed:
-each is only tokenized and scored.
+first frame) and the user message asks about it. Answers are sampled; nothing in them is
+executed: each is only tokenized and scored.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ _QUOTES = "\"'`“”‘’«»"
 
 
 def clean_candidate(text: str, max_chars: int = 200) -> str:
-    """The first non-empty line of an answer, without surrounding quotes, list marks or a label like
-    "Instruction:"; "" if nothing is left."""
+    """The first non-empty line of an answer, without surrounding quotes, list marks or a label
+    like "Instruction:"; "" if nothing is left."""
     for line in text.splitlines():
         line = re.sub(r"^\s*(?:[-*•]|\d+[.)])\s*", "", line).strip()
         line = re.sub(r"^(?:the\s+)?instruction\s*(?:is)?\s*:\s*", "", line, flags=re.IGNORECASE)

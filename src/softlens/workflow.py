@@ -24,9 +24,8 @@ def start_job(snakemake) -> None:
 
 
 def model_job(snakemake):
-    """The job's ModelJob from what its rule declares: input model (and teacher, steering where the
-    rule
-    has them), params model_settings (and behavior)."""
+    """The job's ModelJob from what its rule declares: input model (and teacher, steering where
+    the rule has them), params model_settings (and behavior)."""
     from .job import ModelJob
 
     i, p = snakemake.input, snakemake.params
@@ -50,8 +49,9 @@ def soft_prompt(snakemake):
 
 
 def caches(snakemake, decomposed: str | None = None):
-    """The Caches the rule declares: input head and caches, params atoms (with the behaviour's input
-    exclusions where the rule has them); `decomposed` defaults to the behaviour's hard prompt."""
+    """The Caches the rule declares: input head and caches, params atoms (with the behaviour's
+    input exclusions where the rule has them); `decomposed` defaults to the behaviour's hard
+    prompt."""
     import pandas as pd
 
     from .decompose import TARGET, Caches
@@ -70,10 +70,10 @@ def machine_memory_mb(share: float = 0.9) -> int:
 
 
 def gpus_for(setting: str = "auto") -> int:
-    """GPUs a model job asks the scheduler for: none when the config pins the CPU or, with "auto",
-    when
-    this host shows no NVIDIA device (on SLURM, where the submit host may have none, set "cuda").
-    Read from the driver's files, not torch, so that building the DAG imports no torch."""
+    """GPUs a model job asks the scheduler for: none when the config pins the CPU or, with
+    "auto", when this host shows no NVIDIA device (on SLURM, where the submit host may have none,
+    set "cuda"). Read from the driver's files, not torch, so that building the DAG imports no
+    torch."""
     if setting == "auto":
         hidden = os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1", "NoDevFiles")
         return int(
