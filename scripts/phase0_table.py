@@ -2,6 +2,6 @@ from softlens import tables
 from softlens.workflow import start_job
 
 start_job(snakemake)
-table, path = tables.phase0(snakemake.input)
+table, path = tables.phase0(fit_paths=snakemake.input)
 table.to_csv(snakemake.output.table, index=False)
 path.to_csv(snakemake.output.path, index=False)

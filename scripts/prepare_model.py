@@ -3,8 +3,8 @@ from softlens.workflow import start_job
 
 start_job(snakemake)
 prepare_model(
-    snakemake.params.spec,
-    snakemake.params.model_dir,
-    snakemake.output.manifest,
+    spec=snakemake.params.spec,
+    out_dir=snakemake.params.model_dir,
+    manifest=snakemake.output.manifest,
     revision=snakemake.params.revision,
 )

@@ -6,7 +6,7 @@ from softlens.workflow import start_job
 
 start_job(snakemake)
 page = results_page(
-    {Path(t).stem: t for t in snakemake.input},
+    tables={Path(t).stem: t for t in snakemake.input},
     configs=snakemake.params.configs,
     command="snakemake --cores all",
 )

@@ -2,7 +2,7 @@ from softlens import tables
 from softlens.workflow import start_job
 
 start_job(snakemake)
-outputs = tables.training(snakemake.input.scores, snakemake.input.curves, snakemake.input.samples)
+outputs = tables.training(inputs=dict(snakemake.input.items()))
 for df, out in zip(
     outputs,
     [

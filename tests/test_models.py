@@ -21,12 +21,16 @@ def test_hub_id_while_offline_names_the_id(tmp_path, monkeypatch):
         ModelUnavailable,
         match=r"'softlens-test/no-such-model'.*not in the local Hugging Face cache.*offline",
     ):
-        prepare_model("softlens-test/no-such-model", tmp_path / "m", tmp_path / "m.json")
+        prepare_model(
+            spec="softlens-test/no-such-model", out_dir=tmp_path / "m", manifest=tmp_path / "m.json"
+        )
     assert not (tmp_path / "m.json").exists()
 
 
 def test_local_directory_manifest_loads_the_same_model(tiny_dir, tiny_lm, tmp_path):
-    info = prepare_model(str(tiny_dir), tmp_path / "unused", tmp_path / "tiny.json")
+    info = prepare_model(
+        spec=str(tiny_dir), out_dir=tmp_path / "unused", manifest=tmp_path / "tiny.json"
+    )
     assert info["kind"] == "local" and json.loads((tmp_path / "tiny.json").read_text())[
         "path"
     ] == str(tiny_dir)
@@ -62,7 +66,9 @@ def test_hub_id_is_read_from_the_local_cache_when_offline(tiny_dir, tmp_path, mo
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     offline(monkeypatch, tmp_path / "hf" / "hub")
-    info = prepare_model("softlens-test/tiny", tmp_path / "unused", tmp_path / "m.json")
+    info = prepare_model(
+        spec="softlens-test/tiny", out_dir=tmp_path / "unused", manifest=tmp_path / "m.json"
+    )
     assert info["kind"] == "hub" and info["path"].endswith(commit)
     lm = load_model(tmp_path / "m.json", {"device": "cpu"})
     assert lm.num_layers == 4

@@ -35,7 +35,7 @@ def test_the_page_reads_every_number_from_its_table(tmp_path):
     training.to_csv(tmp_path / "training.csv", index=False)
     phase0.to_csv(tmp_path / "phase0.csv", index=False)
     page = results_page(
-        {p.stem: p for p in tmp_path.glob("*.csv")},
+        tables={p.stem: p for p in tmp_path.glob("*.csv")},
         configs=["config/x.yaml"],
         command="snakemake --cores all",
     )

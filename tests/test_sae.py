@@ -388,7 +388,9 @@ def test_the_manifold_verdict_compares_prepend_and_contextualised_seed_by_seed(t
             ),
             ctxs[-1],
         )
-    table, training, features, manifold = tables.sae(paths, feats, ctxs)
+    table, training, features, manifold = tables.sae(
+        inputs={"readings": paths, "features": feats, "contexts": ctxs}
+    )
     assert {
         "behavior",
         "variant",

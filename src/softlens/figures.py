@@ -245,7 +245,7 @@ def phase1_path(path: pd.DataFrame, out) -> None:
     _save(g.figure, out)
 
 
-def reading(table: pd.DataFrame, search: pd.DataFrame, out) -> None:
+def reading(*, table: pd.DataFrame, search: pd.DataFrame, out) -> None:
     """Per behaviour: held-out KL closure at each reading stage (soft -> projections -> repaired
     -> pure HotFlip; dots = seeds), and the searches' training loss per step."""
     from .reading import STAGES
@@ -377,7 +377,7 @@ def verbalisation(table: pd.DataFrame, out) -> None:
     _save(fig, out)
 
 
-def dictionary(table: pd.DataFrame, path: pd.DataFrame, out) -> None:
+def dictionary(*, table: pd.DataFrame, path: pd.DataFrame, out) -> None:
     """Held-out explained-KL against nonzeros (paths) and against candidates considered (selected
     fits), per dictionary kind; and the top atoms' semantic similarity to the hidden instruction
     against the same dictionary's random atoms."""

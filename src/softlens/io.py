@@ -212,7 +212,7 @@ def write_peft_prompt(adapter_dir, vectors, base_model: str, model_config) -> No
         Path(tmp).write_text(json.dumps(cfg, indent=2) + "\n")
 
 
-def export_peft(prompt_path, model_path, adapter_dir) -> None:
+def export_peft(*, prompt_path, model_path, adapter_dir) -> None:
     """Write our soft prompt as a PEFT prompt-tuning adapter for the model in directory
     `model_path`."""
     import logging

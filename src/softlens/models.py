@@ -47,10 +47,10 @@ class ModelUnavailable(RuntimeError):
 
 
 def prepare_model(
+    *,
     spec: str,
     out_dir: str | Path,
     manifest: str | Path,
-    *,
     revision: str = "main",
     wheel_cache: str | Path | None = None,
 ) -> dict:

@@ -217,7 +217,7 @@ SECTIONS = [  # table, how it is shown
 ]
 
 
-def results_page(tables: dict[str, Path], *, configs: list[str], command: str) -> str:
+def results_page(*, tables: dict[str, Path], configs: list[str], command: str) -> str:
     """The page from the tables that exist (`tables`: name -> CSV), naming the configs and
     command."""
     head = (

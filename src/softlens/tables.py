@@ -56,7 +56,7 @@ def _with_target(df: pd.DataFrame, selected: bool) -> pd.DataFrame:
     ].first()
 
 
-def phase0(fit_paths, dictionary: str = "hand-written") -> tuple[pd.DataFrame, pd.DataFrame]:
+def phase0(*, fit_paths, dictionary: str = "hand-written") -> tuple[pd.DataFrame, pd.DataFrame]:
     """(weights at the selected lambda, one row per atom; the whole lambda path, one row per
     lambda)."""
     df = _read(fit_paths)
@@ -64,7 +64,7 @@ def phase0(fit_paths, dictionary: str = "hand-written") -> tuple[pd.DataFrame, p
     return _with_target(df, True), _with_target(df, False)
 
 
-def phase05(fit_paths) -> pd.DataFrame:
+def phase05(*, fit_paths) -> pd.DataFrame:
     """One row per (behavior, sigma, seed) at the selected lambda, with the behaviour's verdict
     and the decline of explained-KL per unit sigma from the seed's previous sigma."""
     df = _read(fit_paths)
@@ -90,11 +90,10 @@ def phase05(fit_paths) -> pd.DataFrame:
     return rows.sort_values(keys)
 
 
-def training(
-    score_paths, curve_paths, sample_paths
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def training(*, inputs: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(one row per soft prompt: closure in its training frames; one row per evaluated frame; the
     per-step curves; the greedy samples)."""
+    score_paths, curve_paths, sample_paths = (inputs[k] for k in ("scores", "curves", "samples"))
     frames = _read(score_paths)
     keys = ["behavior", "variant", "seed"]
     trained = frames[frames["trained_frame"]]
@@ -128,7 +127,7 @@ def training(
     )
 
 
-def phase1(fit_paths, dictionary: str = "hand-written") -> tuple[pd.DataFrame, pd.DataFrame]:
+def phase1(*, fit_paths, dictionary: str = "hand-written") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Phase 0's tables for soft-prompt targets, with their variant, seed and prompt_kind:
     `soft`, a trained prompt, or `control`, its norm-matched random control
     (softlens.sources.norm_matched_random), with the prompt's own closure to the teacher
@@ -142,12 +141,13 @@ def phase1(fit_paths, dictionary: str = "hand-written") -> tuple[pd.DataFrame, p
     return table, path
 
 
-def reading(
-    stage_paths, search_paths, geometry_paths, robustness_paths, verbalise_paths, token_paths
-):
+def reading(*, inputs: dict):
     """(one row per soft prompt and reading stage; the searches' per-step records; soft and
     natural vectors' geometry; closure under perturbation; every verbalisation candidate with its
     score)."""
+    stage_paths, search_paths, geometry_paths, robustness_paths, verbalise_paths, token_paths = (
+        inputs[k] for k in ("stages", "search", "geometry", "robustness", "verbalise", "tokens")
+    )
     keys = ["behavior", "variant", "seed"]
     stages = _read(stage_paths)
     stages["ids"] = stages["ids"].map(lambda ids: " ".join(map(str, ids)))
@@ -183,13 +183,7 @@ def _soft_target(target: pd.Series) -> pd.DataFrame:
 
 
 def dictionary(
-    pursuit_paths,
-    fit_paths,
-    pool_paths,
-    behaviors: dict,
-    hand_written: list[dict],
-    top: int = 3,
-    embed=None,
+    *, inputs: dict, behaviors: dict, hand_written: list[dict], top: int = 3, embed=None
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(one row per soft prompt x dictionary kind x exclusion level at its selected fit; the
     paths, one row per lambda or pursuit step; the selected atoms with their texts).
@@ -200,6 +194,7 @@ def dictionary(
     instruction; random_similarity = the same dictionary's mean over all its candidates (the
     expectation of drawing atoms at random).
     """
+    pursuit_paths, fit_paths, pool_paths = (inputs[k] for k in ("pursuits", "fits", "pools"))
     import numpy as np
 
     from .exclusion import kept_at
@@ -303,13 +298,16 @@ def dictionary(
 
 
 def sae(
-    reading_paths, feature_paths, context_paths, top_features: int = 12
+    *, inputs: dict, top_features: int = 12
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(sae: one row per soft prompt x frame x layer; sae_training: one row per layer;
     sae_features: the features soft prompts share with their instruction, most often shared
     first, with their top-activating contexts from the store; sae_manifold: per behaviour and
     layer, prepend against contextualised, and which sits closer to the natural-language
     manifold)."""
+    reading_paths, feature_paths, context_paths = (
+        inputs[k] for k in ("readings", "features", "contexts")
+    )
     import numpy as np
 
     from .io import read_metadata
@@ -439,15 +437,7 @@ READERS = (
 
 
 def recovery(
-    fit_paths,
-    pursuit_paths,
-    stage_paths,
-    verbalise_paths,
-    score_paths,
-    pool_paths,
-    behaviors: dict,
-    hand_written: list[dict],
-    embed=None,
+    *, inputs: dict, behaviors: dict, hand_written: list[dict], embed=None
 ) -> pd.DataFrame:
     """The reader's answer: one hard prompt per (soft prompt, reader, exclusion level), scored as
     a plug-in (held-out KL closure alone in the slot against the behaviour's teacher, with its
@@ -472,6 +462,10 @@ def recovery(
     reader's answer is scored on (`closure_contexts`): `fraction_of_soft` compares like with
     like.
     """
+    fit_paths = list(inputs["fits"]) + list(inputs.get("controls", []))
+    pursuit_paths, stage_paths, verbalise_paths, score_paths, pool_paths = (
+        inputs[k] for k in ("pursuits", "stages", "verbalise", "scores", "pools")
+    )
     import numpy as np
 
     from .exclusion import kept_at
