@@ -112,6 +112,8 @@ def teacher_definition(wildcards):
         )
     if spec.get("peft"):
         inputs["peft"] = f"{spec['peft']}/adapter_model.safetensors"
+    if spec.get("lora"):  # the adapter's weights: a new adapter retrains what it taught
+        inputs["lora"] = f"{spec['lora']}/adapter_model.safetensors"
     return inputs
 
 

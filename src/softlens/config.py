@@ -26,6 +26,7 @@ FRAME_PLACEHOLDER = "___"
 # A trained soft prompt's cache and fit are keyed "soft-{variant}-seed{seed}"; its control (the same
 # norms, random directions: softlens.sources.norm_matched_random) "control-{variant}-seed{seed}".
 PROMPT_KINDS = ("soft", "control")
+TEACHER_KINDS = ("instruction", "steering", "peft", "lora")  # what a behaviour's teacher is
 _PROMPT_KEY = re.compile(r"^(?P<kind>soft|control)-(?P<variant>[A-Za-z]+)-seed(?P<seed>\d+)$")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -180,14 +181,14 @@ def _check_behaviors(behaviors: list[dict]) -> None:
                 f"[{seen[name.casefold()]}], names compared up to case)"
             )
         seen[name.casefold()] = i
-        kinds = [k for k in ("instruction", "steering", "peft") if b.get(k) is not None]
+        kinds = [k for k in TEACHER_KINDS if b.get(k) is not None]
         if len(kinds) != 1:
             raise ConfigError(
-                f"{where}: give exactly one of 'instruction', 'steering' or 'peft' "
+                f"{where}: give exactly one of {', '.join(map(repr, TEACHER_KINDS))} "
                 f"(found {kinds or 'neither'})"
             )
-        if "peft" in kinds:
-            adapter = Path(b["peft"])
+        if kinds[0] in ("peft", "lora"):
+            adapter = Path(b[kinds[0]])
             missing = [
                 f
                 for f in ("adapter_config.json", "adapter_model.safetensors")
@@ -195,7 +196,14 @@ def _check_behaviors(behaviors: list[dict]) -> None:
             ]
             if missing:
                 raise ConfigError(
-                    f"{where}.peft: {b['peft']!r} is not a PEFT adapter directory (lacks {missing})"
+                    f"{where}.{kinds[0]}: {b[kinds[0]]!r} is not a PEFT adapter directory "
+                    f"(lacks {missing})"
+                )
+            peft_type = json.loads((adapter / "adapter_config.json").read_text()).get("peft_type")
+            want = {"peft": "PROMPT_TUNING", "lora": "LORA"}[kinds[0]]
+            if peft_type != want:
+                raise ConfigError(
+                    f"{where}.{kinds[0]}: {b[kinds[0]]!r} is a {peft_type!r} adapter, not {want}"
                 )
         if "instruction" in kinds and not b["instruction"].strip():
             raise ConfigError(f"{where}: 'instruction' is empty")
@@ -606,6 +614,8 @@ def behavior_source(spec: dict) -> dict:
         return {"kind": "steered"}
     if spec.get("peft"):
         return {"kind": "soft", "file": spec["peft"], "position": "before_template"}
+    if spec.get("lora"):
+        return {"kind": "lora", "adapter": spec["lora"]}
     return {"kind": "unprompted"}
 
 

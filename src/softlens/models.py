@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -214,6 +214,8 @@ class LoadedModel:
     tokenizer: object
     device: torch.device
     dtype: torch.dtype
+    path: str = ""  # the model's directory (what an adapter's base model is checked against)
+    adapters: dict = field(default_factory=dict)  # PEFT's wrapper once a LoRA teacher is loaded
 
     @property
     def embeddings(self) -> torch.nn.Module:
@@ -277,7 +279,7 @@ def load_model(manifest_or_dir: str | Path, settings: dict | None = None) -> Loa
     model.eval().requires_grad_(False)
     if getattr(tok, "chat_template", None) is None:
         raise ModelUnavailable(f"model {path!r}: the tokenizer has no chat template")
-    return LoadedModel(model=model, tokenizer=tok, device=device, dtype=dtype)
+    return LoadedModel(model=model, tokenizer=tok, device=device, dtype=dtype, path=path)
 
 
 def num_layers(manifest_or_dir: str | Path, trust_remote_code: bool = False) -> int:

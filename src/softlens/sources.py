@@ -10,6 +10,8 @@ A source spec is a dict with a ``kind``:
   template); with ``random_seed`` it is the prompt's control instead: random directions with its
   vectors' norms;
 - ``steered``: an empty slot with a steering vector added to the residual stream;
+- ``lora``: an empty slot with a LoRA ``adapter`` (a PEFT adapter directory) switched on in the
+  model's weights (softlens.lora);
 - ``unprompted``: an empty slot.
 
 Teacher generation, log-prob caches, training and evaluation all go through :func:`activate`.
@@ -61,7 +63,7 @@ def content_for(lm, source: dict) -> SlotContent:
         if source.get("random_seed") is not None:
             vectors = norm_matched_random(vectors, source["random_seed"])
         return soft_content(vectors.to(lm.device, lm.dtype), source.get("frame"))
-    if kind in ("unprompted", "steered"):
+    if kind in ("unprompted", "steered", "lora"):
         return None
     raise ValueError(f"unknown source kind {kind!r}")
 
@@ -87,5 +89,9 @@ def activate(lm, slot: PromptSlot, source: dict, steering_file=None):
             raise ValueError("a steered source needs its steering-vector file")
         tensors, meta = read_vector(steering_file)
         hook = steered(lm.model, tensors["direction"], meta["layer"], meta["scale"])
+    elif source["kind"] == "lora":
+        from .lora import lora_active
+
+        hook = lora_active(lm, source["adapter"])
     with hook:
         yield slot_for(slot, source), content_for(lm, source)
