@@ -12,6 +12,7 @@ from softlens.config import (
     prompt_key,
     sort_keys,
     validate_config,
+    with_adapters,
 )
 from snakemake.resources import Resource
 
@@ -24,6 +25,9 @@ validate_config(config)  # against softlens/schema.yaml, the one home of every d
 config.update(sort_keys(config))
 
 MODEL = model_tag(config["model"])
+with_adapters(
+    config, MODEL
+)  # each distilled behaviour's spec names the adapter its rule writes
 BEHAVIORS = [b["name"] for b in config["behaviors"]]
 STEERED = [b["name"] for b in config["behaviors"] if b.get("steering")]
 INSTRUCTED = [b["name"] for b in config["behaviors"] if b.get("instruction")]
@@ -112,8 +116,9 @@ def teacher_definition(wildcards):
         )
     if spec.get("peft"):
         inputs["peft"] = f"{spec['peft']}/adapter_model.safetensors"
-    if spec.get("lora"):  # the adapter's weights: a new adapter retrains what it taught
-        inputs["lora"] = f"{spec['lora']}/adapter_model.safetensors"
+    adapter = spec.get("lora") or spec.get("adapter")  # given, or distilled by a rule
+    if adapter:  # the adapter's weights: a new adapter retrains what it taught
+        inputs["lora"] = f"{adapter}/adapter_model.safetensors"
     return inputs
 
 
@@ -434,3 +439,18 @@ def sae_table_inputs(wildcards):
             layer=layers,
         ),
     }
+
+
+def distill_inputs(wildcards):
+    """The distilled behaviour's source: the model and its instruction behaviour's teacher table."""
+    source = behavior(config, wildcards.behavior)["distill"]["from"]
+    return {
+        "model": model_manifest(wildcards),
+        "teacher": f"results/{wildcards.model}/teacher/{source}.parquet",
+    }
+
+
+def distill_params(wildcards):
+    """The LoRA's settings: the config's distill block and the behaviour's rank."""
+    spec = behavior(config, wildcards.behavior)["distill"]
+    return dict(sorted({**config["distill"], "rank": spec["rank"]}.items()))

@@ -42,3 +42,29 @@ rule teacher:
         teacher=config["teacher"],
     script:
         "../scripts/teacher.py"
+
+
+rule distill_lora:
+    input:
+        unpack(distill_inputs),
+    output:
+        adapter="results/{model}/lora/{behavior}/adapter_model.safetensors",
+        curve="results/{model}/lora/{behavior}/curve.csv",
+    log:
+        "logs/{model}/lora/{behavior}.log",
+    benchmark:
+        "logs/{model}/benchmarks/lora/{behavior}.tsv"
+    priority: ROOT_PRIORITY
+    conda:
+        "../envs/model.yaml"
+    threads: 1
+    resources:
+        **model_resources(4000),
+    params:
+        source=lambda wc: behavior(
+            config, behavior(config, wc.behavior)["distill"]["from"]
+        ),
+        distill=distill_params,
+        model_settings=config["model_settings"],
+    script:
+        "../scripts/distill_lora.py"

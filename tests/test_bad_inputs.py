@@ -265,6 +265,21 @@ CASES = [
         "positive",
     ),
     (
+        "distilled from a behaviour without an instruction",
+        lambda c, t: behaviour(c, name="lora4", distill={"from": "pirate_steer", "rank": 4}),
+        r"\('lora4'\).distill.from = 'pirate_steer' is not an instruction behaviour",
+    ),
+    (
+        "distilled LoRA of rank zero",
+        lambda c, t: behaviour(c, name="lora0", distill={"from": "spanish", "rank": 0}),
+        "rank",
+    ),
+    (
+        "lora adapter missing",
+        lambda c, t: behaviour(c, name="weights", lora=str(t / "no-lora")),
+        "no-lora",
+    ),
+    (
         "peft adapter missing",
         lambda c, t: behaviour(c, name="adapter", peft=str(t / "no-adapter")),
         "no-adapter",

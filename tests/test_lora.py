@@ -151,3 +151,79 @@ def test_the_config_refuses_a_lora_that_is_not_a_lora_adapter(default_config, tm
         validate_config(default_config)
     default_config["behaviors"][-1] = {"name": "weights", "lora": str(adapter)}
     assert validate_config(default_config)["behaviors"][-1]["lora"] == str(adapter)
+
+
+def test_a_distilled_lora_learns_the_instruction_and_serves_as_a_teacher(sharp_dir, tmp_path):
+    import pandas as pd
+
+    from softlens.distill import DistillSettings, distill_lora
+    from softlens.io import write_table
+    from softlens.slot import HardPrompt, PromptSlot
+    from softlens.teacher import GenerationSettings, teacher_table
+
+    lm = load_model(sharp_dir, {"device": "cpu", "dtype": "float32"})
+    messages = [
+        f"Tell me about {w}."
+        for w in (
+            "foxes",
+            "the sky",
+            "plants",
+            "eggs",
+            "dogs",
+            "bees",
+            "gravity",
+            "the sea",
+            "volcanoes",
+            "magnets",
+        )
+    ]
+    msgs = pd.DataFrame(
+        {
+            "message_id": [f"m{i}" for i in range(10)],
+            "user_message": messages,
+            "split": ["train"] * 7 + ["test"] * 3,
+        }
+    )
+    table = teacher_table(
+        lm,
+        PromptSlot.for_model(lm),
+        HardPrompt("Respond in Spanish."),
+        msgs,
+        "spanish",
+        GenerationSettings(max_new_tokens=6),
+    )
+    write_table(table, tmp_path / "teacher.parquet")
+    spec = {"name": "spanish", "instruction": "Respond in Spanish."}
+    job = ModelJob(
+        model=sharp_dir,
+        settings={"device": "cpu", "dtype": "float32"},
+        behavior=spec,
+        teacher=tmp_path / "teacher.parquet",
+        lm=lm,
+    )
+    settings = DistillSettings(
+        rank=4,
+        steps=40,
+        lr=0.01,
+        batch_size=4,
+        positions=4,
+        target_modules=("q_proj", "v_proj", "o_proj"),
+    )
+    curve = distill_lora(job=job, settings=settings, out_dir=tmp_path / "lora")
+    assert curve["kl"].iloc[-5:].mean() < 0.5 * curve["kl"].iloc[:5].mean()  # it learns
+    last = curve.iloc[-1]
+    assert last["ci_low"] <= last["kl_closure_test"] <= last["ci_high"]
+    # (held-out closure on 3 messages of a random tiny model says little; the real model's is
+    # measured by the workflow)
+    assert (
+        lm.adapters == {}
+        and "lora" not in type(lm.model.model.layers[0].self_attn.q_proj).__name__.lower()
+    )
+
+    before = logits(lm)
+    with job.activated(
+        {"kind": "lora", "adapter": str(tmp_path / "lora")}
+    ):  # the import: checked, applied
+        during = logits(lm)
+    assert (during - before).abs().max() > 1e-3
+    assert torch.equal(logits(lm), before)

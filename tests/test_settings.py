@@ -9,6 +9,7 @@ from softlens.activations import CorpusSettings
 from softlens.config import defaults, schema_node
 from softlens.decompose import PathSettings
 from softlens.discovery import PursuitSettings, ScreenSettings
+from softlens.distill import DistillSettings
 from softlens.exclusion import ExclusionSettings
 from softlens.repair import SearchSettings
 from softlens.sae import SAESettings
@@ -18,6 +19,7 @@ from softlens.training_settings import TrainSettings
 # dataclass, its config section, and the fields a job sets (from its wildcards or another section)
 PINNED = [
     (TrainSettings, "training", {"frames"}),
+    (DistillSettings, "distill", {"rank"}),
     (PathSettings, "poe", set()),
     (ScreenSettings, "discovery.screen", {"shard", "positions", "seed"}),
     (PursuitSettings, "discovery.pursuit", {"top", "positions", "levels"}),

@@ -712,3 +712,36 @@ def test_the_results_page_is_built_from_the_tables(built):
         "costs",
     ):
         assert f"`{table}.csv`" in page
+
+
+def test_a_distilled_lora_teacher_is_made_by_its_rule_and_decomposed(tmp_path, tiny_dir):
+    behaviors = [
+        {"name": "spanish", "instruction": "Respond in Spanish.", "giveaways": ["spanish"]},
+        {"name": "spanish_lora", "distill": {"from": "spanish", "rank": 2}},
+    ]
+    cfg = write_config(
+        tmp_path,
+        tiny_dir,
+        behaviors=behaviors,
+        distill={
+            "steps": 4,
+            "batch_size": 4,
+            "positions": 3,
+            "target_modules": ["q_proj", "v_proj"],
+        },
+    )
+    cfg["training"]["behaviors"] = ["spanish"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    tag = tiny_dir.name
+    lora = tmp_path / f"results/{tag}/lora/spanish_lora"
+    snakemake(tmp_path, f"results/{tag}/fits/spanish_lora/target.parquet")
+    assert (lora / "adapter_model.safetensors").is_file() and (
+        lora / "adapter_config.json"
+    ).is_file()
+    curve = pd.read_csv(lora / "curve.csv")
+    assert len(curve) == 4 and curve["ci_low"].iloc[-1] <= curve["kl_closure_test"].iloc[-1]
+    teacher = pd.read_parquet(tmp_path / f"results/{tag}/teacher/spanish_lora.parquet")
+    assert (teacher["behavior"] == "spanish_lora").all()
+    fit = pd.read_parquet(tmp_path / f"results/{tag}/fits/spanish_lora/target.parquet")
+    assert not fit["is_target"].any()  # no instruction of its own: the dictionary must find it
+    assert not [p for p in planned(tmp_path) if "/lora/" in p]  # a complete adapter is not redone

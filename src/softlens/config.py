@@ -26,7 +26,7 @@ FRAME_PLACEHOLDER = "___"
 # A trained soft prompt's cache and fit are keyed "soft-{variant}-seed{seed}"; its control (the same
 # norms, random directions: softlens.sources.norm_matched_random) "control-{variant}-seed{seed}".
 PROMPT_KINDS = ("soft", "control")
-TEACHER_KINDS = ("instruction", "steering", "peft", "lora")  # what a behaviour's teacher is
+TEACHER_KINDS = ("instruction", "steering", "peft", "lora", "distill")  # what a teacher is
 _PROMPT_KEY = re.compile(r"^(?P<kind>soft|control)-(?P<variant>[A-Za-z]+)-seed(?P<seed>\d+)$")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -207,6 +207,13 @@ def _check_behaviors(behaviors: list[dict]) -> None:
                 )
         if "instruction" in kinds and not b["instruction"].strip():
             raise ConfigError(f"{where}: 'instruction' is empty")
+    instructed = {b["name"] for b in behaviors if b.get("instruction")}
+    for i, b in enumerate(behaviors):
+        if b.get("distill") and b["distill"]["from"] not in instructed:
+            raise ConfigError(
+                f"behaviors[{i}] ({b['name']!r}).distill.from = {b['distill']['from']!r} is not an "
+                f"instruction behaviour (those are {sorted(instructed)})"
+            )
 
 
 def _check_noise(config: dict) -> None:
@@ -616,7 +623,22 @@ def behavior_source(spec: dict) -> dict:
         return {"kind": "soft", "file": spec["peft"], "position": "before_template"}
     if spec.get("lora"):
         return {"kind": "lora", "adapter": spec["lora"]}
+    if spec.get("distill"):
+        return {"kind": "lora", "adapter": spec["adapter"]}  # set by `with_adapters`
     return {"kind": "unprompted"}
+
+
+def distilled_adapter(model_tag: str, name: str) -> str:
+    """Where rule distill_lora writes a distilled behaviour's LoRA adapter."""
+    return f"results/{model_tag}/lora/{name}"
+
+
+def with_adapters(config: dict, model_tag: str) -> None:
+    """Each distilled behaviour's spec names the adapter its rule writes (in place), so that its
+    teacher source and its jobs' inputs name that file."""
+    for b in config["behaviors"]:
+        if b.get("distill"):
+            b["adapter"] = distilled_adapter(model_tag, b["name"])
 
 
 def default_layers(num_layers: int) -> list[int]:
