@@ -251,6 +251,7 @@ def noise_fit_inputs(wildcards):
 STAGES = {
     "train": ["results/figures/training.png", "results/figures/training_curves.png"],
     "decompose": [
+        "results/figures/weights.png",
         "results/figures/phase0.png",
         "results/figures/phase05.png",
         "results/figures/phase1.png",
@@ -454,3 +455,36 @@ def distill_params(wildcards):
     """The LoRA's settings: the config's distill block and the behaviour's rank."""
     spec = behavior(config, wildcards.behavior)["distill"]
     return dict(sorted({**config["distill"], "rank": spec["rank"]}.items()))
+
+
+# Soft prompts whose teacher is made of weights (a LoRA, given or distilled) or of activations (a
+# steering vector): the weights table compares them (issue 20).
+WEIGHTED = [
+    b["name"]
+    for b in config["behaviors"]
+    if b["name"] in TRAINED and (b.get("lora") or b.get("distill") or b.get("steering"))
+]
+
+
+def weights_inputs(wildcards):
+    return {
+        "scores": expand(
+            "results/{model}/softprompt/{behavior}/{variant}-seed{seed}.eval.parquet",
+            model=MODEL,
+            behavior=WEIGHTED,
+            variant=VARIANTS,
+            seed=PHASE1_SEEDS,
+        ),
+        "fits": expand(
+            "results/{model}/fits/{behavior}/soft-{variant}-seed{seed}.parquet",
+            model=MODEL,
+            behavior=WEIGHTED,
+            variant=VARIANTS,
+            seed=PHASE1_SEEDS,
+        ),
+        "curves": expand(
+            "results/{model}/lora/{behavior}/curve.csv",
+            model=MODEL,
+            behavior=[b for b in WEIGHTED if behavior(config, b).get("distill")],
+        ),
+    }

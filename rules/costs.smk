@@ -48,6 +48,7 @@ rule results_page:
                 "recovery",
                 "reading",
                 "sae",
+                "weights",
                 "costs",
             ],
         ),

@@ -305,3 +305,39 @@ rule figure_phase1:
         "../envs/figures.yaml"
     script:
         "../scripts/figure_phase1.py"
+
+
+rule weights_table:
+    input:
+        unpack(weights_inputs),
+    output:
+        "results/tables/weights.csv",
+    log:
+        "logs/tables/weights.log",
+    localrule: True
+    conda:
+        "../envs/fit.yaml"
+    params:
+        behaviors={b: behavior(config, b) for b in BEHAVIORS},
+        dictionary=DICTIONARY.to_dict(orient="records"),
+    script:
+        "../scripts/weights_table.py"
+
+
+rule figure_weights:
+    input:
+        "results/tables/weights.csv",
+    output:
+        report(
+            "results/figures/weights.png",
+            caption="../reports/weights.rst",
+            category="Teachers made of weights",
+            labels={"phase": "1", "figure": "LoRA and steering teachers"},
+        ),
+    log:
+        "logs/figures/weights.log",
+    localrule: True
+    conda:
+        "../envs/figures.yaml"
+    script:
+        "../scripts/figure_weights.py"

@@ -313,7 +313,7 @@ def test_quotes_in_a_message_are_kept(default_config, tmp_path):
     assert '"Quoted" words?' in set(msgs["user_message"])
 
 
-@pytest.mark.parametrize("overlay", ["full.yaml", "qwen3-4b.yaml"])
+@pytest.mark.parametrize("overlay", ["full.yaml", "qwen3-4b.yaml", "weights.yaml"])
 def test_every_shipped_overlay_validates(default_config, schema, overlay):
     """Each overlay as `--configfile` layers it over config/config.yaml (a YAML 5 is an int, not
     a word)."""

@@ -500,9 +500,9 @@ def test_the_report_renders_every_figure_with_its_caption(built):
     snakemake(workdir, "--report", "report.html")
     html = (workdir / "report.html").read_text()
     figures = sorted(p.name for p in (workdir / "results" / "figures").glob("*.png"))
-    assert len(figures) == 16 and all(name in html for name in figures), figures
+    assert len(figures) == 17 and all(name in html for name in figures), figures
     captions = [rst.read_text().splitlines()[0][:40] for rst in (ROOT / "reports").glob("*.rst")]
-    assert len(captions) == 17 and all(c in html for c in captions), [
+    assert len(captions) == 18 and all(c in html for c in captions), [
         c for c in captions if c not in html
     ]
 
@@ -682,6 +682,7 @@ def test_two_runs_of_one_config_give_identical_tables_and_a_stage_builds_only_it
         "phase05.png",
         "phase1.png",
         "phase1_path.png",
+        "weights.png",
     }
     assert not (tmp_path / "results" / tiny_dir.name / "reading").exists()
     assert not (tmp_path / "results" / tiny_dir.name / "sae").exists()
@@ -730,11 +731,31 @@ def test_a_distilled_lora_teacher_is_made_by_its_rule_and_decomposed(tmp_path, t
             "target_modules": ["q_proj", "v_proj"],
         },
     )
-    cfg["training"]["behaviors"] = ["spanish"]
+    cfg["training"].update(behaviors=["spanish_lora"], seeds=[0], variants=["prepend"])
+    cfg["discovery"].update(behaviors=[], controls=[])
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     tag = tiny_dir.name
     lora = tmp_path / f"results/{tag}/lora/spanish_lora"
-    snakemake(tmp_path, f"results/{tag}/fits/spanish_lora/target.parquet")
+    snakemake(
+        tmp_path,
+        f"results/{tag}/fits/spanish_lora/target.parquet",
+        "results/figures/weights.png",
+    )
+    weights = pd.read_csv(tmp_path / "results/tables/weights.csv")
+    assert len(weights) == 1
+    row = weights.iloc[0]
+    assert (row["behavior"], row["teacher_kind"], row["rank"]) == (
+        "spanish_lora",
+        "distilled_lora",
+        2,
+    )
+    assert row["ci_low"] <= row["kl_closure_test"] <= row["ci_high"]
+    assert (
+        row["teacher_closure_test"] == pd.read_csv(lora / "curve.csv")["kl_closure_test"].iloc[-1]
+    )
+    assert row["source_atom"] == "spanish" and row["source_on_top"] == (
+        row["top_atom"] == "spanish"
+    )
     assert (lora / "adapter_model.safetensors").is_file() and (
         lora / "adapter_config.json"
     ).is_file()

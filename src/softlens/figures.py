@@ -680,3 +680,64 @@ def recovery(table: pd.DataFrame, out) -> None:
     fig.suptitle("Plug-in recovery: one hard prompt per reader and soft prompt")
     fig.tight_layout()
     _save(fig, out)
+
+
+def weights(table: pd.DataFrame, out) -> None:
+    """Soft prompts against teachers made of weights or activations: closure to the teacher, the
+    distilled LoRA's own closure to its hard-prompt teacher, and the top Phase 1 atom."""
+    if table.empty:
+        fig, ax = plt.subplots(figsize=(6, 1.5))
+        ax.axis("off")
+        ax.text(
+            0.5,
+            0.5,
+            "no soft prompt trained against a LoRA or steering teacher\n"
+            "(config/weights.yaml trains some)",
+            ha="center",
+            va="center",
+        )
+        _save(fig, out)
+        return
+    t = table.sort_values(["teacher_kind", "behavior", "variant", "seed"]).reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(t)), 4))
+    x = np.arange(len(t))
+    ax.errorbar(
+        x,
+        t["kl_closure_test"],
+        yerr=[t["kl_closure_test"] - t["ci_low"], t["ci_high"] - t["kl_closure_test"]],
+        fmt="o",
+        capsize=3,
+        label="soft prompt vs teacher",
+    )
+    own = t["teacher_closure_test"].notna()
+    if own.any():
+        ax.errorbar(
+            x[own] + 0.15,
+            t.loc[own, "teacher_closure_test"],
+            yerr=[
+                t.loc[own, "teacher_closure_test"] - t.loc[own, "teacher_ci_low"],
+                t.loc[own, "teacher_ci_high"] - t.loc[own, "teacher_closure_test"],
+            ],
+            fmt="s",
+            color="grey",
+            capsize=3,
+            label="distilled LoRA vs its hard-prompt teacher",
+        )
+    for xi, (_, r) in zip(x, t.iterrows()):
+        star = "*" if r["source_on_top"] is True or r["source_on_top"] == "True" else ""
+        ax.annotate(
+            f"{r['top_atom']}{star}",
+            (xi, r["ci_low"]),
+            textcoords="offset points",
+            xytext=(0, -14),
+            ha="center",
+            fontsize=7,
+        )
+    ax.set_xticks(x, [f"{r.behavior}\n{r.variant} s{r.seed}" for r in t.itertuples()], fontsize=7)
+    ax.set_ylabel("held-out KL closure")
+    ax.set_ylim(min(0, t["ci_low"].min() - 0.15), 1.02)
+    ax.set_title(
+        "Teachers made of weights or activations (label: top Phase 1 atom; * = the source)"
+    )
+    ax.legend(fontsize=7, loc="lower right")
+    _save(fig, out)

@@ -178,6 +178,48 @@ def sae_section(t: pd.DataFrame) -> str:
     )
 
 
+def weights_section(t: pd.DataFrame) -> str:
+    if t.empty:
+        return (
+            "## Teachers made of weights (`weights.csv`)\n\nNo soft prompt of this run was trained "
+            "against a LoRA or steering teacher."
+        )
+    t = t.assign(
+        soft=with_interval(t, "kl_closure_test"),
+        teacher=[
+            "" if pd.isna(v) else interval(v, lo, hi)
+            for v, lo, hi in t[
+                ["teacher_closure_test", "teacher_ci_low", "teacher_ci_high"]
+            ].to_numpy()
+        ],
+    )
+    rows = t[
+        [
+            "behavior",
+            "teacher_kind",
+            "rank",
+            "variant",
+            "seed",
+            "teacher",
+            "soft",
+            "top_atom",
+            "top_weight",
+            "explained_kl_test",
+            "source_on_top",
+        ]
+    ]
+    return (
+        "## Teachers made of weights (`weights.csv`)\n\nThe teacher's own closure to its source "
+        "(a distilled LoRA to its hard-prompt teacher), the soft prompt's closure to the teacher, "
+        "and the top atom of the prompt's Phase 1 decomposition at exclusion `none`.\n\n"
+        + markdown(
+            rows.rename(
+                columns={"teacher": "teacher closure [95% CI]", "soft": "soft closure [95% CI]"}
+            )
+        )
+    )
+
+
 def costs_section(t: pd.DataFrame) -> str:
     per = t.groupby("stage").agg(
         jobs=("seconds", "size"),
@@ -213,6 +255,7 @@ SECTIONS = [  # table, how it is shown
     ("recovery", recovery_section),
     ("reading", reading_section),
     ("sae", sae_section),
+    ("weights", weights_section),
     ("costs", costs_section),
 ]
 

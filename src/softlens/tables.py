@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from .config import parse_prompt_key
@@ -90,15 +92,11 @@ def phase05(*, fit_paths) -> pd.DataFrame:
     return rows.sort_values(keys)
 
 
-def training(*, inputs: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(one row per soft prompt: closure in its training frames; one row per evaluated frame; the
-    per-step curves; the greedy samples)."""
-    score_paths, curve_paths, sample_paths = (inputs[k] for k in ("scores", "curves", "samples"))
-    frames = _read(score_paths)
-    keys = ["behavior", "variant", "seed"]
+def prompt_closures(frames: pd.DataFrame) -> pd.DataFrame:
+    """One row per soft prompt from its per-frame evaluation: a contextualised prompt's score (and
+    interval ends) are means over its training frames."""
     trained = frames[frames["trained_frame"]]
-    # a contextualised prompt's score (and interval ends) are means over its training frames
-    table = trained.groupby(keys, as_index=False)[
+    return trained.groupby(["behavior", "variant", "seed"], as_index=False)[
         [
             "kl_closure_test",
             "ci_low",
@@ -110,6 +108,15 @@ def training(*, inputs: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
             "ce_base_test",
         ]
     ].mean()
+
+
+def training(*, inputs: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(one row per soft prompt: closure in its training frames; one row per evaluated frame; the
+    per-step curves; the greedy samples)."""
+    score_paths, curve_paths, sample_paths = (inputs[k] for k in ("scores", "curves", "samples"))
+    frames = _read(score_paths)
+    keys = ["behavior", "variant", "seed"]
+    table = prompt_closures(frames)
     bare = (
         frames[frames["frame"] == "___"]
         .set_index(keys)["kl_closure_test"]
@@ -640,3 +647,89 @@ def recovery(
     return table.sort_values(keys + ["control", "reader", "exclusion", "compared_to"]).reset_index(
         drop=True
     )
+
+
+WEIGHTS_COLUMNS = [
+    "behavior",
+    "teacher_kind",
+    "rank",
+    "variant",
+    "seed",
+    "teacher_closure_test",
+    "teacher_ci_low",
+    "teacher_ci_high",
+    "kl_closure_test",
+    "ci_low",
+    "ci_high",
+    "top_atom",
+    "top_weight",
+    "explained_kl_test",
+    "explained_ci_low",
+    "explained_ci_high",
+    "source_atom",
+    "source_on_top",
+]
+
+
+def teacher_kind(spec: dict) -> str | None:
+    """lora, distilled_lora or steering: the teachers made of weights or activations."""
+    if spec.get("distill"):
+        return "distilled_lora"
+    if spec.get("lora"):
+        return "lora"
+    if spec.get("steering"):
+        return "steering"
+    return None
+
+
+def weights(*, inputs: dict, behaviors: dict, hand_written: list[dict]) -> pd.DataFrame:
+    """One row per soft prompt whose teacher is made of weights (a LoRA, given or distilled) or of
+    activations (a steering vector): the teacher's own closure to its source where it has one (a
+    distilled LoRA against the hard-prompt teacher it was distilled from, on that teacher's test
+    messages), the soft prompt's closure to the teacher (mean over its training frames), and its
+    Phase 1 decomposition at exclusion `none`: the top atom by weight, with the explained-KL and
+    interval, and whether the distilled instruction's own atom (`source_atom`) is on top."""
+    if not inputs.get("scores"):
+        return pd.DataFrame(columns=WEIGHTS_COLUMNS)
+    keys = ["behavior", "variant", "seed"]
+    table = prompt_closures(_read(inputs["scores"]))[
+        keys + ["kl_closure_test", "ci_low", "ci_high"]
+    ]
+    fits, _ = phase1(fit_paths=inputs["fits"])
+    top = fits[
+        (fits["exclusion"] == "none") & (fits["prompt_kind"] == "soft") & (fits["rank"] == 1)
+    ]
+    top = top.rename(
+        columns={
+            "atom": "top_atom",
+            "weight": "top_weight",
+            "ci_low": "explained_ci_low",
+            "ci_high": "explained_ci_high",
+        }
+    )[
+        keys
+        + ["top_atom", "top_weight", "explained_kl_test", "explained_ci_low", "explained_ci_high"]
+    ]
+    table = table.merge(top, on=keys, how="left")
+    curves = {Path(p).parent.name: pd.read_csv(p).iloc[-1] for p in inputs.get("curves", [])}
+    atom_of = {r["prompt"].casefold(): r["atom"] for r in hand_written}
+    rows = []
+    for _, r in table.iterrows():
+        spec = behaviors[r["behavior"]]
+        source = spec.get("distill", {}).get("from")
+        instruction = behaviors[source]["instruction"] if source else None
+        curve = curves.get(r["behavior"])
+        atom = atom_of.get(instruction.casefold(), source) if instruction else None
+        rows.append(
+            {
+                **r.to_dict(),
+                "teacher_kind": teacher_kind(spec),
+                "rank": spec.get("distill", {}).get("rank"),
+                "teacher_closure_test": None if curve is None else curve["kl_closure_test"],
+                "teacher_ci_low": None if curve is None else curve["ci_low"],
+                "teacher_ci_high": None if curve is None else curve["ci_high"],
+                "source_atom": atom,
+                "source_on_top": None if atom is None else r["top_atom"] == atom,
+            }
+        )
+    return pd.DataFrame(rows, columns=WEIGHTS_COLUMNS).sort_values(keys)
