@@ -59,7 +59,8 @@ def test_behavior_without_instruction_or_steering(default_config, schema):
     n = len(default_config["behaviors"]) - 1
     with pytest.raises(
         ConfigError,
-        match=rf"behaviors\[{n}\] \('empty'\).*exactly one of 'instruction', 'steering' or 'peft'",
+        match=rf"behaviors\[{n}\] \('empty'\).*exactly one of 'instruction', 'steering', 'peft', "
+        r"'lora', 'distill'",
     ):
         validate_config(default_config, schema)
 
