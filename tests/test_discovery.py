@@ -28,7 +28,7 @@ from softlens.job import ModelJob
 from softlens.logprobs import run_head, run_sources
 from softlens.poe import FactoredProblem
 from softlens.pool import build_pool, jaccard, proposal_requests, shard, templated
-from softlens.slot import HardPrompt, PromptSlot
+from tiny import write_teacher
 
 PARTS = {
     "verbs": ["Respond", "Answer"],
@@ -279,26 +279,10 @@ def chain(sharp_dir, tmp_path_factory):
     """Caches and the leave-one-out fit of a hard-prompt target whose instruction the
     hand-written dictionary is then denied; a pool that holds it among distractors."""
     from softlens.models import load_model
-    from softlens.teacher import GenerationSettings, teacher_table
 
     d = tmp_path_factory.mktemp("discovery")
     lm = load_model(sharp_dir, {"device": "cpu", "dtype": "float32"})
-    msgs = pd.DataFrame(
-        {
-            "message_id": [f"m{i}" for i in range(6)],
-            "user_message": MESSAGES,
-            "split": ["train"] * 4 + ["test"] * 2,
-        }
-    )
-    table = teacher_table(
-        lm,
-        PromptSlot.for_model(lm),
-        HardPrompt("Respond in Spanish."),
-        msgs,
-        "spanish",
-        GenerationSettings(max_new_tokens=5),
-    )
-    write_table(table, d / "teacher.parquet")
+    write_teacher(lm, MESSAGES, 4, d / "teacher.parquet", tokens=5)
     spec = {"name": "spanish", "instruction": "Respond in Spanish."}
     atoms = dictionary_atoms(spec, HAND)
     sources = {s: {"kind": "hard", "text": t} for s, t in zip(atoms["source"], atoms["prompt"])}

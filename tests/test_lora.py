@@ -11,7 +11,7 @@ import torch
 from softlens.config import ConfigError, behavior_source, validate_config
 from softlens.job import ModelJob
 from softlens.models import load_model
-from tiny import tiny_model, tiny_tokenizer
+from tiny import tiny_model, tiny_tokenizer, write_teacher
 
 MESSAGES = ["Why is the sky blue?", "What is a fox?", "How do plants make food?", "Hola?"]
 
@@ -154,12 +154,8 @@ def test_the_config_refuses_a_lora_that_is_not_a_lora_adapter(default_config, tm
 
 
 def test_a_distilled_lora_learns_the_instruction_and_serves_as_a_teacher(sharp_dir, tmp_path):
-    import pandas as pd
 
     from softlens.distill import DistillSettings, distill_lora
-    from softlens.io import write_table
-    from softlens.slot import HardPrompt, PromptSlot
-    from softlens.teacher import GenerationSettings, teacher_table
 
     lm = load_model(sharp_dir, {"device": "cpu", "dtype": "float32"})
     messages = [
@@ -177,22 +173,7 @@ def test_a_distilled_lora_learns_the_instruction_and_serves_as_a_teacher(sharp_d
             "magnets",
         )
     ]
-    msgs = pd.DataFrame(
-        {
-            "message_id": [f"m{i}" for i in range(10)],
-            "user_message": messages,
-            "split": ["train"] * 7 + ["test"] * 3,
-        }
-    )
-    table = teacher_table(
-        lm,
-        PromptSlot.for_model(lm),
-        HardPrompt("Respond in Spanish."),
-        msgs,
-        "spanish",
-        GenerationSettings(max_new_tokens=6),
-    )
-    write_table(table, tmp_path / "teacher.parquet")
+    write_teacher(lm, messages, 7, tmp_path / "teacher.parquet", tokens=6)
     spec = {"name": "spanish", "instruction": "Respond in Spanish."}
     job = ModelJob(
         model=sharp_dir,

@@ -80,3 +80,33 @@ def write_tiny_model(path: str | Path, seed: int = 0, init_range: float = 0.02) 
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def write_teacher(
+    lm, messages: list[str], train: int, out, instruction="Respond in Spanish.", tokens=5
+):
+    """The Spanish hard-prompt teacher's table on `messages` (the first `train` train, the rest
+    test)."""
+    import pandas as pd
+
+    from softlens.io import write_table
+    from softlens.slot import HardPrompt, PromptSlot
+    from softlens.teacher import GenerationSettings, teacher_table
+
+    msgs = pd.DataFrame(
+        {
+            "message_id": [f"m{i}" for i in range(len(messages))],
+            "user_message": messages,
+            "split": ["train"] * train + ["test"] * (len(messages) - train),
+        }
+    )
+    table = teacher_table(
+        lm,
+        PromptSlot.for_model(lm),
+        HardPrompt(instruction),
+        msgs,
+        "spanish",
+        GenerationSettings(max_new_tokens=tokens),
+    )
+    write_table(table, out)
+    return table
