@@ -1,5 +1,6 @@
 import pandas as pd
 
+from softlens.config import settings
 from softlens.exclusion import ExclusionSettings, run_atom_exclusions
 from softlens.workflow import start_job
 
@@ -8,6 +9,6 @@ p = snakemake.params
 run_atom_exclusions(
     spec=p.behavior,
     atoms=pd.DataFrame(p.atoms),
-    settings=ExclusionSettings(**p.exclusion),
+    settings=settings(ExclusionSettings, "exclusion", p.exclusion),
     out=snakemake.output[0],
 )

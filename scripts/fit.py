@@ -1,3 +1,4 @@
+from softlens.config import settings
 from softlens.decompose import PathSettings, run_fit
 from softlens.workflow import caches, start_job
 
@@ -6,7 +7,7 @@ p = snakemake.params
 run_fit(
     caches=caches(snakemake, decomposed=p.decomposed),
     behavior=snakemake.wildcards.behavior,
-    settings=PathSettings(**p.poe),
+    settings=settings(PathSettings, "poe", p.poe),
     levels=p.exclusion["levels"],
     out=snakemake.output[0],
 )

@@ -1,3 +1,4 @@
+from softlens.config import settings
 from softlens.decompose import PathSettings, run_noise
 from softlens.workflow import caches, start_job
 
@@ -6,6 +7,6 @@ run_noise(
     caches=caches(snakemake),
     behavior=snakemake.wildcards.behavior,
     noise_sources=snakemake.params.noise,
-    settings=PathSettings(**snakemake.params.poe),
+    settings=settings(PathSettings, "poe", snakemake.params.poe),
     out=snakemake.output[0],
 )

@@ -1,4 +1,4 @@
-from softlens.config import prompt_key
+from softlens.config import prompt_key, settings
 from softlens.decompose import PathSettings
 from softlens.discovery import PursuitSettings, run_pursuit
 from softlens.workflow import caches, model_job, start_job
@@ -9,9 +9,14 @@ run_pursuit(
     job=model_job(snakemake),
     caches=caches(snakemake, decomposed=prompt_key(w.variant, w.seed, w.kind)),
     screens=snakemake.input.screens,
-    settings=PursuitSettings(
-        **p.pursuit, top=p.screen["top"], positions=p.positions, levels=tuple(p.exclusion["levels"])
+    settings=settings(
+        PursuitSettings,
+        "discovery.pursuit",
+        p.pursuit,
+        top=p.screen["top"],
+        positions=p.positions,
+        levels=tuple(p.exclusion["levels"]),
     ),
-    path_settings=PathSettings(**p.poe),
+    path_settings=settings(PathSettings, "poe", p.poe),
     out=snakemake.output[0],
 )

@@ -1,3 +1,4 @@
+from softlens.config import settings
 from softlens.discovery import ScreenSettings, run_screen
 from softlens.workflow import caches, model_job, start_job
 
@@ -8,8 +9,13 @@ run_screen(
     caches=caches(snakemake),
     pool=snakemake.input.pool,
     fits=snakemake.input.fits,
-    settings=ScreenSettings(
-        **p.screen, shard=int(snakemake.wildcards.shard), positions=p.positions, seed=p.seed
+    settings=settings(
+        ScreenSettings,
+        "discovery.screen",
+        p.screen,
+        shard=int(snakemake.wildcards.shard),
+        positions=p.positions,
+        seed=p.seed,
     ),
     out=snakemake.output[0],
 )

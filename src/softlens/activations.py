@@ -206,10 +206,10 @@ def run_activations(
     """One shard of the activation store for the job's model (a ModelJob). `corpus` is the
     config's sae.corpus block with `messages` (the messages block) and `instructions` (its file)
     resolved."""
-    from .config import load_corpus_instructions, load_messages
+    from .config import load_corpus_instructions, load_messages, settings
 
     layers = sorted(layers or default_layers(len(decoder_layers(job.lm.model))))
-    s = CorpusSettings(**{k: v for k, v in corpus.items() if k not in ("instructions", "messages")})
+    s = settings(CorpusSettings, "sae.corpus", corpus)
     prompts = corpus_prompts(
         list(load_messages(corpus["messages"])["user_message"]),
         load_corpus_instructions(corpus["instructions"]),

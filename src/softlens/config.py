@@ -93,6 +93,18 @@ def with_defaults(block: dict | None, section: str) -> dict:
     return merged
 
 
+def settings(cls, section: str, block: dict | None = None, **job):
+    """The settings dataclass `cls` of a config section: `block` over the schema's defaults (its
+    keys that are fields of `cls`; lists as tuples), and the fields a job sets (`job`). The one way
+    every method's settings are built."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in with_defaults(block, section).items() if k in fields}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**{**values, **job})
+
+
 def validate_config(config: dict, schema: str | Path = SCHEMA) -> dict:
     """Validate `config` in place against the JSON schema (filling defaults), then its semantics."""
     from snakemake.exceptions import WorkflowError

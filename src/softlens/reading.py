@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .config import settings as config_settings
 from .config import with_defaults
 from .geometry import Vocabulary, describe_vectors, rotate_toward, shrink
 from .job import ModelJob, SoftPrompt
@@ -111,7 +112,7 @@ def run_reading(
     banned_texts = list(search.pop("banned"))
     if search.pop("ban_instruction") and spec.get("instruction"):
         banned_texts.append(spec["instruction"])
-    settings = SearchSettings(**search)
+    settings = config_settings(SearchSettings, "reading.search", search)
     tok = r.lm.tokenizer
     banned = banned_token_ids(tok, banned_texts)
     allowed_mask = torch.tensor(

@@ -432,6 +432,7 @@ def run_train_sae(
     manifest) on the activation store's `shards`, then describe its features. `outputs` names the
     files: weights (in the SAE's directory), curve, features and contexts."""
     from .activations import read_layer, read_tokens
+    from .config import settings
     from .io import write_table
     from .models import load_tokenizer, pick_device
 
@@ -462,7 +463,7 @@ def run_train_sae(
         result.update(train_tokens=0, test_tokens=len(x), steps=0)
         curve = pd.DataFrame(columns=["step", "epoch", "mse", "aux", "dead_fraction", "lr"])
     else:
-        s = SAESettings(**sae_cfg.get("train", {}))
+        s = settings(SAESettings, "sae.train", sae_cfg.get("train"))
         identity = {
             "layer": layer,
             "settings": json.dumps(asdict(s), sort_keys=True),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .config import FRAME_PLACEHOLDER, ConfigError, with_defaults
+from .config import FRAME_PLACEHOLDER, ConfigError, settings, with_defaults
 
 BARE = FRAME_PLACEHOLDER  # the frame that is no frame: the vectors alone in the slot
 VARIANTS = ("prepend", "contextualised")
@@ -65,14 +65,10 @@ def settings_for(training: dict, variant: str) -> TrainSettings:
     """TrainSettings for a variant from the config's `training` block."""
     if variant not in VARIANTS:
         raise ConfigError(f"training variant {variant!r}: expected one of {VARIANTS}")
-    training = with_defaults(training, "training")
-    keys = {
-        k: v
-        for k, v in training.items()
-        if k in TrainSettings.__dataclass_fields__ and k != "frames"
-    }
-    frames = tuple(training["frames"]) if variant == "contextualised" else (BARE,)
-    return TrainSettings(frames=frames, **keys)
+    frames = (
+        with_defaults(training, "training")["frames"] if variant == "contextualised" else [BARE]
+    )
+    return settings(TrainSettings, "training", training, frames=tuple(frames))
 
 
 def prompt_params(training: dict, variant: str) -> dict:
