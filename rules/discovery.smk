@@ -187,6 +187,7 @@ rule recovery_table:
         "results/tables/recovery.csv",
     log:
         "logs/tables/recovery.log",
+    localrule: True
     conda:
         "../envs/fit.yaml"
     params:
@@ -208,6 +209,7 @@ rule figure_recovery:
         ),
     log:
         "logs/figures/recovery.log",
+    localrule: True
     conda:
         "../envs/figures.yaml"
     script:
