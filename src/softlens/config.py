@@ -46,9 +46,8 @@ def sort_keys(value):
     return value
 
 
-SCHEMA = Path(__file__).with_name(
-    "schema.yaml"
-)  # the config's schema: the one home of every default
+# the config's schema: the one home of every default
+SCHEMA = Path(__file__).with_name("schema.yaml")
 
 
 @functools.lru_cache(maxsize=4)
@@ -122,9 +121,8 @@ def validate_config(config: dict, schema: str | Path = SCHEMA) -> dict:
     _check_reading(config)
     _check_discovery(config)
     _check_sae(config)
-    model_tag(
-        config["model"]
-    )  # local directory must exist and be named apart; hub ids must look like ids
+    # a local directory must exist and be named apart; a hub id must look like one
+    model_tag(config["model"])
     _check_layers(config, model_depth(config["model"], config["model_settings"]["revision"]))
     load_messages(config["messages"])
     _check_atom_names(config["behaviors"], load_dictionary(config["dictionary"]))

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from .logprobs import forward_scored
-from .scoring import closure_interval, distributions, kl_terms, mean_kl
+from .scoring import closure_interval, distributions, masked_kl, mean_kl
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,10 @@ def distill_lora(*, job, settings: DistillSettings, out_dir) -> pd.DataFrame:
             [train_t.fed[i] for i in idx],
             padding_side="inner",
         )
-        q_logp, _ = forward_scored(
-            lm, batch, s.positions
-        )  # the whole prefix: its KV depends on the LoRA
+        # no prefix cache: the text before the slot is encoded by the weights being trained
+        q_logp, _ = forward_scored(lm, batch, s.positions)
         rows = torch.tensor(idx, device=lm.device)
-        m = train_t.mask[rows].float()
-        kl = (kl_terms(train_t.logp[rows], q_logp) * m).sum() / m.sum().clamp(min=1)
+        kl = masked_kl(train_t.logp[rows], q_logp, train_t.mask[rows])
         opt.zero_grad(set_to_none=True)
         kl.backward()
         opt.step()

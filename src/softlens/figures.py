@@ -724,7 +724,7 @@ def weights(table: pd.DataFrame, out) -> None:
             label="distilled LoRA vs its hard-prompt teacher",
         )
     for xi, (_, r) in zip(x, t.iterrows()):
-        star = "*" if r["source_on_top"] is True or r["source_on_top"] == "True" else ""
+        star = "*" if str(r["source_on_top"]) == "True" else ""  # a bool, or its CSV text
         ax.annotate(
             f"{r['top_atom']}{star}",
             (xi, r["ci_low"]),

@@ -637,9 +637,7 @@ def _proximal_newton(
     tol = max(tol, problem.screen_tol)  # no finer than the data resolve
     w = np.zeros(problem.K) if w0 is None else np.asarray(w0, dtype=np.float64).copy()
     total, status = 0, "max_iter"
-    verified = np.zeros(
-        problem.K, dtype=bool
-    )  # atoms whose KKT conditions the exact pass confirmed
+    verified = np.zeros(problem.K, dtype=bool)  # atoms the exact pass confirmed (KKT)
     # the support's own conditions met at least once (a warm start may already be optimal)
     checked = False
     for _ in range(50):

@@ -97,9 +97,14 @@ def early_weights(mask: torch.Tensor, early_tokens: int, early_weight: float) ->
     return w * mask
 
 
+def masked_kl(p_logp: torch.Tensor, q_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean KL(P || Q) over the valid positions (a tensor: a training loss or a score)."""
+    m = mask.float().to(q_logp.device)
+    return (kl_terms(p_logp.to(q_logp.device), q_logp) * m).sum() / m.sum().clamp(min=1)
+
+
 def mean_kl(targets: Targets, logp: torch.Tensor) -> float:
-    m = targets.mask.float()
-    return float((kl_terms(targets.logp, logp) * m).sum() / m.sum())
+    return float(masked_kl(targets.logp, logp, targets.mask))
 
 
 def contexts(teacher: pd.DataFrame, split: str) -> tuple[list[str], list[list[int]]]:

@@ -33,7 +33,7 @@ from .checkpoints import load_checkpoint, save_checkpoint
 from .config import ConfigError
 from .job import ModelJob, SoftPrompt
 from .logprobs import forward_scored, prefix_cache
-from .scoring import Targets, distributions, early_weights, kl_terms, mean_kl
+from .scoring import Targets, distributions, early_weights, masked_kl, mean_kl
 from .slot import PromptSlot
 from .sources import soft_content
 from .training_settings import TrainSettings, settings_for
@@ -49,7 +49,7 @@ def losses(
     """The objective's terms on one batch (means over valid positions) and their weighted sum."""
     m = mask.float().to(q_logp.device)
     n = m.sum().clamp(min=1)
-    terms = {"kl": (kl_terms(target_logp.to(q_logp.device), q_logp) * m).sum() / n}
+    terms = {"kl": masked_kl(target_logp, q_logp, mask)}
     if s.ce_weight:
         w = early_weights(mask, s.early_tokens, s.early_weight).to(q_logp.device)
         nll = -q_logp.gather(-1, tokens.to(q_logp.device)[..., None]).squeeze(-1)
