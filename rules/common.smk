@@ -12,7 +12,7 @@ from softlens.config import (
     prompt_key,
     sort_keys,
     validate_config,
-    with_adapters,
+    with_derived_teachers,
 )
 from snakemake.resources import Resource
 
@@ -25,9 +25,8 @@ validate_config(config)  # against softlens/schema.yaml, the one home of every d
 config.update(sort_keys(config))
 
 MODEL = model_tag(config["model"])
-with_adapters(
-    config, MODEL
-)  # each distilled behaviour's spec names the adapter its rule writes
+# A distilled behaviour's spec names the adapter its rule writes; a contrastive one its source's steering.
+with_derived_teachers(config, MODEL)
 BEHAVIORS = [b["name"] for b in config["behaviors"]]
 STEERED = [b["name"] for b in config["behaviors"] if b.get("steering")]
 INSTRUCTED = [b["name"] for b in config["behaviors"] if b.get("instruction")]
@@ -458,7 +457,7 @@ def distill_params(wildcards):
 
 
 # Soft prompts whose teacher is made of weights (a LoRA, given or distilled) or of activations (a
-# steering vector): the weights table compares them (issue 20).
+# steering vector, also the teacher of a contrastive behaviour): the weights table compares them.
 WEIGHTED = [
     b["name"]
     for b in config["behaviors"]

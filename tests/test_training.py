@@ -18,7 +18,7 @@ from softlens.logprobs import fed_completions, forward_scored, prefix_cache
 from softlens.scoring import make_targets, mean_kl
 from softlens.slot import HardPrompt, PromptSlot, SoftPrompt
 from softlens.teacher import GenerationSettings, generate
-from softlens.training import losses, train
+from softlens.training import Distillation, losses, train
 from softlens.training_settings import BARE, TrainSettings, settings_for
 
 MESSAGES = [
@@ -57,6 +57,11 @@ def setup(tiny_lm):
     return slot, tr, te, base
 
 
+def distilled(lm, slot, targets, test, s, seed, *rest):
+    """`train` against the teacher's targets (the distillation objective)."""
+    return train(lm, slot, Distillation(lm, targets, s), test, s, seed, *rest)
+
+
 def settings(**kw) -> TrainSettings:
     return TrainSettings(
         **{
@@ -74,7 +79,7 @@ def settings(**kw) -> TrainSettings:
 
 def test_training_closes_most_of_the_held_out_kl(tiny_lm, setup):
     slot, tr, te, base = setup
-    vectors, curve = train(tiny_lm, slot, tr, te, settings(), seed=0)
+    vectors, curve = distilled(tiny_lm, slot, tr, te, settings(), seed=0)
     kl_base = mean_kl(te, base.logp)
     closure = 1 - curve["kl_test"].dropna() / kl_base
     assert kl_base > 0.05  # the teacher really differs from the unprompted model
@@ -89,7 +94,7 @@ def test_training_closes_most_of_the_held_out_kl(tiny_lm, setup):
 def test_contextualised_training_samples_its_frames_and_learns_inside_them(tiny_lm, setup):
     slot, tr, te, base = setup
     frames = ("Be ___.", "Please ___.")
-    vectors, curve = train(tiny_lm, slot, tr, te, settings(frames=frames), seed=0)
+    vectors, curve = distilled(tiny_lm, slot, tr, te, settings(frames=frames), seed=0)
     assert set(curve["frame"]) == set(frames)
     assert curve["kl_test"].dropna().iloc[-1] < 0.95 * mean_kl(te, base.logp)
     assert curve["kl"].iloc[-5:].mean() < 0.6 * curve["kl"].iloc[:3].mean()
@@ -97,9 +102,9 @@ def test_contextualised_training_samples_its_frames_and_learns_inside_them(tiny_
 
 def test_same_seed_same_numbers_and_other_seed_differs(tiny_lm, setup):
     slot, tr, te, _ = setup
-    a, _ = train(tiny_lm, slot, tr, None, settings(steps=5), seed=3)
-    b, _ = train(tiny_lm, slot, tr, None, settings(steps=5), seed=3)
-    c, _ = train(tiny_lm, slot, tr, None, settings(steps=5), seed=4)
+    a, _ = distilled(tiny_lm, slot, tr, None, settings(steps=5), seed=3)
+    b, _ = distilled(tiny_lm, slot, tr, None, settings(steps=5), seed=3)
+    c, _ = distilled(tiny_lm, slot, tr, None, settings(steps=5), seed=4)
     assert torch.equal(a, b) and not torch.allclose(a, c)
 
 
@@ -129,13 +134,13 @@ def test_prefix_cache_and_scored_logits_equal_a_full_forward_with_gradients(tiny
 def test_ce_and_state_objectives_train(tiny_lm, setup):
     slot, tr, te, _ = setup
     s = settings(kl_weight=0.0, ce_weight=1.0, state_weight=1.0, state_layer=1, steps=15)
-    _, curve = train(tiny_lm, slot, tr, te, s, seed=0)
+    _, curve = distilled(tiny_lm, slot, tr, te, s, seed=0)
     assert {"ce", "state"} <= set(curve.columns) and curve[
         ["ce", "state", "loss"]
     ].notna().all().all()
     assert curve["state"].iloc[-3:].mean() < curve["state"].iloc[:3].mean()
     with pytest.raises(ValueError, match="teacher's states"):
-        train(tiny_lm, slot, te, None, s, seed=0)  # targets built without states
+        distilled(tiny_lm, slot, te, None, s, seed=0)  # targets built without states
 
 
 def test_early_tokens_weigh_more_in_the_ce(setup):
@@ -192,7 +197,8 @@ KILLED = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
 
     T.save_checkpoint = save_then_die
-    vectors, curve = T.train(lm, slot, tr, None, settings(steps=10, checkpoint_every=3), 0,
+    s = settings(steps=10, checkpoint_every=3)
+    vectors, curve = T.train(lm, slot, T.Distillation(lm, tr, s), None, s, 0,
     {ckpt!r}, {{"run": 1}})
     torch.save(vectors, {ckpt!r} + ".final")
 """)
@@ -215,11 +221,11 @@ def test_a_killed_training_run_resumes_where_it_stopped_and_ends_the_same(
     slot = PromptSlot.for_model(tiny_lm)
     comps = generate(tiny_lm, slot, TEACHER, MESSAGES, GenerationSettings(max_new_tokens=POSITIONS))
     tr = make_targets(tiny_lm, slot, TEACHER, MESSAGES, comps, POSITIONS, 4)
-    resumed, curve = train(
+    resumed, curve = distilled(
         tiny_lm, slot, tr, None, settings(steps=10, checkpoint_every=3), 0, ckpt, {"run": 1}
     )
     assert list(curve["step"]) == list(range(1, 11))  # steps 1-6 came from the checkpoint
-    straight, _ = train(tiny_lm, slot, tr, None, settings(steps=10, checkpoint_every=3), 0)
+    straight, _ = distilled(tiny_lm, slot, tr, None, settings(steps=10, checkpoint_every=3), 0)
     assert torch.allclose(resumed, straight, atol=1e-6)
 
     with pytest.raises(ConfigError, match="different config.*lr"):

@@ -16,6 +16,7 @@ import yaml
 
 from conftest import ROOT
 from snakemake_runs import MESSAGES, planned, snakemake, write_config
+from softlens.io import read_soft_prompt
 
 pytestmark = pytest.mark.workflow
 
@@ -715,10 +716,20 @@ def test_the_results_page_is_built_from_the_tables(built):
         assert f"`{table}.csv`" in page
 
 
-def test_a_distilled_lora_teacher_is_made_by_its_rule_and_decomposed(tmp_path, tiny_dir):
+def test_weight_and_contrastive_teachers_are_made_by_their_rules_and_decomposed(tmp_path, tiny_dir):
+    """A LoRA distilled from the Spanish teacher, and contrastive prompts on the pirate steering
+    texts, each through the ordinary chain to the weights table."""
+    pirate = {
+        "layer": 1,
+        "scale": 2.0,
+        "positive": ["Arr matey!", "Ye be wantin treasure!"],
+        "negative": ["Hello there.", "The sky is blue."],
+    }
     behaviors = [
         {"name": "spanish", "instruction": "Respond in Spanish.", "giveaways": ["spanish"]},
         {"name": "spanish_lora", "distill": {"from": "spanish", "rank": 2}},
+        {"name": "pirate", "steering": pirate},
+        {"name": "pirate_c", "contrastive": {"from": "pirate"}},
     ]
     cfg = write_config(
         tmp_path,
@@ -731,7 +742,9 @@ def test_a_distilled_lora_teacher_is_made_by_its_rule_and_decomposed(tmp_path, t
             "target_modules": ["q_proj", "v_proj"],
         },
     )
-    cfg["training"].update(behaviors=["spanish_lora"], seeds=[0], variants=["prepend"])
+    cfg["training"].update(
+        behaviors=["spanish_lora", "pirate", "pirate_c"], seeds=[0], variants=["prepend"]
+    )
     cfg["discovery"].update(behaviors=[], controls=[])
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     tag = tiny_dir.name
@@ -741,9 +754,26 @@ def test_a_distilled_lora_teacher_is_made_by_its_rule_and_decomposed(tmp_path, t
         f"results/{tag}/fits/spanish_lora/target.parquet",
         "results/figures/weights.png",
     )
-    weights = pd.read_csv(tmp_path / "results/tables/weights.csv")
-    assert len(weights) == 1
-    row = weights.iloc[0]
+    weights = pd.read_csv(tmp_path / "results/tables/weights.csv").set_index("behavior", drop=False)
+    assert list(weights["teacher_kind"]) == ["steering", "contrastive", "distilled_lora"]
+    c, steer = weights.loc["pirate_c"], weights.loc["pirate"]
+    assert c["source"] == "pirate" and c["relative_closure"] == pytest.approx(
+        c["kl_closure_test"] / steer["kl_closure_test"]
+    )
+    assert pd.isna(steer["relative_closure"]) and pd.isna(c["teacher_closure_test"])
+    teachers = {  # one steering vector from the same texts: the same completions
+        b: pd.read_parquet(tmp_path / f"results/{tag}/teacher/{b}.parquet")
+        for b in ("pirate", "pirate_c")
+    }
+    assert teachers["pirate"]["completion"].equals(teachers["pirate_c"]["completion"])
+    _, meta = read_soft_prompt(
+        tmp_path / f"results/{tag}/softprompt/pirate_c/prepend-seed0.safetensors"
+    )
+    assert (
+        meta["objective"]["objective"].startswith("contrastive")
+        and meta["objective"]["source"] == "pirate"
+    )
+    row = weights.loc["spanish_lora"]
     assert (row["behavior"], row["teacher_kind"], row["rank"]) == (
         "spanish_lora",
         "distilled_lora",

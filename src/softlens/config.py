@@ -26,7 +26,7 @@ FRAME_PLACEHOLDER = "___"
 # A trained soft prompt's cache and fit are keyed "soft-{variant}-seed{seed}"; its control (the same
 # norms, random directions: softlens.sources.norm_matched_random) "control-{variant}-seed{seed}".
 PROMPT_KINDS = ("soft", "control")
-TEACHER_KINDS = ("instruction", "steering", "peft", "lora", "distill")  # what a teacher is
+TEACHER_KINDS = ("instruction", "steering", "peft", "lora", "distill", "contrastive")
 _PROMPT_KEY = re.compile(r"^(?P<kind>soft|control)-(?P<variant>[A-Za-z]+)-seed(?P<seed>\d+)$")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -218,11 +218,18 @@ def _check_behaviors(behaviors: list[dict]) -> None:
         if "instruction" in kinds and not b["instruction"].strip():
             raise ConfigError(f"{where}: 'instruction' is empty")
     instructed = {b["name"] for b in behaviors if b.get("instruction")}
+    steered = {b["name"] for b in behaviors if b.get("steering")}
     for i, b in enumerate(behaviors):
         if b.get("distill") and b["distill"]["from"] not in instructed:
             raise ConfigError(
                 f"behaviors[{i}] ({b['name']!r}).distill.from = {b['distill']['from']!r} is not an "
                 f"instruction behaviour (those are {sorted(instructed)})"
+            )
+        if b.get("contrastive") and b["contrastive"]["from"] not in steered:
+            raise ConfigError(
+                f"behaviors[{i}] ({b['name']!r}).contrastive.from = "
+                f"{b['contrastive']['from']!r} is not a steering behaviour (those are "
+                f"{sorted(steered)})"
             )
 
 
@@ -634,7 +641,7 @@ def behavior_source(spec: dict) -> dict:
     if spec.get("lora"):
         return {"kind": "lora", "adapter": spec["lora"]}
     if spec.get("distill"):
-        return {"kind": "lora", "adapter": spec["adapter"]}  # set by `with_adapters`
+        return {"kind": "lora", "adapter": spec["adapter"]}  # set by `with_derived_teachers`
     return {"kind": "unprompted"}
 
 
@@ -643,12 +650,18 @@ def distilled_adapter(model_tag: str, name: str) -> str:
     return f"results/{model_tag}/lora/{name}"
 
 
-def with_adapters(config: dict, model_tag: str) -> None:
-    """Each distilled behaviour's spec names the adapter its rule writes (in place), so that its
-    teacher source and its jobs' inputs name that file."""
+def with_derived_teachers(config: dict, model_tag: str) -> None:
+    """Complete (in place) the specs of behaviours whose teacher derives from another's: a distilled
+    behaviour names the adapter its rule writes, so that its teacher source and its jobs' inputs
+    name that file; a contrastive behaviour takes its source's steering block, so that its teacher
+    is the source's steering vector (recomputed from the same texts: the same direction, the same
+    greedy completions) and its prompts learn from those texts."""
+    steering = {b["name"]: b.get("steering") for b in config["behaviors"]}
     for b in config["behaviors"]:
         if b.get("distill"):
             b["adapter"] = distilled_adapter(model_tag, b["name"])
+        if b.get("contrastive"):
+            b["steering"] = steering[b["contrastive"]["from"]]
 
 
 def default_layers(num_layers: int) -> list[int]:

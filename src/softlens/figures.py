@@ -725,6 +725,15 @@ def weights(table: pd.DataFrame, out) -> None:
         )
     for xi, (_, r) in zip(x, t.iterrows()):
         star = "*" if str(r["source_on_top"]) == "True" else ""  # a bool, or its CSV text
+        if pd.notna(r.get("relative_closure")):  # a contrastive prompt: its share of the steered's
+            ax.annotate(
+                f"{r['relative_closure']:.2f}x",
+                (xi, r["ci_high"]),
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="center",
+                fontsize=7,
+            )
         ax.annotate(
             f"{r['top_atom']}{star}",
             (xi, r["ci_low"]),
@@ -737,7 +746,8 @@ def weights(table: pd.DataFrame, out) -> None:
     ax.set_ylabel("held-out KL closure")
     ax.set_ylim(min(0, t["ci_low"].min() - 0.15), 1.02)
     ax.set_title(
-        "Teachers made of weights or activations (label: top Phase 1 atom; * = the source)"
+        "Teachers made of weights or activations (label: top Phase 1 atom; * = the source;\n"
+        "above a contrastive prompt: its closure over the steering-distilled prompt's)"
     )
     ax.legend(fontsize=7, loc="lower right")
     _save(fig, out)

@@ -84,6 +84,21 @@ def forward_scored(
     return torch.log_softmax(logits.float(), dim=-1), (captured[0].float() if captured else None)
 
 
+class Student:
+    """The frozen model with some content in its slot, scored at the last T positions of
+    teacher-forced contexts. The text before the slot is the same in every row: it is encoded once
+    and its KV cache reused by every call."""
+
+    def __init__(self, lm, slot):
+        self.lm, self.slot, self.prefix = lm, slot, None
+
+    def __call__(self, content, messages, fed, positions: int, layer: int | None = None):
+        batch = self.slot.batch(content, messages, fed, padding_side="inner")
+        if self.prefix is None:
+            self.prefix = prefix_cache(self.lm, batch)
+        return forward_scored(self.lm, batch, positions, self.prefix, batch.slot_start, layer)
+
+
 def fed_completions(
     completions: Sequence[Sequence[int]], positions: int, pad_id: int
 ) -> list[list[int]]:

@@ -652,6 +652,7 @@ def recovery(
 WEIGHTS_COLUMNS = [
     "behavior",
     "teacher_kind",
+    "source",
     "rank",
     "variant",
     "seed",
@@ -668,11 +669,15 @@ WEIGHTS_COLUMNS = [
     "explained_ci_high",
     "source_atom",
     "source_on_top",
+    "relative_closure",
 ]
 
 
 def teacher_kind(spec: dict) -> str | None:
-    """lora, distilled_lora or steering: the teachers made of weights or activations."""
+    """lora, distilled_lora, steering or contrastive (a steering teacher whose prompts learn from
+    its texts): the teachers made of weights or activations."""
+    if spec.get("contrastive"):
+        return "contrastive"
     if spec.get("distill"):
         return "distilled_lora"
     if spec.get("lora"):
@@ -688,7 +693,10 @@ def weights(*, inputs: dict, behaviors: dict, hand_written: list[dict]) -> pd.Da
     distilled LoRA against the hard-prompt teacher it was distilled from, on that teacher's test
     messages), the soft prompt's closure to the teacher (mean over its training frames), and its
     Phase 1 decomposition at exclusion `none`: the top atom by weight, with the explained-KL and
-    interval, and whether the distilled instruction's own atom (`source_atom`) is on top."""
+    interval, and whether the distilled instruction's own atom (`source_atom`) is on top. A
+    contrastive prompt's `relative_closure` is its closure over that of the prompt distilled from
+    its source's steering teacher (same variant and seed; both scored on the same teacher's test
+    contexts); a ratio of the two point estimates, whose own intervals are in their rows."""
     if not inputs.get("scores"):
         return pd.DataFrame(columns=WEIGHTS_COLUMNS)
     keys = ["behavior", "variant", "seed"]
@@ -713,23 +721,30 @@ def weights(*, inputs: dict, behaviors: dict, hand_written: list[dict]) -> pd.Da
     table = table.merge(top, on=keys, how="left")
     curves = {Path(p).parent.name: pd.read_csv(p).iloc[-1] for p in inputs.get("curves", [])}
     atom_of = {r["prompt"].casefold(): r["atom"] for r in hand_written}
+    closure = table.set_index(keys)["kl_closure_test"]
     rows = []
     for _, r in table.iterrows():
         spec = behaviors[r["behavior"]]
-        source = spec.get("distill", {}).get("from")
-        instruction = behaviors[source]["instruction"] if source else None
+        source = (spec.get("distill") or spec.get("contrastive") or {}).get("from")
+        instruction = behaviors[source]["instruction"] if spec.get("distill") else None
         curve = curves.get(r["behavior"])
         atom = atom_of.get(instruction.casefold(), source) if instruction else None
         rows.append(
             {
                 **r.to_dict(),
                 "teacher_kind": teacher_kind(spec),
+                "source": source,
                 "rank": spec.get("distill", {}).get("rank"),
                 "teacher_closure_test": None if curve is None else curve["kl_closure_test"],
                 "teacher_ci_low": None if curve is None else curve["ci_low"],
                 "teacher_ci_high": None if curve is None else curve["ci_high"],
                 "source_atom": atom,
                 "source_on_top": None if atom is None else r["top_atom"] == atom,
+                "relative_closure": (
+                    r["kl_closure_test"] / closure[(source, r["variant"], r["seed"])]
+                    if spec.get("contrastive") and (source, r["variant"], r["seed"]) in closure
+                    else None
+                ),
             }
         )
     return pd.DataFrame(rows, columns=WEIGHTS_COLUMNS).sort_values(keys)

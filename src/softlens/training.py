@@ -1,11 +1,12 @@
-"""Soft-prompt training by distillation: L vectors in the slot learn to make the frozen model act
-like its teacher (the same model with a hard prompt, a steering vector or a PEFT prompt).
+"""Soft-prompt training: L vectors in the slot learn to make the frozen model act like its teacher
+(the same model with a hard prompt, a steering vector, a PEFT prompt or a LoRA).
 
-Objective (weights from config): KL(teacher || student) over the full next-token distributions at
+Distillation (weights from config): KL(teacher || student) over the full next-token distributions at
 the first T completion positions of the teacher's own completions (teacher-forced); optionally
 the early-weighted teacher-forced CE of seed 003 (the first `early_tokens` tokens weighted
 `early_weight`) and internal-state matching (relative squared error of the residual stream after
-block `state_layer` against the teacher's, at the same positions).
+block `state_layer` against the teacher's, at the same positions). A contrastive behaviour's
+prompts learn from its steering texts instead (softlens.contrastive); the loop is the same.
 
 Variants: *prepend* trains the vectors alone in the slot; *contextualised* trains them inside a
 frame ("Be ___.") sampled every step from a list (seed 001).
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 from .checkpoints import load_checkpoint, save_checkpoint
 from .config import ConfigError
 from .job import ModelJob, SoftPrompt
-from .logprobs import forward_scored, prefix_cache
+from .logprobs import Student
 from .scoring import Targets, distributions, early_weights, masked_kl, mean_kl
 from .slot import PromptSlot
 from .sources import soft_content
@@ -116,10 +117,69 @@ def evaluate(
     }
 
 
+def state_layer(lm, s: TrainSettings) -> int | None:
+    """The block whose residual stream is matched (state_weight > 0), else None."""
+    if not s.state_weight:
+        return None
+    layer = lm.num_layers // 2 if s.state_layer < 0 else s.state_layer
+    if not 0 <= layer < lm.num_layers:
+        raise ConfigError(
+            f"training.state_layer = {s.state_layer} is out of range (the model has "
+            f"{lm.num_layers} layers)"
+        )
+    return layer
+
+
+class Distillation:
+    """The distillation objective (`losses`) on the teacher's train contexts, one example per
+    message; the targets go to the model's device once (`Targets.to`)."""
+
+    def __init__(self, lm, targets: Targets, s: TrainSettings):
+        self.s, self.layer = s, state_layer(lm, s)
+        if self.layer is not None and targets.state is None:
+            raise ValueError(
+                "state matching needs the teacher's states: build the targets with that layer"
+            )
+        self.targets = targets.to(lm.device)
+
+    def __len__(self) -> int:
+        return len(self.targets.messages)
+
+    def describe(self) -> dict:
+        s = self.s
+        return {
+            "objective": "distillation",
+            "kl": s.kl_weight,
+            "ce": s.ce_weight,
+            "state": s.state_weight,
+            "state_layer": self.layer,
+        }
+
+    def __call__(self, student: Student, content, idx: list[int]) -> dict[str, torch.Tensor]:
+        t = self.targets
+        q_logp, q_state = student(
+            content,
+            [t.messages[i] for i in idx],
+            [t.fed[i] for i in idx],
+            self.s.positions,
+            self.layer,
+        )
+        i = torch.tensor(idx, device=t.logp.device)
+        return losses(
+            self.s,
+            q_logp,
+            q_state,
+            t.logp[i],
+            None if self.layer is None else t.state[i],
+            t.tokens[i],
+            t.mask[i],
+        )
+
+
 def train(
     lm,
     slot: PromptSlot,
-    train_targets: Targets,
+    objective,
     test_targets: Targets | None,
     s: TrainSettings,
     seed: int,
@@ -127,18 +187,15 @@ def train(
     identity: dict | None = None,
     eval_batch_size: int = 16,
 ) -> tuple[torch.Tensor, pd.DataFrame]:
-    """Train L soft vectors; returns them (float32, CPU) and the per-step curve.
+    """Train L soft vectors against `objective` (Distillation, or contrastive.Contrastive: called
+    with the student, the slot content and a batch of example indices, it returns the loss and its
+    terms); returns the vectors (float32, CPU) and the per-step curve.
 
-    The curve has step, lr, frame, loss, kl (and ce, state when used), seconds, and kl_test (mean
-    over the training frames) every `eval_every` steps and at the last step.
+    The curve has step, lr, frame, loss and the objective's other terms, seconds, and kl_test
+    (held-out KL to the teacher, mean over the training frames) every `eval_every` steps and at
+    the last step.
     """
-    identity = {**(identity or {}), **s.describe(), "seed": seed}
-    layer = (lm.num_layers // 2 if s.state_layer < 0 else s.state_layer) if s.state_weight else None
-    if layer is not None and train_targets.state is None:
-        raise ValueError(
-            "state matching needs the teacher's states: build the targets with that layer"
-        )
-    train_targets = train_targets.to(lm.device)
+    identity = {**(identity or {}), **s.describe(), **objective.describe(), "seed": seed}
     g = torch.Generator().manual_seed(seed)
     vectors = initial_vectors(lm, s, g).to(lm.device).requires_grad_(True)
     opt = torch.optim.Adam([vectors], lr=s.lr)
@@ -152,36 +209,16 @@ def train(
         start, curve = state["step"], state["curve"]
         log.info("resumed from %s at step %d", checkpoint, start)
 
-    n_train = len(train_targets.messages)
-    prefix = None
+    student = Student(lm, slot)
     bar = tqdm(range(start, s.steps), desc="train", unit="step", initial=start, total=s.steps)
     for step in bar:
         t0 = time.perf_counter()
-        idx = torch.randperm(n_train, generator=g)[: s.batch_size].tolist()
+        idx = torch.randperm(len(objective), generator=g)[: s.batch_size].tolist()
         frame = s.frames[int(torch.randint(len(s.frames), (1,), generator=g))]
         lr = learning_rate(s, step)
         for group in opt.param_groups:
             group["lr"] = lr
-        content = soft_content(vectors.to(lm.dtype), frame)
-        batch = slot.batch(
-            content,
-            [train_targets.messages[i] for i in idx],
-            [train_targets.fed[i] for i in idx],
-            padding_side="inner",
-        )
-        if prefix is None:  # the text before the slot: encoded once for the whole run
-            prefix = prefix_cache(lm, batch)
-        q_logp, q_state = forward_scored(lm, batch, s.positions, prefix, batch.slot_start, layer)
-        idx = torch.tensor(idx, device=lm.device)
-        terms = losses(
-            s,
-            q_logp,
-            q_state,
-            train_targets.logp[idx],
-            None if layer is None else train_targets.state[idx],
-            train_targets.tokens[idx],
-            train_targets.mask[idx],
-        )
+        terms = objective(student, soft_content(vectors.to(lm.dtype), frame), idx)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         opt.step()
@@ -238,13 +275,14 @@ def run_training(*, job: ModelJob, prompt: SoftPrompt, training: dict, out, curv
 
     s = settings_for(training, prompt.variant)
     lm = job.lm
-    layer = (lm.num_layers // 2 if s.state_layer < 0 else s.state_layer) if s.state_weight else None
-    if layer is not None and not 0 <= layer < lm.num_layers:
-        raise ConfigError(
-            f"training.state_layer = {s.state_layer} is out of range (the model has "
-            f"{lm.num_layers} layers)"
-        )
-    train_t, _ = job.targets("train", s.positions, layer=layer)
+    if job.behavior.get("contrastive"):  # trained on the steering texts, not on the teacher
+        from .contrastive import Contrastive
+
+        c = job.behavior["contrastive"]
+        objective = Contrastive(job, s, beta=c["beta"], source=c["from"])
+    else:
+        train_t, _ = job.targets("train", s.positions, layer=state_layer(lm, s))
+        objective = Distillation(lm, train_t, s)
     test_t, test_base = job.targets("test", s.positions)
     kl_base = mean_kl(test_t, test_base.logp)
     identity = {
@@ -256,7 +294,7 @@ def run_training(*, job: ModelJob, prompt: SoftPrompt, training: dict, out, curv
     }
     checkpoint = Path(out).with_suffix(".ckpt")
     vectors, curve = train(
-        lm, job.slot, train_t, test_t, s, prompt.seed, checkpoint, identity, job.batch_size
+        lm, job.slot, objective, test_t, s, prompt.seed, checkpoint, identity, job.batch_size
     )
     curve["kl_closure_test"] = 1 - curve["kl_test"] / kl_base
     for i, (k, v) in enumerate(prompt.labels().items()):
@@ -273,12 +311,7 @@ def run_training(*, job: ModelJob, prompt: SoftPrompt, training: dict, out, curv
             "slot": job.slot.position,
             "init": s.init,
             "frames": list(s.frames),
-            "objective": {
-                "kl": s.kl_weight,
-                "ce": s.ce_weight,
-                "state": s.state_weight,
-                "state_layer": layer,
-            },
+            "objective": objective.describe(),
             "steps": s.steps,
             "settings": s.describe(),
             "final_loss": float(last["loss"]),
