@@ -159,6 +159,12 @@ rule recovery_table:
             "results/{model}/fits/{behavior}/soft-{variant}-seed{seed}.parquet",
             seeds=PHASE1_SEEDS,
         ),
+        # each teacher's own decomposition (Phase 0), read like a soft prompt's
+        teachers=expand(
+            "results/{model}/fits/{behavior}/target.parquet",
+            model=MODEL,
+            behavior=BEHAVIORS,
+        ),
         # each discovered soft prompt's control: random directions with its norms, read the same way
         controls=discovery_outputs(
             "results/{model}/fits/{behavior}/control-{variant}-seed{seed}.parquet"

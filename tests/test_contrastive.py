@@ -18,18 +18,9 @@ from softlens.slot import SoftPrompt
 from softlens.tables import teacher_kind
 from softlens.training import train
 from softlens.training_settings import TrainSettings
+from test_training import MESSAGES  # 10: the first 5 train, the rest test
 from tiny import write_teacher
 
-MESSAGES = [
-    "What is the capital of France?",
-    "Why is the sky blue?",
-    "How do plants make food?",
-    "Tell me about the lazy dog.",
-    "What is a fox?",
-    "Hola, why is the sky blue?",
-    "How do I boil an egg?",
-    "What is gravity?",
-]
 STEERING = {
     "layer": 1,
     "scale": 2.0,
@@ -75,9 +66,9 @@ def test_training_separates_positive_from_negative_texts_on_held_out_messages(jo
     held_out.messages = MESSAGES[5:]
     held_out.reference = held_out._reference(job)
     student = Student(job.lm, job.slot)
-    pairs = [(m, t) for m in range(3) for t in range(4)]
+    pairs = [(m, t) for m in range(5) for t in range(4)]
     with torch.no_grad():
-        reward = held_out._logp(student, SoftPrompt(vectors.to(job.lm.dtype)), pairs).view(3, 4)
+        reward = held_out._logp(student, SoftPrompt(vectors.to(job.lm.dtype)), pairs).view(5, 4)
     reward = reward - held_out.reference
     margin = reward[:, :2].mean() - reward[:, 2:].mean()
     assert margin > 1.0  # nats: the prompt raised the pirate texts over the plain ones

@@ -258,6 +258,16 @@ def test_run_discovers_dictionaries_from_a_pool_screened_in_shards(built, tiny_d
     assert (spanish["compared_to"] == "Respond in Spanish.").all()
     own = recovery[recovery["control"] == "none"]
     assert own.loc[own["behavior"] == "pirate", "similarity"].isna().all()  # no hidden instruction
+    # each teacher's own decomposition is read too: the steered one's included
+    teacher = own[own["variant"] == "teacher"]
+    assert set(teacher["behavior"]) == {"spanish", "concise", "pirate"}
+    assert set(teacher["reader"]) == {"poe_top_atom"} and (teacher["seed"] == 0).all()
+    assert set(teacher["exclusion"]) == {"none", "lexical", "semantic", "reveal"}
+    answer = teacher[teacher["behavior"] == "spanish"].set_index("exclusion")
+    assert answer.loc["none", "text"] == "Respond in Spanish."  # Phase 0's top atom, asserted above
+    assert answer.loc["none", "plugin_closure_test"] == pytest.approx(1, abs=1e-4)
+    assert answer.loc["none", "soft_closure_test"] == pytest.approx(1, abs=1e-4)
+    assert answer.loc["lexical", "text"] != "Respond in Spanish."
     # the controls: a norm-matched random prompt for each discovered soft prompt, read by the PoE
     # fit,
     # and every trained prompt's answers against another behaviour's instruction

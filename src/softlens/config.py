@@ -645,6 +645,15 @@ def behavior_source(spec: dict) -> dict:
     return {"kind": "unprompted"}
 
 
+def hidden_instruction(behaviors: dict, name: str) -> str | None:
+    """The instruction a behaviour's teacher acts out, if it has one: its own, or the one its LoRA
+    was distilled from (a reading of the LoRA should find that one)."""
+    spec = behaviors.get(name, {})
+    if spec.get("distill"):
+        return behaviors[spec["distill"]["from"]].get("instruction")
+    return spec.get("instruction")
+
+
 def distilled_adapter(model_tag: str, name: str) -> str:
     """Where rule distill_lora writes a distilled behaviour's LoRA adapter."""
     return f"results/{model_tag}/lora/{name}"

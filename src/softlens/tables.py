@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import parse_prompt_key
+from .config import hidden_instruction, parse_prompt_key
 from .decompose import decline_per_sigma, noise_verdict
 
 
@@ -432,6 +432,7 @@ def sae(
 
 
 CONTROLS = ("none", "random_prompt", "other_instruction")
+TEACHER = "teacher"  # the variant of a teacher's own decomposition in the recovery table
 CACHED_READERS = ("poe_top_atom", "pursuit_best_single", "pursuit_top_atom", "pursuit_combination")
 READERS = (
     "poe_top_atom",
@@ -460,14 +461,20 @@ def recovery(
     no dictionary (exclusion none).
 
     Controls (column `control`; `compared_to` is the instruction the similarity is measured
-    against): `none`, the trained prompt against its own hidden instruction; `random_prompt`, the
-    same readers on a prompt with the trained one's norms and random directions (a control fit
-    among `fit_paths`), against the same instruction and teacher; `other_instruction`, the
+    against): `none`, the trained prompt against its own hidden instruction (a distilled LoRA's:
+    the instruction it was distilled from); `random_prompt`, the same readers on a prompt with
+    the trained one's norms and random directions (a control fit among `fit_paths`), against the
+    same instruction and teacher; `other_instruction`, the
     trained prompt's answers against each other behaviour's instruction, in the same pool (the
     similarity a reader earns by chance). `prompt_closure_test` is the read prompt's own closure
     against the teacher and `soft_closure_test` the trained prompt's, each on the contexts its
     reader's answer is scored on (`closure_contexts`): `fraction_of_soft` compares like with
     like.
+
+    With `inputs["teachers"]` (Phase 0 fits), each teacher's own decomposition is read too
+    (variant `teacher`, seed 0: no soft prompt, no training seed): its top positive atom as a
+    plug-in against the teacher, so a user with a steering vector or an adapter gets its reading
+    directly; there `soft_closure_test` is the teacher's closure to itself through the caches (1).
     """
     fit_paths = list(inputs["fits"]) + list(inputs.get("controls", []))
     pursuit_paths, stage_paths, verbalise_paths, score_paths, pool_paths = (
@@ -503,6 +510,9 @@ def recovery(
 
     fits = _read(fit_paths)
     fits = fits.join(_soft_target(fits["target"]))
+    if inputs.get("teachers"):  # each teacher's own decomposition (Phase 0), read the same way
+        teachers = _read(inputs["teachers"]).assign(prompt_kind="soft", variant=TEACHER, seed=0)
+        fits = pd.concat([fits, teachers], ignore_index=True)
     for (*key, kind, level), part in fits[fits["selected"] & (fits["weight"] > 0)].groupby(
         keys + ["prompt_kind", "exclusion"]
     ):
@@ -624,7 +634,7 @@ def recovery(
     pools = {str(p.split("/")[-2]): pd.read_parquet(p) for p in pool_paths}
     table["similarity"], table["similarity_percentile"] = np.nan, np.nan
     for (b, compared, level), part in table.groupby(["behavior", "compared_to", "exclusion"]):
-        hidden = behaviors.get(compared, {}).get("instruction")
+        hidden = hidden_instruction(behaviors, compared)
         if not hidden:
             continue
         if b in pools:
@@ -640,7 +650,7 @@ def recovery(
         table.loc[part.index, "similarity"] = sims
         table.loc[part.index, "similarity_percentile"] = [float((null < x).mean()) for x in sims]
     table["compared_to"] = table["compared_to"].map(
-        lambda b: behaviors.get(b, {}).get("instruction") or ""
+        lambda b: hidden_instruction(behaviors, b) or ""
     )
     table["control"] = pd.Categorical(table["control"], CONTROLS, ordered=True)
     table["reader"] = pd.Categorical(table["reader"], READERS, ordered=True)
