@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from softlens.intervals import bootstrap_ratio_interval, message_folds, per_message
+from softlens.intervals import (
+    bootstrap_ratio_interval,
+    bootstrap_relative_interval,
+    message_folds,
+    per_message,
+)
 
 
 def test_folds_keep_each_message_whole_and_balance_the_messages():
@@ -36,3 +41,22 @@ def test_bootstrap_interval_holds_the_estimate_narrows_with_messages_and_is_seed
     assert bootstrap_ratio_interval(num, den, seed=3) == bootstrap_ratio_interval(num, den, seed=3)
     with pytest.raises(ValueError, match="one numerator and one denominator per message"):
         bootstrap_ratio_interval(num, den[:3])
+
+
+def test_relative_interval_holds_the_ratio_and_pairing_cancels_what_messages_share():
+    rng = np.random.default_rng(0)
+    base = rng.lognormal(0, 1, 200)  # the unprompted model's KL per message
+    ease = rng.uniform(0.2, 1.0, 200)  # shared by both prompts: some messages close far more
+    a = base * (1 - 0.4 * ease * rng.uniform(0.9, 1.1, 200))  # half the reference's closure
+    b = base * (1 - 0.8 * ease)
+    point = (1 - a.sum() / base.sum()) / (1 - b.sum() / base.sum())
+    lo, hi = bootstrap_relative_interval(a, base, b, base)
+    assert lo < point < hi
+    # unpaired: the reference resampled on other messages; what the two share no longer cancels
+    lo_u, hi_u = bootstrap_relative_interval(a, base, b[::-1], base[::-1])
+    assert hi - lo < (hi_u - lo_u) / 2
+    # frames: each prompt's closure is the mean over its frames' closures
+    two = bootstrap_relative_interval(np.stack([a, a]), np.stack([base, base]), b, base)
+    assert two == pytest.approx((lo, hi))
+    with pytest.raises(ValueError, match="same messages; got sizes \\[3, 200\\]"):
+        bootstrap_relative_interval(a, base, b[:3], base[:3])

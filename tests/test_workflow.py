@@ -770,6 +770,7 @@ def test_weight_and_contrastive_teachers_are_made_by_their_rules_and_decomposed(
     assert c["source"] == "pirate" and c["relative_closure"] == pytest.approx(
         c["kl_closure_test"] / steer["kl_closure_test"]
     )
+    assert c["relative_ci_low"] <= c["relative_closure"] <= c["relative_ci_high"]
     assert pd.isna(steer["relative_closure"]) and pd.isna(c["teacher_closure_test"])
     teachers = {  # one steering vector from the same texts: the same completions
         b: pd.read_parquet(tmp_path / f"results/{tag}/teacher/{b}.parquet")

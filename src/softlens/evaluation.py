@@ -35,7 +35,15 @@ def run_evaluation(
     rows = []
     for frame in frames:
         scores = frame_scores(
-            lm, job.slot, soft_content(vectors, frame), target, base, s.positions, job.batch_size, s
+            lm,
+            job.slot,
+            soft_content(vectors, frame),
+            target,
+            base,
+            s.positions,
+            job.batch_size,
+            s,
+            by_message=True,  # a contrastive prompt's closure relative to another's is paired
         )
         rows.append(
             {**prompt.labels(), "frame": frame, "trained_frame": frame in s.frames, **scores}

@@ -727,7 +727,9 @@ def weights(table: pd.DataFrame, out) -> None:
         star = "*" if str(r["source_on_top"]) == "True" else ""  # a bool, or its CSV text
         if pd.notna(r.get("relative_closure")):  # a contrastive prompt: its share of the steered's
             ax.annotate(
-                f"{r['relative_closure']:.2f}x",
+                "{:.2f}x [{:.2f}, {:.2f}]".format(
+                    *r[["relative_closure", "relative_ci_low", "relative_ci_high"]]
+                ),
                 (xi, r["ci_high"]),
                 textcoords="offset points",
                 xytext=(0, 6),

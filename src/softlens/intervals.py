@@ -47,3 +47,38 @@ def bootstrap_ratio_interval(
     scores = 1 - num[idx].sum(1) / den[idx].sum(1)
     lo, hi = np.quantile(scores, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
+
+
+def bootstrap_relative_interval(
+    kl,
+    kl_base,
+    reference_kl,
+    reference_base,
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> tuple[float, float]:
+    """Percentile interval of closure / reference closure, two prompts scored on the same messages.
+
+    Each argument is (frames, messages): a prompt's closure is the mean over its frames of
+    1 - sum(kl) / sum(kl_base). A resample draws messages once and uses them in both prompts, so
+    what the two share (the messages' difficulty) cancels in the ratio instead of widening it.
+    """
+    arrays = [
+        np.atleast_2d(np.asarray(a, dtype=np.float64))
+        for a in (kl, kl_base, reference_kl, reference_base)
+    ]
+    sizes = {a.shape[1] for a in arrays}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError(
+            f"both prompts need scores on the same messages; got sizes {sorted(sizes)}"
+        )
+    idx = np.random.default_rng(seed).integers(0, sizes.pop(), size=(resamples, arrays[0].shape[1]))
+
+    def closure(num, den):  # (resamples,): mean over frames of each resample's closure
+        return (1 - num[:, idx].sum(-1) / den[:, idx].sum(-1)).mean(0)
+
+    ratios = closure(*arrays[:2]) / closure(*arrays[2:])
+    lo, hi = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)

@@ -192,6 +192,12 @@ def weights_section(t: pd.DataFrame) -> str:
                 ["teacher_closure_test", "teacher_ci_low", "teacher_ci_high"]
             ].to_numpy()
         ],
+        relative=[
+            "" if pd.isna(v) else interval(v, lo, hi)
+            for v, lo, hi in t[
+                ["relative_closure", "relative_ci_low", "relative_ci_high"]
+            ].to_numpy()
+        ],
     )
     rows = t[
         [
@@ -206,15 +212,22 @@ def weights_section(t: pd.DataFrame) -> str:
             "top_weight",
             "explained_kl_test",
             "source_on_top",
+            "relative",
         ]
     ]
     return (
         "## Teachers made of weights (`weights.csv`)\n\nThe teacher's own closure to its source "
         "(a distilled LoRA to its hard-prompt teacher), the soft prompt's closure to the teacher, "
-        "and the top atom of the prompt's Phase 1 decomposition at exclusion `none`.\n\n"
+        "the top atom of the prompt's Phase 1 decomposition at exclusion `none`, and a contrastive "
+        "prompt's closure relative to the prompt distilled from its source's steering teacher "
+        "(paired bootstrap over the test messages).\n\n"
         + markdown(
             rows.rename(
-                columns={"teacher": "teacher closure [95% CI]", "soft": "soft closure [95% CI]"}
+                columns={
+                    "teacher": "teacher closure [95% CI]",
+                    "soft": "soft closure [95% CI]",
+                    "relative": "relative closure [95% CI]",
+                }
             )
         )
     )

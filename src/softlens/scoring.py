@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -124,9 +125,15 @@ def closure_interval(
 ) -> tuple[float, float]:
     """95% bootstrap interval of KL closure over the messages (each message's summed KL, student
     and base)."""
+    return bootstrap_ratio_interval(
+        kl_by_message(target, logp), kl_by_message(target, base_logp), seed=seed
+    )
+
+
+def kl_by_message(target: Targets, logp: torch.Tensor) -> np.ndarray:
+    """Each message's KL(P || Q) summed over its valid positions (what intervals resample)."""
     m = target.mask.float()
-    per = lambda q: (kl_terms(target.logp, q) * m).sum(-1).double().numpy()  # noqa: E731
-    return bootstrap_ratio_interval(per(logp), per(base_logp), seed=seed)
+    return (kl_terms(target.logp, logp) * m).sum(-1).double().numpy()
 
 
 def early_ce(targets: Targets, logp: torch.Tensor, early_tokens: int, early_weight: float) -> float:
@@ -148,13 +155,24 @@ def exact_match(targets: Targets, logp: torch.Tensor, k: int) -> float:
 
 
 EXACT_K = (1, 4, 16)  # exact_match_at_{k} columns (seed 003's exact@k)
+BY_MESSAGE = ["kl_by_message", "kl_base_by_message"]  # frame_scores(by_message=True)'s arrays
 
 
 def frame_scores(
-    lm, slot, content, target: Targets, base: Targets, positions, batch_size, s
+    lm,
+    slot,
+    content,
+    target: Targets,
+    base: Targets,
+    positions,
+    batch_size,
+    s,
+    *,
+    by_message: bool = False,
 ) -> dict:
     """Held-out KL closure, early-weighted CE and exact-match@k of one slot content on the test
-    targets."""
+    targets; with `by_message`, also each message's summed KL, student and unprompted (in the
+    targets' message order), so two prompts on the same messages can be compared pairwise."""
     logp, _ = distributions(lm, slot, content, target.messages, target.fed, positions, batch_size)
     kl, kl_base = mean_kl(target, logp), mean_kl(target, base.logp)
     low, high = closure_interval(target, logp, base.logp)
@@ -168,4 +186,9 @@ def frame_scores(
         "ce_teacher_test": early_ce(target, target.logp, s.early_tokens, s.early_weight),
         "ce_base_test": early_ce(target, base.logp, s.early_tokens, s.early_weight),
         **{f"exact_match_at_{k}": exact_match(target, logp, k) for k in EXACT_K if k <= positions},
+        **(
+            dict(zip(BY_MESSAGE, (kl_by_message(target, q) for q in (logp, base.logp))))
+            if by_message
+            else {}
+        ),
     }

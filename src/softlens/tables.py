@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .config import hidden_instruction, parse_prompt_key
 from .decompose import decline_per_sigma, noise_verdict
+from .intervals import bootstrap_relative_interval
+from .scoring import BY_MESSAGE
 
 
 def _read(paths) -> pd.DataFrame:
@@ -128,7 +131,7 @@ def training(*, inputs: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
     table = table.merge(last.rename(columns={"step": "steps", "loss": "final_loss"}), on=keys)
     return (
         table.sort_values(keys),
-        frames.sort_values(keys + ["frame"]),
+        frames.drop(columns=BY_MESSAGE, errors="ignore").sort_values(keys + ["frame"]),
         curves,
         _read(sample_paths),
     )
@@ -680,6 +683,8 @@ WEIGHTS_COLUMNS = [
     "source_atom",
     "source_on_top",
     "relative_closure",
+    "relative_ci_low",
+    "relative_ci_high",
 ]
 
 
@@ -697,6 +702,35 @@ def teacher_kind(spec: dict) -> str | None:
     return None
 
 
+def relative_closure(
+    frames: pd.DataFrame, *, prompt: tuple, reference: tuple, closure: pd.Series
+) -> dict:
+    """One prompt's closure over a reference prompt's (both keyed behavior, variant, seed), with the
+    paired bootstrap interval over the test messages both were scored on (their training frames'
+    per-message KLs, as evaluation writes them)."""
+
+    def by_message(key: tuple) -> tuple[np.ndarray, np.ndarray]:
+        rows = frames[
+            (frames["behavior"] == key[0])
+            & (frames["variant"] == key[1])
+            & (frames["seed"] == key[2])
+            & frames["trained_frame"]
+        ]
+        if "kl_by_message" not in rows or rows["kl_by_message"].isna().any():
+            raise ValueError(
+                f"the evaluation of {key[0]}/{key[1]} seed {key[2]} has no per-message KLs "
+                "(written before they were kept): rerun its evaluate_softprompt job"
+            )
+        return np.stack(rows["kl_by_message"]), np.stack(rows["kl_base_by_message"])
+
+    low, high = bootstrap_relative_interval(*by_message(prompt), *by_message(reference))
+    return {
+        "relative_closure": closure[prompt] / closure[reference],
+        "relative_ci_low": low,
+        "relative_ci_high": high,
+    }
+
+
 def weights(*, inputs: dict, behaviors: dict, hand_written: list[dict]) -> pd.DataFrame:
     """One row per soft prompt whose teacher is made of weights (a LoRA, given or distilled) or of
     activations (a steering vector): the teacher's own closure to its source where it has one (a
@@ -706,13 +740,12 @@ def weights(*, inputs: dict, behaviors: dict, hand_written: list[dict]) -> pd.Da
     interval, and whether the distilled instruction's own atom (`source_atom`) is on top. A
     contrastive prompt's `relative_closure` is its closure over that of the prompt distilled from
     its source's steering teacher (same variant and seed; both scored on the same teacher's test
-    contexts); a ratio of the two point estimates, whose own intervals are in their rows."""
+    contexts), with a paired bootstrap interval over those messages."""
     if not inputs.get("scores"):
         return pd.DataFrame(columns=WEIGHTS_COLUMNS)
     keys = ["behavior", "variant", "seed"]
-    table = prompt_closures(_read(inputs["scores"]))[
-        keys + ["kl_closure_test", "ci_low", "ci_high"]
-    ]
+    frames = _read(inputs["scores"])
+    table = prompt_closures(frames)[keys + ["kl_closure_test", "ci_low", "ci_high"]]
     fits, _ = phase1(fit_paths=inputs["fits"])
     top = fits[
         (fits["exclusion"] == "none") & (fits["prompt_kind"] == "soft") & (fits["rank"] == 1)
@@ -750,10 +783,15 @@ def weights(*, inputs: dict, behaviors: dict, hand_written: list[dict]) -> pd.Da
                 "teacher_ci_high": None if curve is None else curve["ci_high"],
                 "source_atom": atom,
                 "source_on_top": None if atom is None else r["top_atom"] == atom,
-                "relative_closure": (
-                    r["kl_closure_test"] / closure[(source, r["variant"], r["seed"])]
+                **(
+                    relative_closure(
+                        frames,
+                        prompt=(r["behavior"], r["variant"], r["seed"]),
+                        reference=(source, r["variant"], r["seed"]),
+                        closure=closure,
+                    )
                     if spec.get("contrastive") and (source, r["variant"], r["seed"]) in closure
-                    else None
+                    else {}
                 ),
             }
         )

@@ -1,0 +1,54 @@
+"""Result tables built from job outputs."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from softlens.tables import relative_closure
+
+
+def evaluation(behavior: str, kl_by_frame: list[np.ndarray], base: np.ndarray) -> pd.DataFrame:
+    """Rows as evaluation writes them: one per frame, each with its per-message KLs."""
+    return pd.DataFrame(
+        [
+            {
+                "behavior": behavior,
+                "variant": "contextualised",
+                "seed": 0,
+                "frame": f"f{i}",
+                "trained_frame": True,
+                "kl_closure_test": 1 - kl.sum() / base.sum(),
+                "kl_by_message": kl,
+                "kl_base_by_message": base,
+            }
+            for i, kl in enumerate(kl_by_frame)
+        ]
+    )
+
+
+def test_relative_closure_pairs_the_two_prompts_messages_and_names_an_old_evaluation():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(1, 2, 40)
+    frames = pd.concat(
+        [
+            evaluation("contrastive", [base * 0.7, base * 0.5], base),  # closures 0.3, 0.5
+            evaluation("steered", [base * 0.2], base),  # closure 0.8
+        ],
+        ignore_index=True,
+    )
+    closure = frames.groupby(["behavior", "variant", "seed"])["kl_closure_test"].mean()
+    keys = {
+        "prompt": ("contrastive", "contextualised", 0),
+        "reference": ("steered", "contextualised", 0),
+    }
+    row = relative_closure(frames, **keys, closure=closure)
+    assert row["relative_closure"] == pytest.approx(0.4 / 0.8)
+    # every message closes by the same share, so every resample gives the same ratio
+    assert row["relative_ci_low"] == pytest.approx(0.5) == row["relative_ci_high"]
+    with pytest.raises(ValueError, match="steered/contextualised seed 0 has no per-message KLs"):
+        old = frames["behavior"] == "steered"
+        relative_closure(
+            frames.assign(kl_by_message=frames["kl_by_message"].where(~old, None)),
+            **keys,
+            closure=closure,
+        )
