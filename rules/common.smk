@@ -486,4 +486,9 @@ def weights_inputs(wildcards):
             model=MODEL,
             behavior=[b for b in WEIGHTED if behavior(config, b).get("distill")],
         ),
+        "adapters": [  # a given LoRA's rank is read from its config
+            f"{behavior(config, b)['lora']}/adapter_config.json"
+            for b in WEIGHTED
+            if behavior(config, b).get("lora")
+        ],
     }

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from softlens.tables import relative_closure
+from softlens.tables import lora_rank, relative_closure
 
 
 def evaluation(behavior: str, kl_by_frame: list[np.ndarray], base: np.ndarray) -> pd.DataFrame:
@@ -52,3 +52,10 @@ def test_relative_closure_pairs_the_two_prompts_messages_and_names_an_old_evalua
             **keys,
             closure=closure,
         )
+
+
+def test_a_lora_teachers_rank_is_the_distillations_or_the_given_adapters(tmp_path):
+    (tmp_path / "adapter_config.json").write_text('{"r": 8, "peft_type": "LORA"}')
+    assert lora_rank({"lora": str(tmp_path)}) == 8
+    assert lora_rank({"distill": {"from": "spanish", "rank": 4}}) == 4
+    assert lora_rank({"steering": {"layer": 6}}) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -807,3 +808,13 @@ def test_weight_and_contrastive_teachers_are_made_by_their_rules_and_decomposed(
     fit = pd.read_parquet(tmp_path / f"results/{tag}/fits/spanish_lora/target.parquet")
     assert not fit["is_target"].any()  # no instruction of its own: the dictionary must find it
     assert not [p for p in planned(tmp_path) if "/lora/" in p]  # a complete adapter is not redone
+
+    # the same adapter given as `lora:` is a teacher of kind lora, its rank read from its config
+    shutil.copytree(lora, tmp_path / "adapters/given")
+    cfg["behaviors"].append({"name": "given", "lora": "adapters/given"})
+    cfg["training"]["behaviors"].append("given")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(tmp_path, "results/tables/weights.csv")
+    given = pd.read_csv(tmp_path / "results/tables/weights.csv").set_index("behavior").loc["given"]
+    assert (given["teacher_kind"], given["rank"]) == ("lora", 2)
+    assert pd.isna(given["teacher_closure_test"]) and pd.isna(given["source_on_top"])

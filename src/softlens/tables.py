@@ -10,6 +10,7 @@ import pandas as pd
 from .config import hidden_instruction, parse_prompt_key
 from .decompose import decline_per_sigma, noise_verdict
 from .intervals import bootstrap_relative_interval
+from .lora import adapter_config
 from .scoring import BY_MESSAGE
 
 
@@ -702,6 +703,15 @@ def teacher_kind(spec: dict) -> str | None:
     return None
 
 
+def lora_rank(spec: dict) -> int | None:
+    """A LoRA teacher's rank: the distillation's setting, or a given adapter's own config (`r`)."""
+    if spec.get("distill"):
+        return spec["distill"].get("rank")
+    if spec.get("lora"):
+        return adapter_config(spec["lora"]).get("r")
+    return None
+
+
 def relative_closure(
     frames: pd.DataFrame, *, prompt: tuple, reference: tuple, closure: pd.Series
 ) -> dict:
@@ -777,7 +787,7 @@ def weights(*, inputs: dict, behaviors: dict, hand_written: list[dict]) -> pd.Da
                 **r.to_dict(),
                 "teacher_kind": teacher_kind(spec),
                 "source": source,
-                "rank": spec.get("distill", {}).get("rank"),
+                "rank": lora_rank(spec),
                 "teacher_closure_test": None if curve is None else curve["kl_closure_test"],
                 "teacher_ci_low": None if curve is None else curve["ci_low"],
                 "teacher_ci_high": None if curve is None else curve["ci_high"],
