@@ -74,7 +74,8 @@ def bootstrap_relative_interval(
         raise ValueError(
             f"both prompts need scores on the same messages; got sizes {sorted(sizes)}"
         )
-    idx = np.random.default_rng(seed).integers(0, sizes.pop(), size=(resamples, arrays[0].shape[1]))
+    n = sizes.pop()
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
     def closure(num, den):  # (resamples,): mean over frames of each resample's closure
         return (1 - num[:, idx].sum(-1) / den[:, idx].sum(-1)).mean(0)

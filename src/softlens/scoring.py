@@ -174,8 +174,11 @@ def frame_scores(
     targets; with `by_message`, also each message's summed KL, student and unprompted (in the
     targets' message order), so two prompts on the same messages can be compared pairwise."""
     logp, _ = distributions(lm, slot, content, target.messages, target.fed, positions, batch_size)
-    kl, kl_base = mean_kl(target, logp), mean_kl(target, base.logp)
-    low, high = closure_interval(target, logp, base.logp)
+    # each message's KL once (a pass over the (M, T, V) distributions): means and interval from it
+    by_msg = dict(zip(BY_MESSAGE, (kl_by_message(target, q) for q in (logp, base.logp))))
+    valid = float(target.mask.sum())
+    kl, kl_base = (float(by_msg[c].sum() / valid) for c in BY_MESSAGE)
+    low, high = bootstrap_ratio_interval(*by_msg.values())
     return {
         "kl_test": kl,
         "kl_base_test": kl_base,
@@ -186,9 +189,5 @@ def frame_scores(
         "ce_teacher_test": early_ce(target, target.logp, s.early_tokens, s.early_weight),
         "ce_base_test": early_ce(target, base.logp, s.early_tokens, s.early_weight),
         **{f"exact_match_at_{k}": exact_match(target, logp, k) for k in EXACT_K if k <= positions},
-        **(
-            dict(zip(BY_MESSAGE, (kl_by_message(target, q) for q in (logp, base.logp))))
-            if by_message
-            else {}
-        ),
+        **(by_msg if by_message else {}),
     }
