@@ -381,6 +381,56 @@ def test_screen_ranks_the_missing_instruction_first_and_pursuit_recovers_it(shar
     assert none.loc[none["dictionary_kind"] == "combination", "selected"].sum() == 1
 
 
+def test_levels_that_keep_the_same_atoms_share_their_fits(chain, monkeypatch):
+    import softlens.discovery as discovery
+
+    d, job, caches = chain
+    screens = [d / f"same-screen-{i}.parquet" for i in range(2)]
+    for i, out in enumerate(screens):
+        run_screen(
+            job=job,
+            caches=caches,
+            pool=d / "pool.parquet",
+            fits=[d / "fits" / "target.parquet"],
+            settings=ScreenSettings(messages=4, top=2, shards=2, shard=i, positions=3),
+            out=out,
+        )
+    calls = {"generated": [], "discovered": []}
+    for kind, key in (("generated", "pool_idx"), ("discovered", "use")):
+        fit = getattr(discovery, f"_{kind}_fit")
+        monkeypatch.setattr(
+            discovery,
+            f"_{kind}_fit",
+            lambda fit=fit, kind=kind, key=key, **kw: calls[kind].append(kw[key]) or fit(**kw),
+        )
+    # the pool's exclusions stop at "lexical", so "semantic" keeps what "lexical" keeps
+    table = run_pursuit(
+        job=job,
+        caches=caches,
+        screens=screens,
+        settings=PursuitSettings(
+            max_atoms=3, top=2, positions=3, levels=("none", "lexical", "semantic")
+        ),
+        path_settings=PathSettings(path_length=4),
+        out=d / "same.parquet",
+    )
+    # "none" keeps the instruction (a candidate and a hand-written atom); the others do not
+    generated, discovered = calls["generated"], calls["discovered"]
+    assert len(generated) == len(discovered) == 2 and len(discovered[0]) > len(discovered[1])
+    fitted = table[table["dictionary_kind"].isin(["generated", "discovered"])]
+    lexical, semantic = (
+        fitted[fitted["exclusion"] == x].drop(columns="exclusion").reset_index(drop=True)
+        for x in ("lexical", "semantic")
+    )
+    pd.testing.assert_frame_equal(lexical, semantic)
+    assert (
+        not fitted[fitted["exclusion"] == "none"]
+        .drop(columns="exclusion")
+        .reset_index(drop=True)
+        .equals(lexical)
+    )
+
+
 def test_combination_reader_joins_positive_atoms_by_weight_and_chooses_k_on_train():
     discovered = pd.DataFrame(
         {

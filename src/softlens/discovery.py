@@ -412,9 +412,6 @@ def run_pursuit(
         head, (X, C), teacher_states, base, keys, list(info["atom"]), path_settings
     )
 
-    def base_kl(p: FactoredProblem, rows) -> np.ndarray:
-        return unprompted_kl(p, base, rows)
-
     # one restricted problem over every atom on the train rows, for every level's folds
     train = np.flatnonzero(keys["split"] == "train")
     dense = FactoredProblem(head, X[:, train], C[:, train], P[0][train], P[1][train]).restricted()
@@ -432,36 +429,23 @@ def run_pursuit(
         "ci_high",
         "selected",
     ]
-    frames = []
+    # levels often keep the same candidates or the same atoms: each dictionary is fitted once
+    shared = dict(
+        head=head, states=(X, C), target=P, base=base, keys=keys, names=list(info["atom"])
+    )
+    frames, generated_for, discovered_for = [], {}, {}
     for level, chosen in best.items():
         pool_idx = K0 + np.flatnonzero(scored["candidate"].isin(chosen["candidate"]))
         use = np.concatenate([np.flatnonzero(kept_at(hand_excluded, level)), pool_idx])
-        names = list(info["atom"].iloc[use])
-        generated = fit_path(
-            head,
-            (X[pool_idx], C[pool_idx]),
-            P,
-            base,
-            keys,
-            list(info["atom"].iloc[pool_idx]),
-            path_settings,
-            dense=dense_rows(dense, slice(None), pool_idx),
-        )
-        generated = generated.assign(dictionary_kind="generated", step=generated["lambda_index"])
-
-        def problem(rows, use=use, names=names):
-            return FactoredProblem(
-                head, X[use][:, rows], C[use][:, rows], P[0][rows], P[1][rows], names
+        if tuple(pool_idx) not in generated_for:
+            generated_for[tuple(pool_idx)] = _generated_fit(
+                **shared, pool_idx=pool_idx, dense=dense, path_settings=path_settings
             )
-
-        discovered = pursue(
-            problem,
-            keys,
-            base_kl,
-            settings,
-            path_settings,
-            dense=dense_rows(dense, slice(None), use),
-        ).assign(dictionary_kind="discovered")
+        if tuple(use) not in discovered_for:
+            discovered_for[tuple(use)] = _discovered_fit(
+                **shared, use=use, dense=dense, settings=settings, path_settings=path_settings
+            )
+        generated, discovered = generated_for[tuple(pool_idx)], discovered_for[tuple(use)]
         part = pd.concat(
             [generated[cols + ["lambda"]], discovered[cols + ["added", "gradient"]]],
             ignore_index=True,
@@ -528,6 +512,47 @@ def run_pursuit(
             list(zip(top["text"], top["weight"].round(2))),
         )
     return table
+
+
+def _generated_fit(*, head, states, target, base, keys, names, pool_idx, dense, path_settings):
+    """The `generated` dictionary: the pool candidates `pool_idx` alone, along the lambda path.
+    `states` (X, C) and `names` cover every atom; `dense` is the train rows' restricted problem
+    over all of them."""
+    X, C = states
+    fit = fit_path(
+        head,
+        (X[pool_idx], C[pool_idx]),
+        target,
+        base,
+        keys,
+        [names[i] for i in pool_idx],
+        path_settings,
+        dense=dense_rows(dense, slice(None), pool_idx),
+    )
+    return fit.assign(dictionary_kind="generated", step=fit["lambda_index"])
+
+
+def _discovered_fit(
+    *, head, states, target, base, keys, names, use, dense, settings, path_settings
+):
+    """The `discovered` dictionary: pursuit over the atoms `use` (the hand-written atoms a level
+    keeps and its pool candidates); arguments as for _generated_fit."""
+    X, C = states
+    kept, Xu, Cu = [names[i] for i in use], X[use], C[use]
+
+    def problem(rows):
+        return FactoredProblem(
+            head, Xu[:, rows], Cu[:, rows], target[0][rows], target[1][rows], kept
+        )
+
+    return pursue(
+        problem,
+        keys,
+        lambda p, rows: unprompted_kl(p, base, rows),
+        settings,
+        path_settings,
+        dense=dense_rows(dense, slice(None), use),
+    ).assign(dictionary_kind="discovered")
 
 
 def combinations(discovered: pd.DataFrame, max_atoms: int = 3) -> list[str]:
