@@ -330,11 +330,12 @@ def chain(sharp_dir, tmp_path_factory):
     return d, job, caches
 
 
-def test_screen_ranks_the_missing_instruction_first_and_pursuit_recovers_it(sharp_dir, chain):
+@pytest.fixture(scope="module")
+def screens(chain) -> list:
+    """The chain's pool screened in two shards against the leave-one-out fit."""
     d, job, caches = chain
-    screens = []
-    for i in range(2):
-        out = d / f"screen-{i}.parquet"
+    outs = [d / f"screen-{i}.parquet" for i in range(2)]
+    for i, out in enumerate(outs):
         run_screen(
             job=job,
             caches=caches,
@@ -343,7 +344,11 @@ def test_screen_ranks_the_missing_instruction_first_and_pursuit_recovers_it(shar
             settings=ScreenSettings(messages=4, top=2, shards=2, shard=i, positions=3),
             out=out,
         )
-        screens.append(out)
+    return outs
+
+
+def test_screen_ranks_the_missing_instruction_first_and_pursuit_recovers_it(chain, screens):
+    d, job, caches = chain
     screened = pd.concat([pd.read_parquet(p) for p in screens], ignore_index=True)
     assert sorted(screened["candidate"]) == list(range(5))  # the shards partition the pool
     best = screened.loc[screened["gradient"].abs().idxmax()]
@@ -381,20 +386,10 @@ def test_screen_ranks_the_missing_instruction_first_and_pursuit_recovers_it(shar
     assert none.loc[none["dictionary_kind"] == "combination", "selected"].sum() == 1
 
 
-def test_levels_that_keep_the_same_atoms_share_their_fits(chain, monkeypatch):
+def test_levels_that_keep_the_same_atoms_share_their_fits(chain, screens, monkeypatch):
     import softlens.discovery as discovery
 
     d, job, caches = chain
-    screens = [d / f"same-screen-{i}.parquet" for i in range(2)]
-    for i, out in enumerate(screens):
-        run_screen(
-            job=job,
-            caches=caches,
-            pool=d / "pool.parquet",
-            fits=[d / "fits" / "target.parquet"],
-            settings=ScreenSettings(messages=4, top=2, shards=2, shard=i, positions=3),
-            out=out,
-        )
     calls = {"generated": [], "discovered": []}
     for kind, key in (("generated", "pool_idx"), ("discovered", "use")):
         fit = getattr(discovery, f"_{kind}_fit")
