@@ -137,6 +137,17 @@ def model_and_teacher(wildcards):
     }
 
 
+def soft_prompt_inputs(wildcards):
+    """A soft-prompt job's inputs: the model, the behaviour's teacher and its targets, scored on the
+    teacher's contexts once per behaviour (the teacher's and the unprompted model's distributions).
+    """
+    d = f"results/{wildcards.model}/targets/{wildcards.behavior}"
+    return {
+        **model_and_teacher(wildcards),
+        "targets": [f"{d}/target.parquet", f"{d}/unprompted.parquet"],
+    }
+
+
 def training_params(wildcards):
     return prompt_params(config["training"], wildcards.variant)
 

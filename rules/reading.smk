@@ -5,7 +5,7 @@
 
 rule read_softprompt:
     input:
-        unpack(model_and_teacher),
+        unpack(soft_prompt_inputs),
         prompt=soft_prompt_file,
     output:
         stages="results/{model}/reading/{behavior}/{variant}-seed{seed}.stages.parquet",
@@ -31,7 +31,7 @@ rule read_softprompt:
 
 rule geometry_softprompt:
     input:
-        unpack(model_and_teacher),
+        unpack(soft_prompt_inputs),
         prompt=soft_prompt_file,
     output:
         geometry="results/{model}/reading/{behavior}/{variant}-seed{seed}.geometry.parquet",
@@ -56,7 +56,7 @@ rule geometry_softprompt:
 
 rule verbalise_softprompt:
     input:
-        unpack(model_and_teacher),
+        unpack(soft_prompt_inputs),
         prompt=soft_prompt_file,
     output:
         "results/{model}/reading/{behavior}/{variant}-seed{seed}.verbalise.parquet",

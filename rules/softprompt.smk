@@ -1,6 +1,31 @@
-rule train_softprompt:
+rule teacher_targets:
     input:
         unpack(model_and_teacher),
+    output:
+        "results/{model}/targets/{behavior}/target.parquet",
+        "results/{model}/targets/{behavior}/unprompted.parquet",
+    log:
+        "logs/{model}/targets/{behavior}.log",
+    benchmark:
+        "logs/{model}/benchmarks/targets/{behavior}.tsv"
+    priority: discovery_chain
+    conda:
+        "../envs/model.yaml"
+    threads: 1
+    resources:
+        **model_resources(2000),
+    params:
+        sources=reference_sources,
+        model_settings=config["model_settings"],
+        # every soft-prompt job of the behaviour reads its first positions (training.positions)
+        logprobs={"positions": config["training"]["positions"]},
+    script:
+        "../scripts/logprobs.py"
+
+
+rule train_softprompt:
+    input:
+        unpack(soft_prompt_inputs),
     output:
         prompt="results/{model}/softprompt/{behavior}/{variant}-seed{seed}.safetensors",
         curve="results/{model}/softprompt/{behavior}/{variant}-seed{seed}.train.csv",
@@ -24,7 +49,7 @@ rule train_softprompt:
 
 rule evaluate_softprompt:
     input:
-        unpack(model_and_teacher),
+        unpack(soft_prompt_inputs),
         prompt=soft_prompt_file,
     output:
         scores="results/{model}/softprompt/{behavior}/{variant}-seed{seed}.eval.parquet",

@@ -39,6 +39,7 @@ def write_config(workdir, model_dir, **changes) -> dict:
         "noise": {"behaviors": ["spanish"], "sigmas": [0, 0.5, 2.0], "seeds": [0, 1]},
         "training": {
             "behaviors": ["spanish", "pirate"],
+            "variants": ["prepend", "contextualised"],
             "seeds": [0, 1],
             "steps": 4,
             "length": 2,

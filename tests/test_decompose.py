@@ -87,6 +87,49 @@ def test_cached_scoring_equals_a_plain_forward(tiny_lm, teacher):
     assert [tuple(r) for r in rows[:3]] == [(0, 0), (0, 1), (0, 2)]
 
 
+def test_targets_read_from_the_behaviours_cache_are_the_ones_the_model_computes(
+    tiny_dir, teacher, tmp_path
+):
+    """A job given the cached (teacher, unprompted) targets gets what it would compute itself,
+    for any split, subset of rows and number of positions the cache holds; asked for more, or
+    for the teacher's layer states, it computes them."""
+    path, table = teacher
+    spec = {"name": "spanish", "instruction": "Respond in Spanish."}
+    files = [str(tmp_path / "target.parquet"), str(tmp_path / "unprompted.parquet")]
+    run_sources(
+        job=ModelJob(model=tiny_dir, settings={"device": "cpu"}, behavior=spec, teacher=path),
+        sources={
+            "target": {"kind": "hard", "text": spec["instruction"]},
+            "unprompted": {"kind": "unprompted"},
+        },
+        outputs=dict(zip(["target", "unprompted"], files)),
+        positions=4,
+    )
+    plain = ModelJob(model=tiny_dir, settings={"device": "cpu"}, behavior=spec, teacher=path)
+    cached = ModelJob(
+        model=tiny_dir, settings={"device": "cpu"}, behavior=spec, teacher=path, targets=files
+    )
+    for split, positions, rows in [
+        ("train", 4, None),
+        ("test", 3, None),
+        ("train", 2, table.iloc[1:3]),
+    ]:
+        teacher_t, base_t = plain.targets(split, positions, rows=rows)
+        assert (teacher_t.logp - base_t.logp)[teacher_t.mask].abs().max() > 1e-3  # told apart
+        for want, got in zip(
+            plain.targets(split, positions, rows=rows), cached.targets(split, positions, rows=rows)
+        ):
+            assert got.messages == want.messages and got.fed == want.fed
+            assert torch.equal(got.tokens, want.tokens) and torch.equal(got.mask, want.mask)
+            assert (got.logp - want.logp)[want.mask].abs().max() < 1e-5
+            assert torch.isfinite(got.logp).all()
+    # more positions than cached, or the teacher's states: computed, as before
+    for want, got in zip(plain.targets("train", 5), cached.targets("train", 5)):
+        assert torch.equal(got.logp, want.logp)
+    got, _ = cached.targets("train", 4, layer=1)
+    assert got.state is not None
+
+
 def cache_set(d, atoms, decomposed="target"):
     """Every cache in `d` as a job's declared inputs."""
     return Caches(

@@ -189,6 +189,34 @@ def test_factored_path_matches_the_dense_path(bias):
         )
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_factored_fits_do_not_depend_on_the_log_normalisers_size(seed):
+    """A constant added to every logit changes no distribution, only the size of the terms whose
+    small difference the objective is (float32 logits): SmolLM2's log-normalisers are ~23. The
+    line search must judge the objective to that resolution, not to its own size (it stalled)."""
+    from softlens.head import OutputHead
+
+    fp, dense = factored(seed=seed)
+    shift = 30.0
+    shifted = FactoredProblem(
+        OutputHead(fp.head.weight, fp.head.bias + shift),
+        fp.X,
+        fp.C + shift,
+        fp.target_x,
+        fp.target_lse + shift,
+        head_tokens=16,
+        rest_draws=16,
+    )
+    lams = lambda_path(dense, 20, 1e-3)
+    for f, d in zip(solve_path(shifted, lams), solve_path(dense, lams)):
+        assert f.converged
+        assert np.abs(f.weights - d.weights).max() < 2e-3
+        assert (
+            abs(dense.kl(f.weights) + f.lam * np.abs(f.weights).sum() - d.objective)
+            <= 1e-6 * d.objective
+        )
+
+
 def test_a_fit_warm_started_at_its_optimum_reports_converged():
     p = problem()
     lam = 0.3 * p.lambda_max()

@@ -59,3 +59,32 @@ def test_a_lora_teachers_rank_is_the_distillations_or_the_given_adapters(tmp_pat
     assert lora_rank({"lora": str(tmp_path)}) == 8
     assert lora_rank({"distill": {"from": "spanish", "rank": 4}}) == 4
     assert lora_rank({"steering": {"layer": 6}}) is None
+
+
+def test_the_sae_manifold_table_compares_the_variants_and_keeps_its_columns_with_one():
+    """sae_manifold pairs prepend and contextualised prompts seed by seed; a run of one variant
+    (the default trains prepend only) has nothing to pair: no rows, the same columns."""
+    from softlens.tables import MANIFOLD_COLUMNS, sae_manifold
+
+    rows = [
+        {
+            "behavior": "spanish",
+            "variant": v,
+            "seed": seed,
+            "layer": layer,
+            "recon_error": err + 0.1 * layer,
+            "baseline_recon_error": 1.0,
+            "instruction_recon_error": 0.2,
+            "jaccard_with_instruction": 0.3,
+            "baseline_jaccard": 0.05,
+        }
+        for layer in (1, 2, 3)
+        for seed in (0, 1)
+        for v, err in (("prepend", 0.6), ("contextualised", 0.4 if seed == 0 else 0.7))
+    ]
+    both = sae_manifold(pd.DataFrame(rows))
+    assert len(both) == 3 and set(both["seeds"]) == {2}
+    assert set(both["closer_to_manifold"]) == {"mixed"}  # closer in seed 0, not in seed 1
+    assert both["middle_layer"].tolist() == [False, True, False]
+    one = sae_manifold(pd.DataFrame([r for r in rows if r["variant"] == "prepend"]))
+    assert one.empty and list(one.columns) == MANIFOLD_COLUMNS + ["middle_layer"]

@@ -154,12 +154,16 @@ def test_run_reads_every_soft_prompt_projection_repair_geometry_robustness_verba
     ]
     assert (
         natural.loc[("magnitude", 1.0)] - 1
-    ).abs().max() < 1e-5  # the unperturbed instruction is the teacher
+    ).abs().max() < 1e-3  # the unperturbed instruction is the teacher (read from its cache: KL
+    # to it is float32 rounding, ~1e-7, against the tiny model's KL(teacher || unprompted) ~1e-4)
     assert (
         natural.loc[("rotation", 0.0)] - 1
     ).abs().max() < 1e-2  # the same up to rounding in the rotation
     verbal = pd.read_csv(tables / "verbalisation.csv")
     assert verbal.groupby(["behavior", "variant", "seed"])["is_best"].sum().eq(1).all()
+    # test scores only the candidate train chose
+    assert verbal["kl_closure_test"].notna().eq(verbal["is_best"]).all()
+    assert verbal["kl_closure_train"].notna().any()
     for fig in ["reading", "geometry", "robustness", "verbalisation"]:
         assert (workdir / f"results/figures/{fig}.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .config import prompt_key, with_defaults
-from .scoring import Targets, contexts, make_targets
+from .scoring import Targets, cached_targets, context_rows, contexts, make_targets
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class ModelJob:
         behavior: dict | None = None,
         teacher=None,
         steering=None,
+        targets=None,
         lm=None,
     ):
         from .io import read_teacher
@@ -65,6 +66,9 @@ class ModelJob:
         self.slot = PromptSlot.for_model(self.lm, settings["slot"])
         self.batch_size = settings["batch_size"]
         self.teacher: pd.DataFrame | None = None if teacher is None else read_teacher(teacher)
+        # (teacher, unprompted) factored caches of the teacher's contexts (rule teacher_targets)
+        self.targets_files = None if targets is None else tuple(targets)
+        self._cached = None
 
     @contextmanager
     def activated(self, source: dict | None = None):
@@ -86,8 +90,18 @@ class ModelJob:
     ) -> tuple[Targets, Targets]:
         """The teacher's and the unprompted model's targets on one split's contexts (of the
         teacher table, or of its `rows`), with the teacher's states after block `layer` where
-        given."""
-        messages, completions = contexts(self.teacher if rows is None else rows, split)
+        given. Read from the job's cached targets where it has them (and they hold the positions
+        and no layer is asked for), else computed with the model."""
+        table = self.teacher if rows is None else rows
+        messages, completions = contexts(table, split)
+        if self.targets_files and layer is None and positions <= self._cached_positions():
+            ids = list(context_rows(table, split)["message_id"])
+            return tuple(
+                cached_targets(
+                    self._head, cache, ids, completions, positions, self.slot.pad_id, messages
+                )
+                for cache in self._cached
+            )
         with self.activated() as (slot, content):
             target = make_targets(
                 self.lm, slot, content, messages, completions, positions, self.batch_size, layer
@@ -96,6 +110,20 @@ class ModelJob:
             self.lm, self.slot, None, messages, completions, positions, self.batch_size
         )
         return target, base
+
+    def _cached_positions(self) -> int:
+        """Positions per message the cached targets hold (read once)."""
+        if self._cached is None:
+            from .head import OutputHead
+            from .io import read_metadata, read_states
+
+            head, on = OutputHead.from_model(self.lm.model), self.lm.device
+            self._head = OutputHead(
+                head.weight.to(on), None if head.bias is None else head.bias.to(on)
+            )
+            self._cached = [read_states(f) for f in self.targets_files]
+            self._positions = min(int(read_metadata(f)["positions"]) for f in self.targets_files)
+        return self._positions
 
     def selection(
         self, messages: int, positions: int, *, seed: int, exclude=()

@@ -309,6 +309,9 @@ class FactoredProblem(_Screened):
         )  # E_P[L_i] per context
         self.ep_mean = self.ep.mean(1)
         self.const = float(self.P.plogp.mean())
+        # The objective is a small difference of terms the size of the log-normalisers, computed
+        # from float32 logits: its resolution is float32's epsilon at that size, not at its own.
+        self.kl_resolution = float(np.finfo(np.float32).eps) * float(self.target_lse.abs().mean())
         self._target_top = self._top(self.target_x, self.target_lse)
         self._chunks = [
             slice(a, min(a + self.head.rows_per_chunk(), self.N))
@@ -532,14 +535,11 @@ class FactoredProblem(_Screened):
             fit = _proximal_newton(tangent, lam, w, tol=0.1 * tol, max_iter=max_iter)
             inner += fit.iterations
             # The tangent model agrees with the objective at w in value and gradient, so its
-            # minimiser is a
-            # descent direction: backtrack on the true objective (Armijo). Near the optimum the
-            # objective's
-            # float32 resolution (~1e-7 relative) hides the decrease; there a step that brings the
-            # exact
-            # optimality conditions closer is kept. A rejected full step means the model was poor
-            # (much
-            # mass outside the token sets): widen them from then on.
+            # minimiser is a descent direction: backtrack on the true objective (Armijo). Near the
+            # optimum the objective's float32 resolution (kl_resolution) hides the decrease; there
+            # a step that brings the exact optimality conditions closer is kept. A rejected full
+            # step means the model was poor (much mass outside the token sets): widen them from
+            # then on.
             d, t = fit.weights - w, 1.0
             F, kkt = kl + lam * np.abs(w).sum(), _kkt(w, g, lam).max()
             delta = float(g @ d) + lam * (np.abs(fit.weights).sum() - np.abs(w).sum())
@@ -548,7 +548,8 @@ class FactoredProblem(_Screened):
                 kl_c, g_c, tangent_c = self._pass(cand, k)
                 F_c = kl_c + lam * np.abs(cand).sum()
                 if F_c <= F + 1e-4 * t * delta or (
-                    F_c <= F + 1e-7 * max(1.0, abs(F)) and _kkt(cand, g_c, lam).max() < kkt
+                    F_c <= F + max(1e-7 * abs(F), self.kl_resolution)
+                    and _kkt(cand, g_c, lam).max() < kkt
                 ):
                     break
                 if t == 1.0:
@@ -559,8 +560,8 @@ class FactoredProblem(_Screened):
                     break
             if status == "line_search_failed":
                 # No step helps any more: the float32 states' resolution, not the model, limits the
-                # fit here.
-                # Within 10x the tolerance that is the optimum to that resolution (status says so).
+                # fit here. Within 10x the tolerance that is the optimum to that resolution (status
+                # says so).
                 if kkt <= 10 * tol:
                     status = "resolution_limit"
                 break

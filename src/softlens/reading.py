@@ -298,8 +298,9 @@ def run_verbalisation(
     *, job: ModelJob, prompt: SoftPrompt, training: dict, reading: dict, out
 ) -> pd.DataFrame:
     """Ask the model what the soft prompt means (each template, `samples` sampled answers), then
-    score every distinct answer as a hard prompt in the bare slot: on `select_messages` train
-    messages, which choose the best (`is_best`), and on the test messages, which are reported."""
+    score every distinct answer as a hard prompt in the bare slot on `select_messages` train
+    messages, which choose the best (`is_best`); only that one is scored on the test messages
+    (test scores nothing it did not choose, and scoring every answer there was most of the job)."""
     from .io import write_table
     from .teacher import generate
     from .verbalise import candidate_requests, clean_candidate
@@ -321,18 +322,14 @@ def run_verbalisation(
     )
     # the best candidate is chosen on train messages (a seeded sample), then scored once on test
     select, select_base = r.selection(v["select_messages"], seed)
-    rows, scored = [], {}
+    rows, on_train = [], {}
     for (t, _), ids in zip(requests, answers):
         answer = r.lm.tokenizer.decode(ids, skip_special_tokens=True)
         candidate = clean_candidate(answer)
-        if candidate and candidate not in scored:
-            on_train = frame_scores(
+        if candidate and candidate not in on_train:
+            on_train[candidate] = frame_scores(
                 r.lm, r.slot, HardPrompt(candidate), select, select_base, r.s.positions, r.bs, r.s
-            )
-            scored[candidate] = {
-                "kl_closure_train": on_train["kl_closure_test"],
-                **r.score(lambda f, c=candidate: HardPrompt(c), [None]),
-            }
+            )["kl_closure_test"]
         rows.append(
             {
                 **r.keys(),
@@ -340,16 +337,19 @@ def run_verbalisation(
                 "template": templates[t],
                 "answer": answer,
                 "candidate": candidate,
-                **scored.get(
-                    candidate, {"kl_closure_train": float("nan"), "kl_closure_test": float("nan")}
-                ),
+                "kl_closure_train": on_train.get(candidate, float("nan")),
             }
         )
     table = pd.DataFrame(rows)
     ok = table["kl_closure_train"].notna()
     table["is_best"] = False
+    test = {"kl_closure_test": float("nan")}  # columns of a run with no usable answer
     if ok.any():
-        table.loc[table.loc[ok, "kl_closure_train"].idxmax(), "is_best"] = True
+        best_row = table.loc[ok, "kl_closure_train"].idxmax()
+        table.loc[best_row, "is_best"] = True
+        test = r.score(lambda f, c=table.at[best_row, "candidate"]: HardPrompt(c), [None])
+    for k, value in test.items():  # the chosen row's test scores; the others were not tested
+        table[k] = np.where(table["is_best"], value, np.nan)
     write_table(table, out)
     best = table[table["is_best"]]
     log.info(
@@ -357,7 +357,7 @@ def run_verbalisation(
         prompt.behavior,
         prompt.variant,
         seed,
-        len(scored),
+        len(on_train),
         best["candidate"].iloc[0] if len(best) else None,
         best["kl_closure_test"].max() if len(best) else float("nan"),
     )

@@ -84,6 +84,44 @@ def make_targets(
     return Targets(list(messages), fed, tokens, mask, logp, state)
 
 
+def cached_targets(
+    head, cache: tuple, message_ids, completions, positions: int, pad_id: int, messages
+) -> Targets:
+    """Targets from a factored cache of the same contexts (softlens.head; `cache` = (keys,
+    states, lse) of one source, read with softlens.io): the distributions a behaviour's teacher
+    and the unprompted model give are computed once per behaviour, not by every job that scores
+    against them. The cache must hold each message's first `positions` positions; positions past
+    a completion's end are masked, and filled with the uniform distribution there."""
+    keys, states, lse = cache
+    index = {k: r for r, k in enumerate(zip(keys["message_id"], keys["position"]))}
+    rows, slots = [], []
+    for m, (mid, c) in enumerate(zip(message_ids, completions)):
+        for t in range(min(positions, len(c))):
+            if (mid, t) not in index:
+                raise ValueError(
+                    f"the cached targets have no row for message {mid} position {t} "
+                    f"(a cache of fewer positions than the {positions} asked for?)"
+                )
+            rows.append(index[mid, t])
+            slots.append(m * positions + t)
+    logp = torch.full((len(completions) * positions, head.V), -float(np.log(head.V)))
+    x, c, on = torch.from_numpy(states), torch.from_numpy(lse), head.weight.device
+    step, rows, slots = head.rows_per_chunk(), torch.tensor(rows), torch.tensor(slots)
+    for a in range(0, len(rows), step):  # on the head's device (a GPU's, where the model is)
+        r = rows[a : a + step]
+        logp[slots[a : a + step]] = head.log_probs(x[r].to(on), c[r].to(on)).float().cpu()
+    tokens = torch.full((len(completions), positions), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(completions), positions, dtype=torch.bool)
+    for m, c in enumerate(completions):
+        n = min(positions, len(c))
+        tokens[m, :n] = torch.tensor(list(c[:n]))
+        mask[m, :n] = True
+    fed = fed_completions(completions, positions, pad_id)
+    return Targets(
+        list(messages), fed, tokens, mask, logp.view(len(completions), positions, -1), None
+    )
+
+
 # --- KL and the scores --------------------------------------------------------------------
 
 
@@ -108,11 +146,17 @@ def mean_kl(targets: Targets, logp: torch.Tensor) -> float:
     return float(masked_kl(targets.logp, logp, targets.mask))
 
 
-def contexts(teacher: pd.DataFrame, split: str) -> tuple[list[str], list[list[int]]]:
+def context_rows(teacher: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The teacher table's rows of one split that have a completion (the scored contexts)."""
     rows = teacher[teacher["split"] == split]
     rows = rows[rows["completion_ids"].map(len) > 0]
     if rows.empty:
         raise ValueError(f"the teacher table has no {split} messages with a completion")
+    return rows
+
+
+def contexts(teacher: pd.DataFrame, split: str) -> tuple[list[str], list[list[int]]]:
+    rows = context_rows(teacher, split)
     return list(rows["user_message"]), [list(c) for c in rows["completion_ids"]]
 
 

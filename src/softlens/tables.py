@@ -308,6 +308,66 @@ def dictionary(
     )
 
 
+# sae_manifold: per behaviour and layer, prepend against contextualised (seeds that have both)
+MANIFOLD_COLUMNS = [
+    "behavior",
+    "layer",
+    "seeds",
+    "prepend_recon_error",
+    "contextualised_recon_error",
+    "baseline_recon_error",
+    "instruction_recon_error",
+    "prepend_jaccard",
+    "contextualised_jaccard",
+    "baseline_jaccard",
+    "seeds_contextualised_closer",
+    "closer_to_manifold",
+]
+
+
+def sae_manifold(per_prompt: pd.DataFrame) -> pd.DataFrame:
+    """Per behaviour and layer, over the seeds that trained both variants: the prepend and the
+    contextualised prompts' SAE reconstruction error and overlap with the instruction, and which
+    sits closer to the natural-language manifold (lower error) in every seed."""
+    rows = []
+    for (b, layer), d in per_prompt.groupby(["behavior", "layer"]):
+        p = d[d["variant"] == "prepend"].set_index("seed")
+        c = d[d["variant"] == "contextualised"].set_index("seed")
+        both = p.index.intersection(c.index)
+        if both.empty:
+            continue
+        closer = int((c.loc[both, "recon_error"] < p.loc[both, "recon_error"]).sum())
+        mean_p, mean_c = p.loc[both, "recon_error"].mean(), c.loc[both, "recon_error"].mean()
+        rows.append(
+            {
+                "behavior": b,
+                "layer": layer,
+                "seeds": len(both),
+                "prepend_recon_error": mean_p,
+                "contextualised_recon_error": mean_c,
+                "baseline_recon_error": d["baseline_recon_error"].mean(),
+                "instruction_recon_error": d["instruction_recon_error"].mean(),
+                "prepend_jaccard": p.loc[both, "jaccard_with_instruction"].mean(),
+                "contextualised_jaccard": c.loc[both, "jaccard_with_instruction"].mean(),
+                "baseline_jaccard": d["baseline_jaccard"].mean(),
+                "seeds_contextualised_closer": closer,
+                "closer_to_manifold": (
+                    "contextualised"
+                    if closer == len(both)
+                    else "prepend"
+                    if closer == 0
+                    else "mixed"
+                ),
+            }
+        )
+    # a run of one variant has no pair to compare: the table keeps its columns, with no rows
+    manifold = pd.DataFrame(rows, columns=MANIFOLD_COLUMNS)
+    manifold["middle_layer"] = manifold["layer"] == (
+        int(np.median(sorted(per_prompt["layer"].unique()))) if len(manifold) else 0
+    )
+    return manifold
+
+
 def sae(
     *, inputs: dict, top_features: int = 12
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -319,8 +379,6 @@ def sae(
     reading_paths, feature_paths, context_paths = (
         inputs[k] for k in ("readings", "features", "contexts")
     )
-    import numpy as np
-
     from .io import read_metadata
 
     readings = _read(reading_paths)
@@ -396,43 +454,7 @@ def sae(
             "baseline_jaccard",
         ]
     ].mean()
-    rows = []
-    for (b, layer), d in per_prompt.groupby(["behavior", "layer"]):
-        p = d[d["variant"] == "prepend"].set_index("seed")
-        c = d[d["variant"] == "contextualised"].set_index("seed")
-        both = p.index.intersection(c.index)
-        if both.empty:
-            continue
-        closer = int((c.loc[both, "recon_error"] < p.loc[both, "recon_error"]).sum())
-        mean_p, mean_c = p.loc[both, "recon_error"].mean(), c.loc[both, "recon_error"].mean()
-        rows.append(
-            {
-                "behavior": b,
-                "layer": layer,
-                "seeds": len(both),
-                "prepend_recon_error": mean_p,
-                "contextualised_recon_error": mean_c,
-                "baseline_recon_error": d["baseline_recon_error"].mean(),
-                "instruction_recon_error": d["instruction_recon_error"].mean(),
-                "prepend_jaccard": p.loc[both, "jaccard_with_instruction"].mean(),
-                "contextualised_jaccard": c.loc[both, "jaccard_with_instruction"].mean(),
-                "baseline_jaccard": d["baseline_jaccard"].mean(),
-                "seeds_contextualised_closer": closer,
-                "closer_to_manifold": (
-                    "contextualised"
-                    if closer == len(both)
-                    else "prepend"
-                    if closer == 0
-                    else "mixed"
-                ),
-            }
-        )
-    manifold = pd.DataFrame(rows)
-    if not manifold.empty:
-        manifold["middle_layer"] = manifold["layer"] == int(
-            np.median(sorted(table["layer"].unique()))
-        )
-    return table, training, shared, manifold
+    return table, training, shared, sae_manifold(per_prompt)
 
 
 CONTROLS = ("none", "random_prompt", "other_instruction")

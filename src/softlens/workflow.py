@@ -24,8 +24,8 @@ def start_job(snakemake) -> None:
 
 
 def model_job(snakemake):
-    """The job's ModelJob from what its rule declares: input model (and teacher, steering where
-    the rule has them), params model_settings (and behavior)."""
+    """The job's ModelJob from what its rule declares: input model (and teacher, steering and
+    cached targets where the rule has them), params model_settings (and behavior)."""
     from .job import ModelJob
 
     i, p = snakemake.input, snakemake.params
@@ -35,6 +35,7 @@ def model_job(snakemake):
         behavior=p.get("behavior"),
         teacher=i.get("teacher"),
         steering=i.get("steering"),
+        targets=i.get("targets"),
     )
 
 
