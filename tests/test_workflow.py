@@ -577,6 +577,7 @@ def dry_run_jobs(output: str) -> dict[str, list[str]]:
 
 MODEL_RULES = {
     "teacher",
+    "teacher_targets",
     "steering_vector",
     "logprobs_dictionary",
     "logprobs_reference",
