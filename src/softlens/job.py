@@ -117,10 +117,7 @@ class ModelJob:
             from .head import OutputHead
             from .io import read_metadata, read_states
 
-            head, on = OutputHead.from_model(self.lm.model), self.lm.device
-            self._head = OutputHead(
-                head.weight.to(on), None if head.bias is None else head.bias.to(on)
-            )
+            self._head = OutputHead.from_model(self.lm.model)  # on the model's device
             self._cached = [read_states(f) for f in self.targets_files]
             self._positions = min(int(read_metadata(f)["positions"]) for f in self.targets_files)
         return self._positions

@@ -73,15 +73,22 @@ def distributions(
 def make_targets(
     lm, slot, content, messages, completions, positions, batch_size, layer=None
 ) -> Targets:
-    fed = fed_completions(completions, positions, slot.pad_id)
+    fed, tokens, mask = teacher_forcing(completions, positions, slot.pad_id)
     logp, state = distributions(lm, slot, content, messages, fed, positions, batch_size, layer)
-    tokens = torch.full((len(messages), positions), slot.pad_id, dtype=torch.long)
-    mask = torch.zeros(len(messages), positions, dtype=torch.bool)
+    return Targets(list(messages), fed, tokens, mask, logp, state)
+
+
+def teacher_forcing(completions, positions: int, pad_id: int):
+    """The completions' first `positions` tokens as teacher-forced inputs (fed), as labels
+    (tokens, (M, T), pad where a completion is shorter) and which positions are valid (mask)."""
+    fed = fed_completions(completions, positions, pad_id)
+    tokens = torch.full((len(completions), positions), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(completions), positions, dtype=torch.bool)
     for m, c in enumerate(completions):
         n = min(positions, len(c))
         tokens[m, :n] = torch.tensor(list(c[:n]))
         mask[m, :n] = True
-    return Targets(list(messages), fed, tokens, mask, logp, state)
+    return fed, tokens, mask
 
 
 def cached_targets(
@@ -110,13 +117,7 @@ def cached_targets(
     for a in range(0, len(rows), step):  # on the head's device (a GPU's, where the model is)
         r = rows[a : a + step]
         logp[slots[a : a + step]] = head.log_probs(x[r].to(on), c[r].to(on)).float().cpu()
-    tokens = torch.full((len(completions), positions), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(completions), positions, dtype=torch.bool)
-    for m, c in enumerate(completions):
-        n = min(positions, len(c))
-        tokens[m, :n] = torch.tensor(list(c[:n]))
-        mask[m, :n] = True
-    fed = fed_completions(completions, positions, pad_id)
+    fed, tokens, mask = teacher_forcing(completions, positions, pad_id)
     return Targets(
         list(messages), fed, tokens, mask, logp.view(len(completions), positions, -1), None
     )
