@@ -453,11 +453,14 @@ def sae_table_inputs(wildcards):
 
 
 def distill_inputs(wildcards):
-    """The distilled behaviour's source: the model and its instruction behaviour's teacher table."""
+    """The distilled behaviour's source: the model, its instruction behaviour's teacher table and
+    that teacher's targets (rule teacher_targets)."""
     source = behavior(config, wildcards.behavior)["distill"]["from"]
+    d = f"results/{wildcards.model}/targets/{source}"
     return {
         "model": model_manifest(wildcards),
         "teacher": f"results/{wildcards.model}/teacher/{source}.parquet",
+        "targets": [f"{d}/target.parquet", f"{d}/unprompted.parquet"],
     }
 
 

@@ -13,7 +13,7 @@ rule teacher_targets:
         "../envs/model.yaml"
     threads: 1
     resources:
-        **model_resources(2000),
+        **model_resources(3000),
     params:
         sources=reference_sources,
         model_settings=config["model_settings"],

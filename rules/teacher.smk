@@ -59,7 +59,7 @@ rule distill_lora:
         "../envs/model.yaml"
     threads: 1
     resources:
-        **model_resources(4000),
+        **model_resources(4500),
     params:
         source=lambda wc: behavior(
             config, behavior(config, wc.behavior)["distill"]["from"]

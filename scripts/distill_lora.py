@@ -8,7 +8,13 @@ from softlens.workflow import start_job
 
 start_job(snakemake)
 i, p, o = snakemake.input, snakemake.params, snakemake.output
-job = ModelJob(model=i.model, settings=p.model_settings, behavior=p.source, teacher=i.teacher)
+job = ModelJob(
+    model=i.model,
+    settings=p.model_settings,
+    behavior=p.source,
+    teacher=i.teacher,
+    targets=i.targets,
+)
 curve = distill_lora(
     job=job,
     settings=settings(DistillSettings, "distill", p.distill),

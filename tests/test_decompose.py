@@ -87,6 +87,37 @@ def test_cached_scoring_equals_a_plain_forward(tiny_lm, teacher):
     assert [tuple(r) for r in rows[:3]] == [(0, 0), (0, 1), (0, 2)]
 
 
+def test_contents_sharing_the_text_before_the_slot_score_as_plain_forwards(tiny_lm, teacher):
+    """One SharedPrefix across contents (and across slot positions, whose text before the slot
+    differs) gives each content's plain-forward log-probs: the shared cache is continued, never
+    reused for a different text."""
+    from softlens.logprobs import SharedPrefix
+
+    _, table = teacher
+    completions = [list(c) for c in table["completion_ids"]]
+    head, prefixes = OutputHead.from_model(tiny_lm.model), SharedPrefix(tiny_lm)
+    for position in ("user_start", "system", "user_start"):
+        slot = PromptSlot(tiny_lm.tokenizer, tiny_lm.embeddings, position, " ")
+        for content in (HardPrompt("Be concise."), HardPrompt("Talk like a pirate."), None):
+            states, lse, _ = score(
+                tiny_lm,
+                slot,
+                content,
+                MESSAGES,
+                completions,
+                positions=4,
+                batch_size=4,
+                prefixes=prefixes,
+            )
+            got = head.log_probs(torch.from_numpy(states), torch.from_numpy(lse))
+            b = slot.batch(content, MESSAGES, [c[:4] for c in completions])
+            with torch.no_grad():
+                lp = torch.log_softmax(tiny_lm.model(**b.model_inputs()).logits, -1)
+            idx, mask = b.scored_positions(4)
+            ref = torch.cat([lp[i, idx[i][mask[i]]] for i in range(len(MESSAGES))])
+            assert (got - ref.double()).abs().max() < 1e-5, (position, content)
+
+
 def test_targets_read_from_the_behaviours_cache_are_the_ones_the_model_computes(
     tiny_dir, teacher, tmp_path
 ):

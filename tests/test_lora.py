@@ -208,3 +208,60 @@ def test_a_distilled_lora_learns_the_instruction_and_serves_as_a_teacher(sharp_d
         during = logits(lm)
     assert (during - before).abs().max() > 1e-3
     assert torch.equal(logits(lm), before)
+
+
+def test_a_killed_distillation_resumes_from_its_checkpoint_and_ends_the_same(
+    sharp_dir, tmp_path, monkeypatch
+):
+    from safetensors.torch import load_file
+
+    import softlens.distill as D
+
+    lm = load_model(sharp_dir, {"device": "cpu", "dtype": "float32"})
+    write_teacher(lm, MESSAGES * 2, 3, tmp_path / "teacher.parquet", tokens=4)
+
+    def job():  # a fresh process's model and job
+        return ModelJob(
+            model=sharp_dir,
+            settings={"device": "cpu", "dtype": "float32"},
+            behavior={"name": "spanish", "instruction": "Respond in Spanish."},
+            teacher=tmp_path / "teacher.parquet",
+            lm=load_model(sharp_dir, {"device": "cpu", "dtype": "float32"}),
+        )
+
+    s = D.DistillSettings(
+        rank=2, steps=6, lr=0.01, batch_size=2, positions=3, checkpoint_every=2, seed=1
+    )
+    save = D.save_checkpoint
+
+    def save_then_die(path, state):  # killed right after the checkpoint at step 4
+        save(path, state)
+        if state["step"] == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(D, "save_checkpoint", save_then_die)
+    killed = job()
+    with pytest.raises(KeyboardInterrupt):
+        D.distill_lora(job=killed, settings=s, out_dir=tmp_path / "resumed")
+    assert (
+        killed.lm.adapters == {}
+        and "lora" not in type(killed.lm.model.model.layers[0].self_attn.q_proj).__name__.lower()
+    )  # the job's model is left as it was
+    assert torch.load(tmp_path / "resumed.ckpt", weights_only=True)["step"] == 4
+    monkeypatch.setattr(D, "save_checkpoint", save)
+
+    with pytest.raises(ConfigError, match="different config.*lr"):
+        D.distill_lora(
+            job=job(),
+            settings=D.DistillSettings(**{**s.__dict__, "lr": 0.5}),
+            out_dir=tmp_path / "resumed",
+        )
+    resumed = D.distill_lora(job=job(), settings=s, out_dir=tmp_path / "resumed")
+    assert list(resumed["step"]) == list(range(1, 7))  # steps 1-4 came from the checkpoint
+    assert not (tmp_path / "resumed.ckpt").exists()
+    straight = D.distill_lora(job=job(), settings=s, out_dir=tmp_path / "straight")
+    a = load_file(tmp_path / "resumed" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "straight" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert resumed["kl"].tolist() == pytest.approx(straight["kl"].tolist(), abs=1e-6)
+    assert any(a[k].abs().max() > 0 for k in a if "lora_B" in k)  # it trained

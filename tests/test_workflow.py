@@ -803,6 +803,8 @@ def test_weight_and_contrastive_teachers_are_made_by_their_rules_and_decomposed(
     assert row["source_atom"] == "spanish" and row["source_on_top"] == (
         row["top_atom"] == "spanish"
     )
+    # the LoRA learned from the Spanish teacher's cached targets (no Spanish soft prompt needs them)
+    assert (tmp_path / f"results/{tag}/targets/spanish/target.parquet").is_file()
     assert (lora / "adapter_model.safetensors").is_file() and (
         lora / "adapter_config.json"
     ).is_file()

@@ -136,10 +136,10 @@ def score_texts(
     """Each text as a hard prompt on the teacher's contexts (all, or `message_ids`), in factored
     form:
     yields (text, keys (message_id, split, position), states, lse)."""
-    from .logprobs import score
+    from .logprobs import SharedPrefix, score
     from .slot import HardPrompt
 
-    head = OutputHead.from_model(lm.model)
+    head, prefixes = OutputHead.from_model(lm.model), SharedPrefix(lm)
     t = teacher if message_ids is None else teacher[teacher["message_id"].isin(message_ids)]
     messages, completions = list(t["user_message"]), [list(c) for c in t["completion_ids"]]
     for text in texts:
@@ -153,6 +153,7 @@ def score_texts(
             batch_size,
             desc=None,
             head=head,
+            prefixes=prefixes,
         )
         keys = pd.DataFrame(
             {

@@ -8,8 +8,9 @@ A context is (user message, teacher completion prefix y_<t) for t < T. Every sou
 the same contexts, so cache rows align by (message_id, position) across sources.
 
 Speed: the text before the slot and the slot itself are the same for every message, so their KV
-cache is computed once per source and shared by the batch ("inner" padding); logits are computed
-only at the T scored positions.
+cache is computed once per source and shared by the batch ("inner" padding); the text before the
+slot is also the same for every source, so a caller scoring many (SharedPrefix) reads it once; a
+cache is the decoder's alone, and logits are computed only at the T scored positions.
 """
 
 from __future__ import annotations
@@ -30,14 +31,45 @@ log = logging.getLogger(__name__)
 KEY = ["message_id", "position"]
 
 
+@torch.no_grad()
+def decoder_cache(lm, embeds: torch.Tensor, past=None, start: int = 0):
+    """KV cache of the decoder after reading `embeds` (1, n, d) at positions start.., continuing a
+    copy of `past` (the cache of [0, start)). The decoder alone runs: a cache needs no logits."""
+    positions = torch.arange(start, start + embeds.shape[1], device=embeds.device)[None]
+    return lm.model.get_decoder()(
+        inputs_embeds=embeds.detach(),
+        position_ids=positions,
+        past_key_values=copy.deepcopy(past) if past is not None else None,
+        use_cache=True,
+    ).past_key_values
+
+
 def prefix_cache(lm, batch):
     """KV cache of the text before the slot (the same in every row of an "inner"-padded batch)."""
     if batch.slot_start == 0:
         return None
-    with torch.no_grad():
-        return lm.model(
-            inputs_embeds=batch.inputs_embeds[:1, : batch.slot_start].detach(), use_cache=True
-        ).past_key_values
+    return decoder_cache(lm, batch.inputs_embeds[:1, : batch.slot_start])
+
+
+class SharedPrefix:
+    """KV caches of the text before and in the slot for many contents scored under the same model
+    state (no hook or adapter changes in between; e.g. every candidate text as a hard prompt):
+    the text before the slot is the same for all of them, so it is read once and each content's
+    cache continues it. A different text before the slot is read afresh."""
+
+    def __init__(self, lm):
+        self.lm, self.ids, self.before = lm, None, None
+
+    def __call__(self, batch):
+        S, P = batch.slot_start, batch.prefix_len
+        ids = tuple(batch.token_ids[0, :S].tolist())
+        if S and ids != self.ids:
+            self.ids, self.before = ids, prefix_cache(self.lm, batch)
+        if S == P:  # an empty slot: the text before it is the whole prefix
+            return self.before
+        return decoder_cache(
+            self.lm, batch.inputs_embeds[:1, S:P], past=self.before if S else None, start=S
+        )
 
 
 def _with_prefix(batch, prefix, start: int) -> dict:
@@ -135,6 +167,7 @@ def score(
     batch_size: int = 16,
     desc: str | None = "score",
     head: OutputHead | None = None,
+    prefixes: SharedPrefix | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Factored next-token distributions at the first `positions` completion positions of every
     message.
@@ -143,9 +176,10 @@ def score(
     position) and log p(v) = states[r] . W_v + b_v - lse[r] for the model's output head
     (softlens.head). Position t is the distribution of completion token t given the message and
     y_<t (t < len(completion)). `desc=None` hides the progress bar (a caller scoring many sources
-    shows its own).
+    shows its own). `prefixes` shares the text before the slot with the caller's other contents.
     """
     head = head or OutputHead.from_model(lm.model)
+    prefixes = prefixes or SharedPrefix(lm)
     fed = fed_completions(completions, positions, slot.pad_id)
     out, rows, prefix = [], [], None
     for i in tqdm(
@@ -159,12 +193,7 @@ def score(
             content, messages[i : i + batch_size], fed[i : i + batch_size], padding_side="inner"
         )
         if prefix is None:  # the shared prefix (text before and in the slot), once per source
-            P = batch.prefix_len
-            prefix = (
-                lm.model(inputs_embeds=batch.inputs_embeds[:1, :P], use_cache=True).past_key_values
-                if P
-                else False
-            )
+            prefix = prefixes(batch) if batch.prefix_len else False
         x = forward_states(lm, batch, positions, prefix, batch.prefix_len if prefix else 0).cpu()
         for b in range(x.shape[0]):
             n = min(positions, len(completions[i + b]))
