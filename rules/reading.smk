@@ -19,7 +19,7 @@ rule read_softprompt:
         "../envs/model.yaml"
     threads: 1
     resources:
-        **model_resources(3000),
+        **model_resources(3500),
     params:
         behavior=get_behavior,
         training=training_params,

@@ -62,7 +62,7 @@ rule evaluate_softprompt:
         "../envs/model.yaml"
     threads: 1
     resources:
-        **model_resources(3000),
+        **model_resources(3500),
     params:
         behavior=get_behavior,
         training=evaluation_params,
