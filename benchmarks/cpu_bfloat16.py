@@ -22,6 +22,7 @@ import torch
 from softlens.head import OutputHead
 from softlens.logprobs import score
 from softlens.models import load_model, set_threads
+from softlens.scoring import kl_terms
 from softlens.slot import HardPrompt, PromptSlot
 from softlens.steering import decoder_layers
 
@@ -30,7 +31,7 @@ MANIFEST = "resources/models/SmolLM2-135M-Instruct.json"
 
 def kl(p: torch.Tensor, q: torch.Tensor) -> float:
     """Mean KL(p || q) over contexts, from log-probs."""
-    return float((p.exp() * (p - q)).sum(-1).mean())
+    return float(kl_terms(p, q).mean())
 
 
 def main() -> None:
