@@ -3,6 +3,7 @@
 import pandas as pd
 import pytest
 
+from conftest import ROOT
 from softlens.config import (
     ConfigError,
     check_steering_layers,
@@ -314,7 +315,10 @@ def test_quotes_in_a_message_are_kept(default_config, tmp_path):
     assert '"Quoted" words?' in set(msgs["user_message"])
 
 
-@pytest.mark.parametrize("overlay", ["full.yaml", "qwen3-4b.yaml", "weights.yaml"])
+OVERLAYS = sorted(p.name for p in (ROOT / "config").glob("*.yaml") if p.name != "config.yaml")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_shipped_overlay_validates(default_config, schema, overlay):
     """Each overlay as `--configfile` layers it over config/config.yaml (a YAML 5 is an int, not
     a word)."""
@@ -325,3 +329,15 @@ def test_every_shipped_overlay_validates(default_config, schema, overlay):
 
     update_config(default_config, yaml.safe_load((ROOT / "config" / overlay).read_text()))
     validate_config(default_config, schema)
+
+
+@pytest.mark.parametrize("overlay", ["instructions.yaml", "weights.yaml"])
+def test_an_overlay_that_reuses_the_default_keeps_its_behaviours_unchanged(default_config, overlay):
+    """These overlays add behaviours to the default run's: the default's own must stay as they are,
+    or every one of their jobs would rerun (params change) instead of being reused."""
+    import yaml
+
+    added = yaml.safe_load((ROOT / "config" / overlay).read_text())["behaviors"]
+    by_name = {b["name"]: b for b in added}
+    for spec in default_config["behaviors"]:
+        assert by_name.get(spec["name"]) == spec, spec["name"]
