@@ -6,6 +6,7 @@ import pytest
 from conftest import ROOT
 from softlens.config import (
     ConfigError,
+    check_config_files,
     check_steering_layers,
     load_messages,
     model_tag,
@@ -341,3 +342,13 @@ def test_an_overlay_that_reuses_the_default_keeps_its_behaviours_unchanged(defau
     by_name = {b["name"]: b for b in added}
     for spec in default_config["behaviors"]:
         assert by_name.get(spec["name"]) == spec, spec["name"]
+
+
+def test_a_key_written_twice_in_a_config_file_is_refused_naming_file_key_and_lines(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("poe:\n  path_length: 10\nnoise:\n  path_length: 10\n")  # same key, two maps
+    check_config_files([good])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("poe:\n  path_length: 10\n  lambda_ratio: 0.01\n  path_length: 5\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: key 'path_length' .*lines 2 and 4"):
+        check_config_files([good, bad])

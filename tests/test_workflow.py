@@ -457,6 +457,14 @@ def test_invalid_config_fails_before_any_rule_runs(tmp_path, tiny_dir):
     assert res.returncode != 0
     assert "duplicate behaviour name 'a'" in res.stderr + res.stdout
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+    # a key written twice in the file: YAML alone would keep the second silently
+    write_config(tmp_path, tiny_dir)
+    with open(tmp_path / "config.yaml", "a") as f:
+        f.write("teacher:\n  max_new_tokens: 7\n")
+    res = snakemake(tmp_path, check=False)
+    assert res.returncode != 0
+    assert "config.yaml: key 'teacher' is written twice" in res.stderr + res.stdout
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
 
 
 def test_a_run_killed_mid_job_finishes_with_rerun_incomplete_and_loses_nothing(

@@ -46,6 +46,32 @@ def sort_keys(value):
     return value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML keeps the last of a key written twice in one mapping, silently: this loader refuses."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    f"key {key!r} is written twice in one mapping (lines {seen[key]} and "
+                    f"{key_node.start_mark.line + 1}): YAML would keep the last one silently"
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def check_config_files(paths) -> None:
+    """Refuse a config file (the Snakefile's and each --configfile) in which a key is written
+    twice in one mapping, naming the file, the key and both lines."""
+    for path in paths:
+        try:
+            yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+
 # the config's schema: the one home of every default
 SCHEMA = Path(__file__).with_name("schema.yaml")
 
