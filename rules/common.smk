@@ -17,13 +17,13 @@ from softlens.config import (
 )
 from snakemake.resources import Resource
 
+from softlens.results_page import run_configs
 from softlens.training_settings import prompt_params
 from softlens.workflow import gpus_for, machine_memory_mb
 
 # Config first: nothing below runs on an invalid config.
-check_config_files(
-    workflow.configfiles
-)  # a key written twice: YAML would keep the last silently
+# a key written twice: YAML would keep the last silently
+check_config_files(workflow.configfiles)
 validate_config(config)  # against softlens/schema.yaml, the one home of every default
 # Params compare by value and by order: sorted keys make the order of a config's keys irrelevant.
 config.update(sort_keys(config))

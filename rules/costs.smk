@@ -60,6 +60,6 @@ rule results_page:
     conda:
         "../envs/fit.yaml"
     params:
-        configs=[str(c) for c in workflow.configfiles],
+        configs=run_configs(workflow.configfiles),  # each once, relative to the run
     script:
         "../scripts/results_page.py"

@@ -3,7 +3,7 @@ exist."""
 
 import pandas as pd
 
-from softlens.results_page import results_page
+from softlens.results_page import results_page, run_command, run_configs
 
 
 def test_the_page_reads_every_number_from_its_table(tmp_path):
@@ -45,3 +45,20 @@ def test_the_page_reads_every_number_from_its_table(tmp_path):
         "spanish +0.95, pirate -0.20" in page and "french" not in page
     )  # nonzero weights only, by |weight|
     assert "recovery.csv" not in page  # absent tables: no section
+
+
+def test_the_page_names_each_config_once_relative_to_the_run_and_the_command_that_makes_it(
+    tmp_path,
+):
+    (tmp_path / "config").mkdir()
+    # Snakemake lists each --configfile as given, then the Snakefile's own config file
+    given = [str(tmp_path / "config/config.yaml"), "config/instructions.yaml", "config/config.yaml"]
+    configs = run_configs(given, workdir=tmp_path)
+    assert configs == ["config/config.yaml", "config/instructions.yaml"]
+    assert run_command(configs) == (
+        "snakemake --cores all --configfile config/config.yaml config/instructions.yaml"
+    )
+    assert run_command(run_configs(["config/config.yaml"], workdir=tmp_path)) == (
+        "snakemake --cores all"
+    )
+    assert run_configs(["/elsewhere/x.yaml"], workdir=tmp_path) == ["/elsewhere/x.yaml"]

@@ -273,6 +273,25 @@ SECTIONS = [  # table, how it is shown
 ]
 
 
+def run_configs(paths, workdir: str | Path = ".") -> list[str]:
+    """A run's config files (Snakemake's `workflow.configfiles`: each --configfile, then the
+    Snakefile's own, which may repeat one of them), each once, in order, relative to `workdir`
+    where inside it."""
+    root, seen, out = Path(workdir).resolve(), set(), []
+    for p in map(Path, paths):
+        full = (root / p).resolve()
+        if full not in seen:
+            seen.add(full)
+            out.append(str(full.relative_to(root)) if full.is_relative_to(root) else str(full))
+    return out
+
+
+def run_command(configs: list[str], default: str = "config/config.yaml") -> str:
+    """The command that makes a run of `configs`: the plain one for the default config alone."""
+    extra = "" if configs in ([], [default]) else " --configfile " + " ".join(configs)
+    return "snakemake --cores all" + extra
+
+
 def results_page(*, tables: dict[str, Path], configs: list[str], command: str) -> str:
     """The page from the tables that exist (`tables`: name -> CSV), naming the configs and
     command."""
