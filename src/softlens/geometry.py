@@ -135,7 +135,9 @@ def shrink(vectors: torch.Tensor, factor: float) -> torch.Tensor:
 def rotate_toward(vectors: torch.Tensor, targets: torch.Tensor, degrees: float) -> torch.Tensor:
     """Rotate each vector by `degrees` toward its target in the plane they span, keeping its
     norm; where that would pass the target, the vector becomes the target itself (as in seed
-    004)."""
+    004). Zero degrees returns the vectors exactly (the unperturbed prompt, as magnitude 1 is)."""
+    if degrees == 0:
+        return vectors.clone()
     v, t = vectors.float(), targets.float().to(vectors.device)
     vn = v.norm(dim=-1, keepdim=True).clamp(min=1e-12)
     v_hat, t_hat = v / vn, t / t.norm(dim=-1, keepdim=True).clamp(min=1e-12)

@@ -255,12 +255,17 @@ def run_geometry(
     for target, (vectors, frames, own) in targets.items():
         nearest, _ = r.vocab.nearest(vectors, "cosine", exclude=own)
         toward = r.vocab.all[nearest]
+        scored = {}  # magnitude 1 and rotation 0 are the same prompt: each distinct one scored once
         for kind, amounts, perturb in [
             ("magnitude", factors, lambda a, v=vectors: shrink(v, a)),
             ("rotation", angles, lambda a, v=vectors, t=toward: rotate_toward(v, t, a)),
         ]:
             for a in amounts:
-                scores = r.score(r.soft(perturb(a)), frames)
+                perturbed = perturb(a)
+                key = perturbed.detach().cpu().numpy().tobytes()
+                if key not in scored:
+                    scored[key] = r.score(r.soft(perturbed), frames)
+                scores = scored[key]
                 rows.append(
                     {
                         **r.keys(),
