@@ -62,6 +62,9 @@ DISCOVER_CONTROLS = config["discovery"]["controls"]
 # thread: a two-thread job waits for both cores, and the one-thread jobs around it kept it waiting.
 ROOT_PRIORITY, DISCOVERY_PRIORITY = 20, 10
 SHARDS = list(range(config["discovery"]["screen"]["shards"]))
+# the screen's own settings: `top` is how many screened candidates the pursuit takes, so a change
+# of it reruns the pursuits, not the screens
+SCREEN = {k: v for k, v in config["discovery"]["screen"].items() if k != "top"}
 GPU = gpus_for(config["model_settings"]["device"])
 
 

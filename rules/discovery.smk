@@ -62,7 +62,7 @@ rule screen_pool:
     params:
         atoms=fit_atoms,
         seed=config["discovery"]["pool"]["seed"],
-        screen=config["discovery"]["screen"],
+        screen=SCREEN,
         model_settings=config["model_settings"],
         positions=config["logprobs"]["positions"],
     script:

@@ -249,7 +249,9 @@ def test_pursuit_finds_the_two_true_atoms_first_and_stops_when_nothing_helps():
 
 def test_bad_discovery_settings_name_the_key():
     with pytest.raises(ConfigError, match="discovery.screen.top"):
-        ScreenSettings(top=0)
+        PursuitSettings(top=0)
+    with pytest.raises(ConfigError, match="discovery.screen.messages"):
+        ScreenSettings(messages=0)
     with pytest.raises(ConfigError, match="discovery.pursuit.lam"):
         PursuitSettings(lam=-1)
 
@@ -341,7 +343,7 @@ def screens(chain) -> list:
             caches=caches,
             pool=d / "pool.parquet",
             fits=[d / "fits" / "target.parquet"],
-            settings=ScreenSettings(messages=4, top=2, shards=2, shard=i, positions=3),
+            settings=ScreenSettings(messages=4, shards=2, shard=i, positions=3),
             out=out,
         )
     return outs

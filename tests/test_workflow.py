@@ -368,6 +368,24 @@ def test_tuning_the_search_replans_only_the_searches(built, tiny_dir):
     assert not [p for p in plan if "/softprompt/" in p or "/teacher/" in p]
 
 
+def test_changing_the_pursuits_top_replans_the_pursuits_not_the_screens(built):
+    workdir, cfg = built
+    discovery = cfg["discovery"]
+    other = {
+        **cfg,
+        "discovery": {**discovery, "screen": {**discovery["screen"], "top": 2}},
+    }
+    assert discovery["screen"]["top"] != 2
+    (workdir / "config.yaml").write_text(yaml.safe_dump(other))
+    try:
+        plan = planned(workdir)
+    finally:
+        (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    jobs = [p for p in plan if "/discovery/" in p]
+    assert jobs and not [p for p in jobs if "/screen-" in p or p.endswith("pool.parquet")], jobs
+    assert not [p for p in plan if "/softprompt/" in p or "/logprobs/" in p or "/teacher/" in p]
+
+
 def test_run_builds_every_teacher_table(built, tiny_dir):
     workdir, cfg = built
     tag = tiny_dir.name

@@ -54,14 +54,13 @@ class ScreenSettings:
     """One screening job: which shard of the pool it scores, on how many train messages."""
 
     messages: int = 8  # train messages the gradient is measured on
-    top: int = 16  # best |gradient| candidates that go into full fits (used by the pursuit)
     shards: int = 4  # the pool's shards (one job each)
     shard: int = 0  # this job's shard
     positions: int = 4  # completion positions scored per message (logprobs.positions)
     seed: int = 0  # draws the messages (discovery.pool.seed)
 
     def __post_init__(self):
-        for key in ("messages", "top", "shards", "positions"):
+        for key in ("messages", "shards", "positions"):
             if getattr(self, key) < 1:
                 raise ConfigError(
                     f"discovery.screen.{key} = {getattr(self, key)}: must be at least 1"
@@ -83,6 +82,8 @@ class PursuitSettings:
     def __post_init__(self):
         if self.max_atoms < 1 or self.patience < 1:
             raise ConfigError("discovery.pursuit: max_atoms and patience must be at least 1")
+        if self.top < 1:
+            raise ConfigError(f"discovery.screen.top = {self.top}: must be at least 1")
         if self.lam < 0:
             raise ConfigError(f"discovery.pursuit.lam = {self.lam}: must be >= 0")
 
