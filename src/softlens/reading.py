@@ -255,16 +255,15 @@ def run_geometry(
     for target, (vectors, frames, own) in targets.items():
         nearest, _ = r.vocab.nearest(vectors, "cosine", exclude=own)
         toward = r.vocab.all[nearest]
-        scored = {}  # magnitude 1 and rotation 0 are the same prompt: each distinct one scored once
-        for kind, amounts, perturb in [
-            ("magnitude", factors, lambda a, v=vectors: shrink(v, a)),
-            ("rotation", angles, lambda a, v=vectors, t=toward: rotate_toward(v, t, a)),
+        scored = {}  # magnitude 1 and rotation 0 are both the unperturbed prompt: scored once
+        for kind, amounts, perturb, identity in [
+            ("magnitude", factors, lambda a, v=vectors: shrink(v, a), 1),
+            ("rotation", angles, lambda a, v=vectors, t=toward: rotate_toward(v, t, a), 0),
         ]:
             for a in amounts:
-                perturbed = perturb(a)
-                key = perturbed.detach().cpu().numpy().tobytes()
+                key = "unperturbed" if a == identity else (kind, a)
                 if key not in scored:
-                    scored[key] = r.score(r.soft(perturbed), frames)
+                    scored[key] = r.score(r.soft(perturb(a)), frames)
                 scores = scored[key]
                 rows.append(
                     {
