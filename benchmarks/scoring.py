@@ -18,7 +18,7 @@ import time
 import pandas as pd
 import torch
 
-from softlens.logprobs import fed_completions, forward_scored, forward_states
+from softlens.logprobs import decoder_cache, fed_completions, forward_scored, forward_states
 from softlens.models import load_model, set_threads
 from softlens.slot import HardPrompt, PromptSlot
 
@@ -59,9 +59,7 @@ def main() -> None:
     batch = slot.batch(HardPrompt("Respond in Spanish."), messages, fed, padding_side="inner")
     start = batch.prefix_len
     with torch.no_grad():
-        prefix = lm.model(
-            inputs_embeds=batch.inputs_embeds[:1, :start], use_cache=True
-        ).past_key_values
+        prefix = decoder_cache(lm, batch.inputs_embeds[:1, :start])
         seconds, states = {}, {}
         for name, fn in (("decoder only", forward_states), ("with logits", with_logits)):
             fn(lm, batch, args.positions, prefix, start)  # warm-up

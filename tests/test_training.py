@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -129,6 +130,16 @@ def test_prefix_cache_and_scored_logits_equal_a_full_forward_with_gradients(tiny
     )
     assert batch.slot_start > 0
     assert torch.allclose(fast, full, atol=1e-5) and torch.allclose(g_fast, g_full, atol=1e-4)
+
+
+def test_prefix_caches_pass_the_installed_transformers_cache_keyword(tiny_lm, setup):
+    """transformers renamed `past_key_values` to `cache`: the old name warns now, and a release
+    that ignored it would score every context without its prefix."""
+    slot, tr, _, _ = setup
+    batch = slot.batch(HardPrompt("Be brief."), tr.messages[:2], tr.fed[:2], padding_side="inner")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        forward_scored(tiny_lm, batch, POSITIONS, prefix_cache(tiny_lm, batch), batch.slot_start)
 
 
 def test_ce_and_state_objectives_train(tiny_lm, setup):

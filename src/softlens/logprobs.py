@@ -16,6 +16,8 @@ cache is the decoder's alone, and logits are computed only at the T scored posit
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import logging
 from collections.abc import Sequence
 
@@ -31,17 +33,32 @@ log = logging.getLogger(__name__)
 KEY = ["message_id", "position"]
 
 
+@functools.cache
+def _cache_keyword(decoder_class: type) -> str:
+    """The KV cache's keyword, in and out of a forward: transformers 5 renamed `past_key_values`
+    to `cache`, and the old name, which only warns now, is to be removed (in 5.40); a model that
+    ignored it would silently drop the prefix and score every context without it."""
+    names = inspect.signature(decoder_class.forward).parameters
+    return "cache" if "cache" in names else "past_key_values"
+
+
+def cache_keyword(lm) -> str:
+    return _cache_keyword(type(lm.model.get_decoder()))
+
+
 @torch.no_grad()
 def decoder_cache(lm, embeds: torch.Tensor, past=None, start: int = 0):
     """KV cache of the decoder after reading `embeds` (1, n, d) at positions start.., continuing a
     copy of `past` (the cache of [0, start)). The decoder alone runs: a cache needs no logits."""
     positions = torch.arange(start, start + embeds.shape[1], device=embeds.device)[None]
-    return lm.model.get_decoder()(
+    key = cache_keyword(lm)
+    out = lm.model.get_decoder()(
         inputs_embeds=embeds.detach(),
         position_ids=positions,
-        past_key_values=copy.deepcopy(past) if past is not None else None,
         use_cache=True,
-    ).past_key_values
+        **{key: copy.deepcopy(past) if past is not None else None},
+    )
+    return out[key]
 
 
 def prefix_cache(lm, batch):
@@ -72,13 +89,13 @@ class SharedPrefix:
         )
 
 
-def _with_prefix(batch, prefix, start: int) -> dict:
+def _with_prefix(lm, batch, prefix, start: int) -> dict:
     """Model kwargs that continue every row of the batch from the shared KV cache of [0, start)."""
     if not start:
         return {}
     cache = copy.deepcopy(prefix)
     cache.batch_repeat_interleave(batch.inputs_embeds.shape[0])
-    return {"past_key_values": cache, "use_cache": True}
+    return {cache_keyword(lm): cache, "use_cache": True}
 
 
 def forward_scored(
@@ -93,7 +110,7 @@ def forward_scored(
     """
     from .steering import _hidden, decoder_layers
 
-    kwargs = _with_prefix(batch, prefix, start)
+    kwargs = _with_prefix(lm, batch, prefix, start)
     captured = []
     handle = (
         None
@@ -146,7 +163,7 @@ def forward_states(lm, batch, positions: int, prefix=None, start: int = 0) -> to
     """The output head's input (B, T, d) float32 at the last `positions` positions of an
     "inner"-padded batch: the states a factored cache stores (softlens.head). The decoder alone
     runs: a cache needs no logits (their (B, T, V) product was a fifth of a scoring job)."""
-    kwargs = _with_prefix(batch, prefix, start)
+    kwargs = _with_prefix(lm, batch, prefix, start)
     hidden = lm.model.get_decoder()(
         inputs_embeds=batch.inputs_embeds[:, start:],
         attention_mask=batch.attention_mask,
