@@ -39,26 +39,10 @@ from softlens.io import read_soft_prompt
 from softlens.job import ModelJob
 from softlens.logprobs import Student
 from softlens.models import set_threads
-from softlens.scoring import mean_kl
+from softlens.scoring import kl_closure, mean_kl
 from softlens.sources import activate, soft_content
 from softlens.training import evaluate, initial_vectors
 from softlens.training_settings import TrainSettings, settings_for
-
-
-def texts_margin(texts: Contrastive, job: ModelJob, slot, content) -> float:
-    """Mean DPO margin (nats) over every (train message, positive, negative) triple under
-    `content` in `slot`."""
-    pairs = [(m, t) for m in range(len(texts.messages)) for t in range(len(texts.fed))]
-    with torch.no_grad():
-        logp = torch.cat(
-            [
-                texts._logp(Student(job.lm, slot), content, pairs[i : i + job.batch_size])
-                for i in range(0, len(pairs), job.batch_size)
-            ]
-        )
-    reward = logp.float().cpu().view(texts.reference.shape) - texts.reference
-    n = len(texts.positive)
-    return float(reward[:, :n].mean() - reward[:, n:].mean())
 
 
 def closures(job: ModelJob, path: Path, amounts: list[float], texts: Contrastive) -> list[dict]:
@@ -86,8 +70,10 @@ def closures(job: ModelJob, path: Path, amounts: list[float], texts: Contrastive
                 "amount": a,
                 "norm": float(v.float().norm(dim=-1).mean()),
                 "kl_train": kl,
-                "closure_train": 1 - kl / kl_base,
-                "texts_margin": texts_margin(texts, job, job.slot, soft_content(v, s.frames[0])),
+                "closure_train": kl_closure(kl, kl_base),
+                "texts_margin": texts.mean_margin(
+                    Student(job.lm, job.slot), soft_content(v, s.frames[0]), job.batch_size
+                ),
             }
         )
         print(
@@ -134,7 +120,7 @@ def main():
             texts = Contrastive(job, s, beta=0.1, source=name)
             steering = d / "steering" / f"{name}.safetensors"
             with activate(job.lm, job.slot, {"kind": "steered"}, steering) as (slot, content):
-                teacher_margin = texts_margin(texts, job, slot, content)
+                teacher_margin = texts.mean_margin(Student(job.lm, slot), content, job.batch_size)
             print(
                 f"steering teacher: texts' margin {teacher_margin:.2f} nats on the train messages"
             )

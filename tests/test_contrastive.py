@@ -65,12 +65,9 @@ def test_training_separates_positive_from_negative_texts_on_held_out_messages(jo
     held_out = copy.copy(objective)  # the same texts, read as replies to the test messages
     held_out.messages = MESSAGES[5:]
     held_out.reference = held_out._reference(job)
-    student = Student(job.lm, job.slot)
-    pairs = [(m, t) for m in range(5) for t in range(4)]
-    with torch.no_grad():
-        reward = held_out._logp(student, SoftPrompt(vectors.to(job.lm.dtype)), pairs).view(5, 4)
-    reward = reward - held_out.reference
-    margin = reward[:, :2].mean() - reward[:, 2:].mean()
+    margin = held_out.mean_margin(
+        Student(job.lm, job.slot), SoftPrompt(vectors.to(job.lm.dtype)), job.batch_size
+    )
     assert margin > 1.0  # nats: the prompt raised the pirate texts over the plain ones
 
 

@@ -82,15 +82,26 @@ class Contrastive:
         return (picked * self.mask[texts].to(logp.device)).sum(-1)
 
     @torch.no_grad()
-    def _reference(self, job) -> torch.Tensor:
-        """log p_0(text | message) of every message and text, the unprompted model's (M, texts)."""
-        student = Student(job.lm, job.slot)
+    def log_likelihoods(self, student, content, batch_size: int) -> torch.Tensor:
+        """log p(text | message) of every message and text under `content`, (M, texts)."""
         pairs = list(itertools.product(range(len(self.messages)), range(len(self.fed))))
         out = [
-            self._logp(student, None, pairs[i : i + job.batch_size])
-            for i in range(0, len(pairs), job.batch_size)
+            self._logp(student, content, pairs[i : i + batch_size])
+            for i in range(0, len(pairs), batch_size)
         ]
         return torch.cat(out).float().cpu().view(len(self.messages), len(self.fed))
+
+    def _reference(self, job) -> torch.Tensor:
+        """log p_0(text | message): the unprompted model's log_likelihoods."""
+        return self.log_likelihoods(Student(job.lm, job.slot), None, job.batch_size)
+
+    def mean_margin(self, student, content, batch_size: int) -> float:
+        """The DPO margin (nats) of `content` averaged over every triple: since the triples are
+        every (message, positive, negative), the mean reward of the positive texts minus that of
+        the negative ones."""
+        reward = self.log_likelihoods(student, content, batch_size) - self.reference
+        n = len(self.positive)
+        return float(reward[:, :n].mean() - reward[:, n:].mean())
 
     def __call__(self, student, content, idx: list[int]) -> dict[str, torch.Tensor]:
         batch = [self.triples[i] for i in idx]
