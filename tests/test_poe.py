@@ -149,6 +149,59 @@ def test_the_tangent_model_is_exact_at_its_point_in_value_and_gradient():
     assert tangent.kl(w + 0.3) <= fp.kl(w + 0.3) + 1.0  # a model, not the objective, away from w
 
 
+def test_the_tangent_models_hessian_is_its_gradients_derivative():
+    fp, _ = factored()
+    w = np.array([0.7, -0.2, 0.0, 0.1, 0.3, 0.0])
+    tangent = fp._pass(w, 16)[2]
+    atoms, eps = np.arange(fp.K), 1e-6
+    H = tangent.derivatives(w, atoms, hessian=True)[2]
+    num_H = np.array(
+        [
+            (
+                tangent.derivatives(w + eps * e, atoms)[1]
+                - tangent.derivatives(w - eps * e, atoms)[1]
+            )
+            / (2 * eps)
+            for e in np.eye(fp.K)
+        ]
+    )
+    assert np.allclose(H, num_H, atol=1e-6)
+
+
+def test_factored_passes_do_not_depend_on_how_contexts_are_chunked(monkeypatch):
+    import softlens.poe as poe
+
+    fp, dense = factored(N=30)
+    w = np.array([0.7, -0.2, 0.0, 0.1, 0.3, 0.0])
+    # 4 * V bytes a context: 7 contexts a chunk at most, so 30 contexts in 5 chunks of 6
+    monkeypatch.setattr(poe, "PASS_CHUNK_BYTES", 7 * 4 * fp.head.V)
+    chunked, _ = factored(N=30)
+    assert len(chunked._chunks) == 5 and {c.stop - c.start for c in chunked._chunks} == {6}
+    assert chunked.kl(w) == pytest.approx(dense.kl(w), rel=1e-6)
+    assert np.abs(chunked.screen(w) - dense.screen(w)).max() < 1e-5 * dense.lambda_max()
+    assert np.abs(chunked.kl_rows(w) - fp.kl_rows(w)).max() < 1e-9
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_quadratic_step_returns_the_lasso_minimiser(seed):
+    """_cd_quadratic (coordinate descent, with exact solves on its current signs) meets the
+    optimality conditions of g.(x - w) + 1/2 (x - w)' H (x - w) + lam ||x||_1 to 1e-10."""
+    from softlens.poe import _cd_quadratic, _signed_stationary_point
+
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(12, 12))
+    H, g, w, lam = A @ A.T + 0.1 * np.eye(12), rng.normal(size=12), rng.normal(size=12), 0.8
+    x = _cd_quadratic(g, H, w, lam)
+    grad = g + H @ (x - w)
+    on = x != 0
+    assert 0 < on.sum() < 12  # a sparse answer: both kinds of condition are checked
+    assert np.abs(grad[on] + lam * np.sign(x[on])).max() < 1e-10
+    assert np.abs(grad[~on]).max() <= lam + 1e-10
+    flipped = x.copy()
+    flipped[np.flatnonzero(on)[0]] *= -1  # the wrong signs: not a minimiser, so no answer
+    assert _signed_stationary_point(g, H, w, lam, flipped) is None
+
+
 def test_the_restricted_problem_coarse_grains_each_atom_exactly_and_is_whole_without_a_bucket():
     fp, dense = factored()
     whole = fp.restricted(tokens=400)  # the whole vocabulary: the same problem

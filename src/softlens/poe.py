@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A factored pass holds two (rows, V) float32 arrays and the rows' (k + M, d) head rows at once:
+# 64 MiB of the former (341 contexts at V = 49,152) keeps a fit's peak near 1 GB.
+PASS_CHUNK_BYTES = 64 * 2**20
+
 
 class NotConverged(RuntimeError):
     """The solver stopped before meeting its tolerance; the message carries the status."""
@@ -59,6 +63,15 @@ class _Screened:
             self._gradient_at_zero = self.screen(np.zeros(self.K))
             self._lambda_max = float(np.abs(self._gradient_at_zero).max())
         return self._lambda_max
+
+    def _buffer(self, name: str, numel: int, dtype) -> torch.Tensor:
+        """A reused flat buffer: fresh large temporaries cost more in page faults than in
+        arithmetic."""
+        buf = self.__dict__.setdefault("_buffers", {}).get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype:
+            buf = torch.empty(numel, dtype=dtype)
+            self._buffers[name] = buf
+        return buf[:numel]
 
 
 @dataclass
@@ -101,8 +114,7 @@ class PoEProblem(_Screened):
 
     # -- passes over L ---------------------------------------------------------------------------
     # Exact work happens on the small working set S: its log-probs are gathered chunk by chunk into
-    # reusable float64 buffers (fresh large temporaries cost more in page faults than in
-    # arithmetic).
+    # reusable float64 buffers (`_buffer`).
     # The all-atom screening pass runs in L's dtype on the residual q - P, which is small near a
     # good fit, so its rounding error stays far below any lambda of interest.
 
@@ -116,13 +128,6 @@ class PoEProblem(_Screened):
         """
         rel = 1e-12 if self.L.dtype == torch.float64 else 1e-5
         return rel * self.lambda_max()
-
-    def _buffer(self, name: str, numel: int, dtype) -> torch.Tensor:
-        buf = self.__dict__.setdefault("_buffers", {}).get(name)
-        if buf is None or buf.numel() < numel or buf.dtype != dtype:
-            buf = torch.empty(numel, dtype=dtype)
-            self._buffers[name] = buf
-        return buf[:numel]
 
     def _gather(
         self, c: slice, idx: np.ndarray, dtype=torch.float64, name: str = "gather"
@@ -236,8 +241,8 @@ class TangentProblem(_Screened):
         eq = torch.einsum("snv,nv->sn", La, q)
         g = eq.mean(1) - self.ep_mean[atoms]
         H = None
-        if hessian:
-            H = ((torch.einsum("snv,tnv,nv->st", La, La, q) - eq @ eq.T) / self.N).numpy()
+        if hessian:  # sum_nv q La La' as one (S, N v) x (N v, S) product
+            H = (((La * q).flatten(1) @ La.flatten(1).T - eq @ eq.T) / self.N).numpy()
         return self.const - float(self.ep_mean.numpy() @ w) + lse, g.numpy(), H
 
     def screen(self, w: np.ndarray) -> np.ndarray:
@@ -313,10 +318,11 @@ class FactoredProblem(_Screened):
         # from float32 logits: its resolution is float32's epsilon at that size, not at its own.
         self.kl_resolution = float(np.finfo(np.float32).eps) * float(self.target_lse.abs().mean())
         self._target_top = self._top(self.target_x, self.target_lse)
-        self._chunks = [
-            slice(a, min(a + self.head.rows_per_chunk(), self.N))
-            for a in range(0, self.N, self.head.rows_per_chunk())
-        ]
+        # Each pass reads the whole head once per chunk, so few, even chunks: a third of the rows in
+        # a chunk of their own costs nearly what a full one does.
+        n = -(-self.N // (PASS_CHUNK_BYTES // (4 * self.head.V)))
+        bounds = np.linspace(0, self.N, n + 1).round().astype(int)
+        self._chunks = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
     def subset(self, idx) -> FactoredProblem:
         """The same target and contexts over the atoms `idx` (no pass over the vocabulary)."""
@@ -358,7 +364,12 @@ class FactoredProblem(_Screened):
 
     def _logits(self, u: torch.Tensor, s: float):
         """A mixture's float32 logits (rows, V) and log-normalisers (rows,)."""
-        z = u.float() @ self.head.weight.T
+        rows, V = len(u), self.head.V
+        z = torch.mm(
+            u.float(),
+            self.head.weight.T,
+            out=self._buffer("z", rows * V, torch.float32).view(rows, V),
+        )
         if self.head.bias is not None:
             z += s * self.head.bias
         return z, torch.logsumexp(z, -1)
@@ -400,31 +411,39 @@ class FactoredProblem(_Screened):
             if not tangent:
                 continue
             logq = z.sub_(lse[:, None])
-            q = logq.exp()
+            q = torch.exp(logq, out=self._buffer("q", logq.numel(), torch.float32).view_as(logq))
             # token sets: the mixture's most probable tokens, with the target's top tokens always in
             T = (
-                q.scatter_add(1, self._target_top[0][c], self._target_top[1][c].float())
+                self._buffer("ranked", q.numel(), q.dtype)
+                .view_as(q)
+                .copy_(q)
+                .scatter_add_(1, self._target_top[0][c], self._target_top[1][c].float())
                 .topk(k, -1)
                 .indices
             )
             qT = q.gather(1, T)
             q_rest = q.scatter_(1, T, 0.0)  # q outside T (q is spent)
-            mass = q_rest.sum(-1, dtype=torch.float64)
+            mass = q_rest.sum(-1).double()  # float32's cascade sum: the GEMMs' own precision
             has_rest = mass > 0
             draws = torch.multinomial(
-                torch.where(has_rest[:, None], q_rest, 1.0),
+                q_rest if bool(has_rest.all()) else torch.where(has_rest[:, None], q_rest, 1.0),
                 self.rest_draws,
                 replacement=True,
                 generator=self._rng,
             )
             cols = torch.cat([T, draws], 1)
-            Wc = W[cols]  # (rows, k + M, d)
+            Wc = torch.index_select(
+                W,
+                0,
+                cols.flatten(),
+                out=self._buffer("Wc", cols.numel() * self.head.d, W.dtype).view(-1, self.head.d),
+            ).view(*cols.shape, -1)  # (rows, k + M, d)
             m_rest = (q_rest @ W).double()  # sum_rest q_v W_v
             m_q = torch.einsum("rk,rkd->rd", qT, Wc[:, :k]).double() + m_rest  # E_q[W_v]
             rest_bias = torch.zeros_like(mass) if b is None else (q_rest @ b).double()
             beta_q = rest_bias if b is None else rest_bias + (qT * b[T]).sum(-1).double()
             X = self.X[:, c].double()  # (K, rows, d)
-            g += torch.einsum("krd,rd->k", X, m_q - self.P.mean[c]) + float(
+            g += torch.mv(X.flatten(1), (m_q - self.P.mean[c]).flatten()) + float(
                 (beta_q - self.P.bias[c]).sum()
             )
             # restricted data: the atoms' log-probs on T, and on `rest_draws` tokens drawn from the
@@ -592,11 +611,15 @@ def _kkt(w: np.ndarray, g: np.ndarray, lam: float) -> np.ndarray:
 def _cd_quadratic(
     g: np.ndarray, H: np.ndarray, w: np.ndarray, lam: float, sweeps: int = 500, tol: float = 1e-13
 ):
-    """argmin_x g.(x-w) + 1/2 (x-w)' H (x-w) + lam ||x||_1 by cyclic coordinate descent."""
+    """argmin_x g.(x-w) + 1/2 (x-w)' H (x-w) + lam ||x||_1 by cyclic coordinate descent; every
+    few sweeps the stationary point of the current signs is solved for directly, and returned
+    where it meets every coordinate's optimality condition (then it is the exact minimiser)."""
     x, d = w.copy(), np.zeros_like(w)
     diag = np.maximum(np.diag(H), 1e-12)
     Hd = np.zeros_like(w)
-    for _ in range(sweeps):
+    for sweep in range(sweeps):
+        if sweep % 4 == 3 and (exact := _signed_stationary_point(g, H, w, lam, x)) is not None:
+            return exact
         biggest = 0.0
         for j in range(len(x)):
             grad_j = g[j] + Hd[j]
@@ -611,6 +634,29 @@ def _cd_quadratic(
         if biggest < tol:
             break
     return x
+
+
+def _signed_stationary_point(
+    g: np.ndarray, H: np.ndarray, w: np.ndarray, lam: float, x: np.ndarray
+) -> np.ndarray | None:
+    """The quadratic's minimiser on x's support and signs, if it is the minimiser: on the
+    support g + H (y - w) + lam sign(x) = 0 with the signs kept, elsewhere |g + H (y - w)| <=
+    lam. None otherwise."""
+    A = np.flatnonzero(x)
+    sign = np.sign(x[A])
+    y = np.zeros_like(w)
+    if len(A):
+        # g_A + H_AA (y_A - w_A) - H_A,rest w_rest + lam sign = 0
+        rhs = H[A] @ w - g[A] - lam * sign
+        y[A] = np.linalg.solve(H[np.ix_(A, A)], rhs)
+        if np.any(np.sign(y[A]) != sign):
+            return None
+    grad = g + H @ (y - w)
+    rest = np.ones(len(w), dtype=bool)
+    rest[A] = False
+    if np.any(np.abs(grad[rest]) > lam):
+        return None
+    return y
 
 
 def solve(
