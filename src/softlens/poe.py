@@ -614,7 +614,7 @@ def _cd_quadratic(
     """argmin_x g.(x-w) + 1/2 (x-w)' H (x-w) + lam ||x||_1 by cyclic coordinate descent; every
     few sweeps the stationary point of the current signs is solved for directly, and returned
     where it meets every coordinate's optimality condition (then it is the exact minimiser)."""
-    x, d = w.copy(), np.zeros_like(w)
+    x = w.copy()
     diag = np.maximum(np.diag(H), 1e-12)
     Hd = np.zeros_like(w)
     for sweep in range(sweeps):
@@ -628,7 +628,6 @@ def _cd_quadratic(
             step = new - x[j]
             if step != 0.0:
                 x[j] = new
-                d[j] += step
                 Hd += H[:, j] * step
                 biggest = max(biggest, abs(step))
         if biggest < tol:
