@@ -87,6 +87,34 @@ def test_cached_scoring_equals_a_plain_forward(tiny_lm, teacher):
     assert [tuple(r) for r in rows[:3]] == [(0, 0), (0, 1), (0, 2)]
 
 
+def test_messages_batch_by_length_and_come_back_in_their_own_order(tiny_lm, teacher):
+    """Batches group messages of similar length (less padding), yet every cache row and every
+    teacher distribution is the message's own, in file order, whatever the batch size."""
+    from softlens.logprobs import length_batches
+    from softlens.scoring import distributions
+
+    _, table = teacher
+    slot = PromptSlot.for_model(tiny_lm)
+    batches = length_batches(slot, MESSAGES, 4)
+    lengths = [len(slot.tokenize(m)) for m in MESSAGES]
+    order = np.concatenate(batches)
+    assert sorted(order) == list(range(len(MESSAGES))) and list(order) != sorted(order)
+    assert [lengths[i] for i in order] == sorted(lengths)
+    completions = [list(c) for c in table["completion_ids"]]
+    fed = [c[:3] for c in completions]
+    ran = {}
+    for batch_size in (1, 4):
+        ran[batch_size] = (
+            score(tiny_lm, slot, HardPrompt("Be concise."), MESSAGES, completions, 4, batch_size),
+            distributions(tiny_lm, slot, HardPrompt("Be concise."), MESSAGES, fed, 4, batch_size),
+        )
+    (states, lse, rows), (logp, _) = ran[4]
+    (states1, lse1, rows1), (logp1, _) = ran[1]
+    assert (rows == rows1).all() and list(rows[:, 0]) == sorted(rows[:, 0])
+    assert np.abs(states - states1).max() < 1e-5 and np.abs(lse - lse1).max() < 1e-5
+    assert (logp - logp1).abs().max() < 1e-5
+
+
 def test_contents_sharing_the_text_before_the_slot_score_as_plain_forwards(tiny_lm, teacher):
     """One SharedPrefix across contents (and across slot positions, whose text before the slot
     differs) gives each content's plain-forward log-probs: the shared cache is continued, never

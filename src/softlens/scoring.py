@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from .intervals import bootstrap_ratio_interval
-from .logprobs import fed_completions, forward_scored, prefix_cache
+from .logprobs import fed_completions, forward_scored, length_batches, prefix_cache
 from .slot import PromptSlot
 
 # --- targets ------------------------------------------------------------------------------------
@@ -58,16 +58,18 @@ def distributions(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(M, T, V) log-probs (and (M, T, d) states) of `content` on the contexts, batched."""
     out, states, prefix = [], [], None
-    for i in range(0, len(messages), batch_size):
+    batches = length_batches(slot, messages, batch_size)
+    for idx in batches:
         batch = slot.batch(
-            content, messages[i : i + batch_size], fed[i : i + batch_size], padding_side="inner"
+            content, [messages[i] for i in idx], [fed[i] for i in idx], padding_side="inner"
         )
         if prefix is None:
             prefix = prefix_cache(lm, batch)
         logp, h = forward_scored(lm, batch, positions, prefix, batch.slot_start, layer)
         out.append(logp.cpu())
         states.append(h.cpu() if h is not None else None)
-    return torch.cat(out), (torch.cat(states) if layer is not None else None)
+    back = torch.from_numpy(np.argsort(np.concatenate(batches)))  # the messages' own order
+    return torch.cat(out)[back], (torch.cat(states)[back] if layer is not None else None)
 
 
 def make_targets(
