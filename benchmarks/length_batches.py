@@ -18,15 +18,13 @@ import argparse
 import time
 
 import numpy as np
-import pandas as pd
 import torch
+from scoring import embedded_contexts  # benchmarks/scoring.py: the model, messages and reply
 
 from softlens.head import OutputHead
 from softlens.logprobs import SharedPrefix, fed_completions, forward_states, length_batches, score
-from softlens.models import load_model, set_threads
-from softlens.slot import HardPrompt, PromptSlot
+from softlens.slot import HardPrompt
 
-MANIFEST = "resources/models/SmolLM2-135M-Instruct.json"
 PROMPT = HardPrompt("Respond in Spanish.")
 
 
@@ -62,13 +60,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    set_threads(args.threads)
-    lm = load_model(MANIFEST, {"device": "cpu", "dtype": "float32"})
-    slot = PromptSlot.for_model(lm)
-    messages = list(pd.read_csv("config/messages.tsv", sep="\t")["user_message"][: args.messages])
-    reply = lm.tokenizer("Sure, here is a short answer to that.", add_special_tokens=False)[
-        "input_ids"
-    ]
+    lm, slot, messages, reply = embedded_contexts(args.messages, args.threads)
     completions = [reply] * len(messages)
     n, B = len(messages), args.batch_size
     tokens = {

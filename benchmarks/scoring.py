@@ -39,6 +39,16 @@ def with_logits(lm, batch, positions, prefix, start):
     return captured[0][:, -positions:].float()
 
 
+def embedded_contexts(n_messages: int, threads: int):
+    """The embedded model on the CPU, its slot, the first `n_messages` of config/messages.tsv and
+    a fixed reply's token ids (a scoring's cost does not depend on the reply)."""
+    set_threads(threads)
+    lm = load_model(MANIFEST, {"device": "cpu", "dtype": "float32"})
+    messages = list(pd.read_csv("config/messages.tsv", sep="\t")["user_message"][:n_messages])
+    reply = lm.tokenizer("Sure, here is a short answer to that.", add_special_tokens=False)
+    return lm, PromptSlot.for_model(lm), messages, reply["input_ids"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -48,13 +58,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    set_threads(args.threads)
-    lm = load_model(MANIFEST, {"device": "cpu", "dtype": "float32"})
-    slot = PromptSlot.for_model(lm)
-    messages = list(pd.read_csv("config/messages.tsv", sep="\t")["user_message"][: args.messages])
-    reply = lm.tokenizer("Sure, here is a short answer to that.", add_special_tokens=False)[
-        "input_ids"
-    ]
+    lm, slot, messages, reply = embedded_contexts(args.messages, args.threads)
     fed = fed_completions([reply] * len(messages), args.positions, slot.pad_id)
     batch = slot.batch(HardPrompt("Respond in Spanish."), messages, fed, padding_side="inner")
     start = batch.prefix_len
