@@ -89,7 +89,7 @@ def test_cached_scoring_equals_a_plain_forward(tiny_lm, teacher):
 
 def test_messages_batch_by_length_and_come_back_in_their_own_order(tiny_lm, teacher):
     """Batches group messages of similar length (less padding), yet every cache row and every
-    teacher distribution is the message's own, in file order, whatever the batch size."""
+    teacher distribution is the message's own, in file order: what the message scores alone."""
     from softlens.logprobs import length_batches
     from softlens.scoring import distributions
 
@@ -102,17 +102,16 @@ def test_messages_batch_by_length_and_come_back_in_their_own_order(tiny_lm, teac
     assert [lengths[i] for i in order] == sorted(lengths)
     completions = [list(c) for c in table["completion_ids"]]
     fed = [c[:3] for c in completions]
-    ran = {}
-    for batch_size in (1, 4):
-        ran[batch_size] = (
-            score(tiny_lm, slot, HardPrompt("Be concise."), MESSAGES, completions, 4, batch_size),
-            distributions(tiny_lm, slot, HardPrompt("Be concise."), MESSAGES, fed, 4, batch_size),
-        )
-    (states, lse, rows), (logp, _) = ran[4]
-    (states1, lse1, rows1), (logp1, _) = ran[1]
-    assert (rows == rows1).all() and list(rows[:, 0]) == sorted(rows[:, 0])
-    assert np.abs(states - states1).max() < 1e-5 and np.abs(lse - lse1).max() < 1e-5
-    assert (logp - logp1).abs().max() < 1e-5
+    prompt = HardPrompt("Be concise.")
+    states, lse, rows = score(tiny_lm, slot, prompt, MESSAGES, completions, 4, 4)
+    logp, _ = distributions(tiny_lm, slot, prompt, MESSAGES, fed, 4, 4)
+    assert list(rows[:, 0]) == sorted(rows[:, 0])
+    for i in range(len(MESSAGES)):  # each message alone: no batch, no order to undo
+        x, c, _ = score(tiny_lm, slot, prompt, MESSAGES[i : i + 1], completions[i : i + 1], 4, 1)
+        mine = rows[:, 0] == i
+        assert np.abs(states[mine] - x).max() < 1e-5 and np.abs(lse[mine] - c).max() < 1e-5
+        alone, _ = distributions(tiny_lm, slot, prompt, MESSAGES[i : i + 1], fed[i : i + 1], 4, 1)
+        assert (logp[i] - alone[0]).abs().max() < 1e-5
 
 
 def test_contents_sharing_the_text_before_the_slot_score_as_plain_forwards(tiny_lm, teacher):
