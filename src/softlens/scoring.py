@@ -57,19 +57,21 @@ def distributions(
     layer: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(M, T, V) log-probs (and (M, T, d) states) of `content` on the contexts, batched."""
-    out, states, prefix = [], [], None
-    batches = length_batches(slot, messages, batch_size)
-    for idx in batches:
+    out, states, prefix = None, None, None
+    for idx in length_batches(slot, messages, batch_size):
         batch = slot.batch(
             content, [messages[i] for i in idx], [fed[i] for i in idx], padding_side="inner"
         )
         if prefix is None:
             prefix = prefix_cache(lm, batch)
         logp, h = forward_scored(lm, batch, positions, prefix, batch.slot_start, layer)
-        out.append(logp.cpu())
-        states.append(h.cpu() if h is not None else None)
-    back = torch.from_numpy(np.argsort(np.concatenate(batches)))  # the messages' own order
-    return torch.cat(out)[back], (torch.cat(states)[back] if layer is not None else None)
+        if out is None:  # written in place, in the messages' own order: no second (M, T, V) copy
+            out = logp.new_empty((len(messages), *logp.shape[1:]), device="cpu")
+            states = None if h is None else h.new_empty((len(messages), *h.shape[1:]), device="cpu")
+        out[torch.from_numpy(idx)] = logp.cpu()
+        if h is not None:
+            states[torch.from_numpy(idx)] = h.cpu()
+    return out, states
 
 
 def make_targets(
